@@ -1,0 +1,1 @@
+//! Examples for skprocess; start with `tour.rs`.

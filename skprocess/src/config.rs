@@ -1,0 +1,156 @@
+//! How a process runs: iterations, lives, per-hook timeouts, `join_in`.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::time::Duration;
+
+/// One of the four lifecycle hooks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Hook {
+    /// Before each `run`.
+    Prerun,
+    /// The work of one iteration.
+    Run,
+    /// After each `run`.
+    Postrun,
+    /// Once, after the last iteration.
+    Onfinish,
+}
+
+impl Hook {
+    /// The four hooks in lifecycle order.
+    pub const ALL: [Hook; 4] = [Hook::Prerun, Hook::Run, Hook::Postrun, Hook::Onfinish];
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
+    pub(crate) fn from_index(i: u64) -> Option<Hook> {
+        Hook::ALL.get(i as usize).copied()
+    }
+
+    /// The hook's name, as written in `#[process(timeout(run = "1s"))]`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Prerun => "prerun",
+            Hook::Run => "run",
+            Hook::Postrun => "postrun",
+            Hook::Onfinish => "onfinish",
+        }
+    }
+}
+
+impl fmt::Display for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a process runs. Built from `#[process(...)]` by `P::config()`, or
+/// from [`Config::default`], and adjusted with the builder methods.
+///
+/// | field | default | meaning |
+/// |---|---|---|
+/// | `runs` | unlimited | iterations of prerun/run/postrun |
+/// | `lives` | 1 | attempts in all; a lost life restarts from the initial state |
+/// | `timeout(hook)` | none | limit per call of that hook |
+/// | `join_in` | none | limit on the whole process, all lives included |
+///
+/// # Examples
+///
+/// ```
+/// use skprocess::{Config, Hook};
+/// use std::time::Duration;
+///
+/// let cfg = Config::default().runs(10).lives(2).timeout(Hook::Run, Duration::from_secs(1));
+/// assert_eq!(cfg.get_runs(), Some(10));
+/// assert_eq!(cfg.get_lives(), 2);
+/// assert_eq!(cfg.get_timeout(Hook::Run), Some(Duration::from_secs(1)));
+/// assert_eq!(cfg.get_timeout(Hook::Prerun), None);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub(crate) runs: Option<u64>,
+    pub(crate) lives: u32,
+    pub(crate) timeouts: [Option<Duration>; 4],
+    pub(crate) join_in: Option<Duration>,
+    pub(crate) stop_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { runs: None, lives: 1, timeouts: [None; 4], join_in: None, stop_grace: Duration::from_secs(1) }
+    }
+}
+
+impl Config {
+    /// Runs exactly `n` iterations (unless stopped earlier).
+    pub fn runs(mut self, n: u64) -> Self {
+        self.runs = Some(n);
+        self
+    }
+
+    /// Loops until the process or its parent asks to stop.
+    pub fn runs_unlimited(mut self) -> Self {
+        self.runs = None;
+        self
+    }
+
+    /// Attempts in all (at least 1; 0 is treated as 1).
+    pub fn lives(mut self, n: u32) -> Self {
+        self.lives = n.max(1);
+        self
+    }
+
+    /// Limits every call of `hook` to `limit`: past it the child is killed
+    /// and a life is lost.
+    pub fn timeout(mut self, hook: Hook, limit: Duration) -> Self {
+        self.timeouts[hook.index()] = Some(limit);
+        self
+    }
+
+    /// Removes the limit on `hook`.
+    pub fn no_timeout(mut self, hook: Hook) -> Self {
+        self.timeouts[hook.index()] = None;
+        self
+    }
+
+    /// Limits the whole process, all lives included: past it the child is
+    /// killed and there is no retry.
+    pub fn join_in(mut self, limit: Duration) -> Self {
+        self.join_in = Some(limit);
+        self
+    }
+
+    /// How long a dropped handle waits for a graceful stop before it kills
+    /// the child (default 1 s).
+    pub fn stop_grace(mut self, grace: Duration) -> Self {
+        self.stop_grace = grace;
+        self
+    }
+
+    /// Iterations to run; `None` means unlimited.
+    pub fn get_runs(&self) -> Option<u64> {
+        self.runs
+    }
+
+    /// Attempts in all.
+    pub fn get_lives(&self) -> u32 {
+        self.lives
+    }
+
+    /// The limit on one call of `hook`.
+    pub fn get_timeout(&self, hook: Hook) -> Option<Duration> {
+        self.timeouts[hook.index()]
+    }
+
+    /// The limit on the whole process.
+    pub fn get_join_in(&self) -> Option<Duration> {
+        self.join_in
+    }
+
+    /// The grace period of a dropped handle.
+    pub fn get_stop_grace(&self) -> Duration {
+        self.stop_grace
+    }
+}

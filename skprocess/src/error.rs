@@ -1,0 +1,210 @@
+//! One error type for everything skprocess does.
+//!
+//! A failure of a process names the process type, the hook, the run index
+//! and the attempt, and keeps the child's own message, so the text alone
+//! tells what happened and where:
+//! `process app::Squarer failed in run (run #3, attempt 2 of 3): disk full`.
+
+use crate::config::Hook;
+use std::fmt;
+use std::time::Duration;
+
+/// `std::result::Result<T, skprocess::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Any error, boxed: what a hook returns, so `?` works on every error type.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What every hook returns.
+pub type HookResult = std::result::Result<(), BoxError>;
+
+/// Everything that can go wrong in skprocess.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A process failed: a hook returned `Err` or panicked, a limit was
+    /// exceeded, or the child died. Every life had been used.
+    #[error("{0}")]
+    Process(Box<Failure>),
+    /// The handle killed the process (`Handle::kill`).
+    #[error("process {process} was killed through its handle")]
+    Killed {
+        /// The process type.
+        process: &'static str,
+    },
+    /// `wait` was called again after it had returned the result.
+    #[error("process {process} was already waited on; its result was returned by the first wait")]
+    AlreadyWaited {
+        /// The process type.
+        process: &'static str,
+    },
+    /// The peer has ended and every message it sent has been read.
+    #[error("the other side has ended: no further messages can be sent or received")]
+    Disconnected,
+    /// A value could not be encoded.
+    #[error("cannot encode {type_name}: {reason}")]
+    Encode {
+        /// The type being encoded.
+        type_name: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// Bytes could not be decoded as the expected type.
+    #[error("cannot decode {type_name}: {reason}")]
+    Decode {
+        /// The type being decoded.
+        type_name: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A message was received as another type than it was sent as. The
+    /// message is consumed; the channel stays usable.
+    #[error("received a message of type {got} but asked for {expected}")]
+    WrongType {
+        /// The type the receiver asked for.
+        expected: String,
+        /// The type the sender used.
+        got: String,
+    },
+    /// The peer sent bytes that are not a valid frame.
+    #[error("malformed data from the other process: {0}")]
+    Wire(String),
+    /// Starting a child process failed.
+    #[error("could not start a child process: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// An operating-system call failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A misuse of the API, described in the message.
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// What went wrong in a failed process, with where and when.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Failure {
+    /// The process type (`module::Name`).
+    pub process: String,
+    /// The hook that was running, if one was.
+    pub hook: Option<Hook>,
+    /// The 0-based iteration it was in.
+    pub run: Option<u64>,
+    /// The 1-based attempt.
+    pub attempt: u32,
+    /// The number of lives (attempts allowed).
+    pub lives: u32,
+    /// What happened.
+    pub cause: Cause,
+}
+
+/// The cause of a [`Failure`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum Cause {
+    /// The hook returned `Err`; the error's text (with its sources).
+    Returned(String),
+    /// The hook panicked; the panic message and location.
+    Panicked(String),
+    /// The hook ran past its timeout.
+    HookTimeout(Duration),
+    /// The whole process ran past `join_in`.
+    JoinTimeout(Duration),
+    /// The child died: the exit status, and what the child last said.
+    Crashed(String),
+    /// The child could not rebuild or send back the process value.
+    Codec(String),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verb = match self.cause {
+            Cause::Returned(_) | Cause::Codec(_) => "failed",
+            Cause::Panicked(_) => "panicked",
+            Cause::HookTimeout(_) => "timed out",
+            Cause::JoinTimeout(_) => "ran past join_in",
+            Cause::Crashed(_) => "crashed",
+        };
+        write!(f, "process {} {verb} ", self.process)?;
+        match (self.hook, self.run) {
+            (Some(h), Some(r)) if h != Hook::Onfinish => {
+                write!(f, "in {h} (run #{r}, attempt {} of {})", self.attempt, self.lives)?
+            }
+            (Some(h), Some(r)) => write!(f, "in {h} (after {r} runs, attempt {} of {})", self.attempt, self.lives)?,
+            (Some(h), None) => write!(f, "in {h} (attempt {} of {})", self.attempt, self.lives)?,
+            (None, _) => write!(f, "outside any hook (attempt {} of {})", self.attempt, self.lives)?,
+        }
+        match &self.cause {
+            Cause::Returned(m) | Cause::Panicked(m) | Cause::Crashed(m) | Cause::Codec(m) => write!(f, ": {m}"),
+            Cause::HookTimeout(d) => write!(f, ": exceeded its {} timeout", humantime::format_duration(*d)),
+            Cause::JoinTimeout(d) => write!(f, ": exceeded join_in of {}", humantime::format_duration(*d)),
+        }
+    }
+}
+
+impl Error {
+    /// The failure details, for a failed process.
+    pub fn failure(&self) -> Option<&Failure> {
+        match self {
+            Error::Process(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// The hook that was running when the process failed.
+    pub fn hook(&self) -> Option<Hook> {
+        self.failure().and_then(|f| f.hook)
+    }
+
+    /// Whether a hook timeout or `join_in` was exceeded.
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self.failure().map(|f| &f.cause),
+            Some(Cause::HookTimeout(_) | Cause::JoinTimeout(_))
+        )
+    }
+
+    /// Whether the child died (signal, abort, exit) rather than returning
+    /// `Err` or panicking.
+    pub fn is_crash(&self) -> bool {
+        matches!(self.failure().map(|f| &f.cause), Some(Cause::Crashed(_)))
+    }
+
+    /// Whether a hook panicked.
+    pub fn is_panic(&self) -> bool {
+        matches!(self.failure().map(|f| &f.cause), Some(Cause::Panicked(_)))
+    }
+
+    /// Whether the process was killed through its handle.
+    pub fn is_killed(&self) -> bool {
+        matches!(self, Error::Killed { .. })
+    }
+
+    /// The attempt (1-based) the failure happened in.
+    pub fn attempt(&self) -> Option<u32> {
+        self.failure().map(|f| f.attempt)
+    }
+
+    /// The run index the failure happened in.
+    pub fn run_index(&self) -> Option<u64> {
+        self.failure().and_then(|f| f.run)
+    }
+
+    pub(crate) fn usage(msg: impl Into<String>) -> Self {
+        Error::Usage(msg.into())
+    }
+}
+
+/// Formats an error with its chain of sources, `a: b: c`.
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        let t = src.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = src.source();
+    }
+    s
+}

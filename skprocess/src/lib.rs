@@ -1,0 +1,106 @@
+//! OS processes as easy as threads and as tidy as objects.
+//!
+//! Write a struct, derive [`Process`], implement its hooks, and call
+//! [`start`](Process::start): the struct is encoded into a fresh child
+//! process, runs its lifecycle there with retries ("lives"), per-hook
+//! timeouts and per-hook timers, talks to its parent with
+//! [`tell`](Handle::tell)/[`listen`](Handle::listen), and comes back as the
+//! result of [`wait`](Handle::wait). A child that crashes, hangs or leaks
+//! never takes the program down.
+//!
+//! # A process
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use skprocess::prelude::*;
+//!
+//! #[derive(Process, Serialize, Deserialize)]
+//! #[process(runs = 5, lives = 3, timeout(run = "30s"))]
+//! struct Squarer { x: u64, total: u64 }
+//!
+//! impl Process for Squarer {
+//!     fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+//!         self.total += self.x * self.x;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # fn main() -> skprocess::Result<()> {
+//! let mut h = Squarer { x: 3, total: 0 }.start()?;
+//! let done = h.wait()?;
+//! assert_eq!(done.total, 45);
+//! println!("{}", h.timers());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Zero set-up
+//!
+//! Children are started by re-executing the current binary; the child takes
+//! over before `main` runs, so binaries, examples, tests and benches need no
+//! set-up line. [`is_child`] tells whether the current process is a spawned
+//! one. A child may start children of its own.
+//!
+//! # Lives, timeouts and errors
+//!
+//! A life is lost when a hook returns `Err`, panics, exceeds its timeout, or
+//! the child dies (signal, `abort()`, out of memory, `exit()`). The next
+//! attempt starts from the initial state in a fresh child. The parent
+//! enforces timeouts by killing the child, so a hook stuck in C code still
+//! ends on time. When every life is used, [`Handle::wait`] returns an
+//! [`Error`] whose text names the process, the hook, the run and the attempt.
+//!
+//! # Platform support
+//!
+//! Linux only: the crate relies on `memfd_create`, `pidfd_open`,
+//! `PR_SET_PDEATHSIG`, `SCM_RIGHTS` and `.init_array`.
+//!
+//! # Pitfalls
+//!
+//! - **Code before `main` runs in children too.** Constructors of other
+//!   crates (`ctor`, `.init_array`) run in every child before skprocess takes
+//!   over. Code in `main` never runs in a child.
+//! - **The child is this binary.** It is started from `/proc/self/exe`, with
+//!   the parent's environment and standard streams; its own arguments are
+//!   not the parent's (it never reads them).
+//! - **Encoding.** Values cross with postcard, which is not self-describing:
+//!   `#[serde(flatten)]` and `#[serde(untagged)]` fail with an error naming
+//!   the type; wrap such values in [`Json`].
+//! - **SIGPIPE** is ignored in children, as `std` does for `main`.
+//! - **Test harness output.** A child of a test binary never reaches the
+//!   harness, so it prints nothing of its own.
+
+#![deny(unsafe_code)]
+
+mod config;
+mod error;
+mod handle;
+mod process;
+mod runtime;
+mod spawn;
+#[allow(unsafe_code)]
+mod sys;
+mod timers;
+mod wire;
+
+pub use config::{Config, Hook};
+pub use error::{BoxError, Cause, Error, Failure, HookResult, Result};
+pub use handle::Handle;
+pub use process::Process;
+pub use runtime::Ctx;
+pub use skprocess_derive::Process;
+pub use spawn::is_child;
+pub use timers::{Timer, Timers};
+pub use wire::Json;
+
+/// `use skprocess::prelude::*;` brings in everything a process needs.
+pub mod prelude {
+    pub use crate::{BoxError, Config, Ctx, Error, Handle, Hook, HookResult, Process, Result, Timer, Timers};
+}
+
+/// Used by the code `#[derive(Process)]` generates; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::spawn::{Described, Entry, REGISTRY};
+    pub use linkme;
+}

@@ -1,0 +1,92 @@
+//! Starting a copy of the current executable with `posix_spawn`.
+//!
+//! `posix_spawn` (glibc uses `clone(CLONE_VM | CLONE_VFORK)`) avoids copying
+//! the parent's page tables, so spawning costs the same whether the parent
+//! is small or huge. No code of ours runs between the clone and the exec.
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+
+/// The descriptor number a child finds its control socket on.
+pub(crate) const CHILD_CONTROL_FD: i32 = 3;
+
+/// Everything the spawned process needs: its environment, its arguments,
+/// and the socket that becomes its descriptor 3.
+pub(crate) struct SpawnRequest<'a> {
+    pub(crate) control: BorrowedFd<'a>,
+    pub(crate) env: &'a [CString],
+    pub(crate) argv0: &'a CString,
+}
+
+/// Builds `KEY=VALUE` strings for an environment.
+pub(crate) fn env_entry(key: &OsStr, value: &OsStr) -> CString {
+    let mut bytes = Vec::with_capacity(key.len() + value.len() + 1);
+    bytes.extend_from_slice(key.as_bytes());
+    bytes.push(b'=');
+    bytes.extend_from_slice(value.as_bytes());
+    // Environment entries from std never contain NUL; replace defensively.
+    bytes.retain(|&b| b != 0);
+    CString::new(bytes).expect("NUL bytes were removed")
+}
+
+/// Spawns `/proc/self/exe` (the very binary this process runs, even if the
+/// file was replaced on disk since) and returns the child's pid.
+pub(crate) fn spawn_self(req: &SpawnRequest<'_>) -> io::Result<u32> {
+    let path = c"/proc/self/exe";
+    let argv: [*mut libc::c_char; 2] = [req.argv0.as_ptr() as *mut _, std::ptr::null_mut()];
+    let mut envp: Vec<*mut libc::c_char> = req.env.iter().map(|e| e.as_ptr() as *mut _).collect();
+    envp.push(std::ptr::null_mut());
+
+    // The control socket is close-on-exec; dup2 in the file actions gives the
+    // child a copy at CHILD_CONTROL_FD without that flag. If it already sits at
+    // that number, dup2 would be a no-op and the flag would stay, so move it.
+    let moved;
+    let source = if req.control.as_raw_fd() == CHILD_CONTROL_FD {
+        moved = req.control.try_clone_to_owned()?;
+        moved.as_raw_fd()
+    } else {
+        req.control.as_raw_fd()
+    };
+
+    // SAFETY: all structures are initialised by their *_init functions before
+    // use and destroyed on every path below; every pointer handed to
+    // posix_spawn (path, argv, envp and the strings they point to) outlives
+    // the call, and argv/envp are NULL-terminated.
+    unsafe {
+        let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+        let r = libc::posix_spawn_file_actions_init(&mut actions);
+        if r != 0 {
+            return Err(io::Error::from_raw_os_error(r));
+        }
+        let r = libc::posix_spawnattr_init(&mut attr);
+        if r != 0 {
+            libc::posix_spawn_file_actions_destroy(&mut actions);
+            return Err(io::Error::from_raw_os_error(r));
+        }
+        let mut result = libc::posix_spawn_file_actions_adddup2(&mut actions, source, CHILD_CONTROL_FD);
+        if result == 0 {
+            // A clean signal mask and default SIGPIPE disposition are set in
+            // the child's start-up code; here we only clear the inherited mask
+            // so a parent thread that blocks signals does not pass that on.
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            result = libc::posix_spawnattr_setsigmask(&mut attr, &empty);
+        }
+        if result == 0 {
+            result = libc::posix_spawnattr_setflags(&mut attr, libc::POSIX_SPAWN_SETSIGMASK as libc::c_short);
+        }
+        let mut pid: libc::pid_t = 0;
+        if result == 0 {
+            result = libc::posix_spawn(&mut pid, path.as_ptr(), &actions, &attr, argv.as_ptr(), envp.as_ptr());
+        }
+        libc::posix_spawnattr_destroy(&mut attr);
+        libc::posix_spawn_file_actions_destroy(&mut actions);
+        if result != 0 {
+            return Err(io::Error::from_raw_os_error(result));
+        }
+        Ok(pid as u32)
+    }
+}

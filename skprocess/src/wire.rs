@@ -1,0 +1,487 @@
+//! Frames on a socket: `[u32 length][u8 kind][u8 fd count][u16 zero]` then
+//! `length` payload bytes; descriptors ride along with the header's bytes
+//! (`SCM_RIGHTS`).
+//!
+//! Everything a peer sends is checked before use: an oversize length, a
+//! reserved field that is not zero, a descriptor count that does not match
+//! what arrived, or a payload that does not decode is an [`Error`], never a
+//! panic. The set of frame kinds is open: a reader that meets a kind it does
+//! not know reports it as an error its caller can surface.
+//!
+//! Values are encoded with postcard. Types postcard cannot describe
+//! (`#[serde(flatten)]`, untagged enums) fail with an error that names the
+//! type and points to [`Json`].
+
+use crate::error::{Error, Result};
+use crate::sys;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Bytes in a frame header.
+pub(crate) const HEADER: usize = 8;
+
+/// Largest payload accepted by default: 1 GiB.
+pub(crate) const DEFAULT_MAX_FRAME: usize = 1 << 30;
+
+/// Frame kinds. Parent-to-child kinds are below 16, child-to-parent kinds
+/// from 16, pool kinds from 32, pipe kinds from 48, log kinds from 64.
+pub(crate) mod kind {
+    /// Parent → child: what to run (`Init`), with descriptors.
+    pub(crate) const INIT: u8 = 1;
+    /// Either way: a user message (`tell`).
+    pub(crate) const TELL: u8 = 2;
+    /// Parent → child: finish the current iteration, then `onfinish`.
+    pub(crate) const STOP: u8 = 3;
+    /// Child → parent: a timed hook started (`HookMark`).
+    pub(crate) const HOOK_START: u8 = 16;
+    /// Child → parent: a timed hook ended (`HookMark`).
+    pub(crate) const HOOK_END: u8 = 17;
+    /// Child → parent: the final state (raw encoded process).
+    pub(crate) const DONE: u8 = 18;
+    /// Child → parent: a hook failed (`Failure`).
+    pub(crate) const FAILED: u8 = 19;
+}
+
+/// One frame read off a socket.
+#[derive(Debug)]
+pub(crate) struct Frame {
+    pub(crate) kind: u8,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+impl Frame {
+    /// Decodes the payload as `T` (a control message, not a user value).
+    pub(crate) fn decode<'a, T: Deserialize<'a>>(&'a self) -> Result<T> {
+        postcard::from_bytes(&self.payload).map_err(|e| Error::Wire(format!("bad frame of kind {}: {e}", self.kind)))
+    }
+}
+
+/// The sending half of a framed socket; cheap to clone, safe to share.
+/// Each frame is written whole under a lock, so frames from several threads
+/// never interleave.
+#[derive(Debug, Clone)]
+pub(crate) struct Writer {
+    sock: Arc<Mutex<OwnedFd>>,
+}
+
+impl Writer {
+    pub(crate) fn new(fd: OwnedFd) -> Self {
+        Writer { sock: Arc::new(Mutex::new(fd)) }
+    }
+
+    /// Writes one frame. Blocks while the peer's buffer is full; a peer that
+    /// is gone gives `Err` (never SIGPIPE).
+    pub(crate) fn send(&self, kind: u8, payload: &[u8], fds: &[RawFd]) -> Result<()> {
+        let len: u32 = payload
+            .len()
+            .try_into()
+            .map_err(|_| Error::Wire(format!("a message of {} bytes is over the 4 GiB frame limit", payload.len())))?;
+        if fds.len() > sys::sock::MAX_FDS {
+            return Err(Error::Wire(format!(
+                "a message can carry at most {} descriptors (shares, pipes), not {}",
+                sys::sock::MAX_FDS,
+                fds.len()
+            )));
+        }
+        let mut header = [0u8; HEADER];
+        header[..4].copy_from_slice(&len.to_le_bytes());
+        header[4] = kind;
+        header[5] = fds.len() as u8;
+        let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
+        let total = HEADER + payload.len();
+        let mut sent = 0usize;
+        while sent < total {
+            let n = if sent < HEADER {
+                let bufs = [IoSlice::new(&header[sent..]), IoSlice::new(payload)];
+                sys::sock::send(sock.as_fd(), &bufs, if sent == 0 { fds } else { &[] })
+            } else {
+                sys::sock::send(sock.as_fd(), &[IoSlice::new(&payload[sent - HEADER..])], &[])
+            }
+            .map_err(Error::Io)?;
+            sent += n;
+        }
+        Ok(())
+    }
+}
+
+/// The receiving half of a framed socket, with its own buffer.
+#[derive(Debug)]
+pub(crate) struct Reader {
+    sock: Arc<OwnedFd>,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    fds: VecDeque<OwnedFd>,
+    max_frame: usize,
+    eof: bool,
+}
+
+const READ_CHUNK: usize = 256 * 1024;
+
+impl Reader {
+    pub(crate) fn new(fd: OwnedFd) -> Self {
+        Reader {
+            sock: Arc::new(fd),
+            buf: vec![0; 64 * 1024],
+            start: 0,
+            end: 0,
+            fds: VecDeque::new(),
+            max_frame: DEFAULT_MAX_FRAME,
+            eof: false,
+        }
+    }
+
+    /// The socket, to poll on.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+
+    /// Sets the largest payload this reader accepts.
+    pub(crate) fn set_max_frame(&mut self, max: usize) {
+        self.max_frame = max;
+    }
+
+    /// Whether a whole frame is already buffered (so reading one will not
+    /// block).
+    pub(crate) fn has_frame(&self) -> bool {
+        let avail = self.end - self.start;
+        if avail < HEADER {
+            return false;
+        }
+        let len = u32::from_le_bytes(self.buf[self.start..self.start + 4].try_into().unwrap()) as usize;
+        avail >= HEADER + len
+    }
+
+    /// Reads more bytes into the buffer; `false` on timeout.
+    fn fill(&mut self, deadline: Option<Instant>) -> Result<bool> {
+        if self.eof {
+            return Err(Error::Disconnected);
+        }
+        if deadline.is_some() && !sys::sock::wait_readable(self.sock.as_fd(), deadline).map_err(Error::Io)? {
+            return Ok(false);
+        }
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.buf.len() - self.end < READ_CHUNK / 4 && self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() - self.end < 4096 {
+            let grow = (self.buf.len()).max(READ_CHUNK);
+            self.buf.resize(self.buf.len() + grow, 0);
+        }
+        let mut fds = Vec::new();
+        let n = sys::sock::recv(self.sock.as_fd(), &mut self.buf[self.end..], &mut fds).map_err(Error::Io)?;
+        self.fds.extend(fds);
+        if n == 0 {
+            self.eof = true;
+            return Err(Error::Disconnected);
+        }
+        self.end += n;
+        Ok(true)
+    }
+
+    /// Reads the next frame. `Ok(None)` when `deadline` passes first;
+    /// `Err(Error::Disconnected)` once the peer has closed and every frame it
+    /// sent has been read.
+    pub(crate) fn read(&mut self, deadline: Option<Instant>) -> Result<Option<Frame>> {
+        while self.end - self.start < HEADER {
+            if self.eof && self.end > self.start {
+                return Err(Error::Wire("connection closed in the middle of a frame header".into()));
+            }
+            if !self.fill(deadline)? {
+                return Ok(None);
+            }
+        }
+        let h = &self.buf[self.start..self.start + HEADER];
+        let len = u32::from_le_bytes(h[..4].try_into().unwrap()) as usize;
+        let kind = h[4];
+        let nfds = h[5] as usize;
+        if h[6] != 0 || h[7] != 0 {
+            return Err(Error::Wire(format!("corrupt frame header {h:02x?}: reserved bytes are not zero")));
+        }
+        if len > self.max_frame {
+            return Err(Error::Wire(format!(
+                "frame of {len} bytes is over the {} byte limit",
+                self.max_frame
+            )));
+        }
+        let need = HEADER + len;
+        if self.buf.len() - self.start < need {
+            // Make room for the whole frame in one go.
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.buf.len() < need {
+                self.buf.resize(need, 0);
+            }
+        }
+        while self.end - self.start < need {
+            match self.fill(deadline) {
+                Ok(true) => {}
+                // The partial frame stays buffered; the next call resumes it.
+                Ok(false) => return Ok(None),
+                Err(Error::Disconnected) => {
+                    return Err(Error::Wire(format!(
+                        "connection closed in the middle of a {len} byte frame"
+                    )))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let payload = self.buf[self.start + HEADER..self.start + need].to_vec();
+        self.start += need;
+        if self.start == self.end && self.buf.len() > 4 * READ_CHUNK {
+            self.buf = vec![0; 64 * 1024];
+            self.start = 0;
+            self.end = 0;
+        }
+        if self.fds.len() < nfds {
+            return Err(Error::Wire(format!(
+                "frame announced {nfds} descriptors but {} arrived",
+                self.fds.len()
+            )));
+        }
+        let fds = self.fds.drain(..nfds).collect();
+        Ok(Some(Frame { kind, payload, fds }))
+    }
+}
+
+/// A connected socket, split into a [`Reader`] and a [`Writer`].
+pub(crate) fn split(fd: OwnedFd) -> Result<(Reader, Writer)> {
+    let w = fd.try_clone().map_err(Error::Io)?;
+    Ok((Reader::new(fd), Writer::new(w)))
+}
+
+// ---------------------------------------------------------------------------
+// Descriptors inside values.
+
+thread_local! {
+    static FD_SINK: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
+    static FD_SOURCE: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+}
+
+/// Called from `Serialize` impls of handles that own a descriptor (`Share`,
+/// `Pipe`): records a duplicate of `fd` to travel with the value and returns
+/// its index, which is what gets serialized.
+pub(crate) fn push_fd(fd: BorrowedFd<'_>) -> std::result::Result<u32, String> {
+    FD_SINK.with(|s| match s.borrow_mut().as_mut() {
+        Some(v) => {
+            let dup = fd.try_clone_to_owned().map_err(|e| format!("cannot duplicate descriptor: {e}"))?;
+            v.push(dup);
+            Ok((v.len() - 1) as u32)
+        }
+        None => Err("this handle can only be serialized by skprocess (as a field of a process, a tell \
+                     message or a pool item), not by another serde format"
+            .into()),
+    })
+}
+
+/// Called from `Deserialize` impls: takes the descriptor at `index` that
+/// arrived with the value.
+pub(crate) fn take_fd(index: u32) -> std::result::Result<OwnedFd, String> {
+    FD_SOURCE.with(|s| match s.borrow_mut().as_mut() {
+        Some(v) => v
+            .get_mut(index as usize)
+            .and_then(Option::take)
+            .ok_or_else(|| format!("descriptor #{index} is missing or was used twice")),
+        None => Err("this handle can only be deserialized by skprocess".into()),
+    })
+}
+
+/// An encoded value: bytes plus the descriptors it refers to.
+#[derive(Debug, Default)]
+pub(crate) struct Encoded {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+impl Encoded {
+    /// Raw descriptor numbers, to attach to a frame.
+    pub(crate) fn raw_fds(&self) -> Vec<RawFd> {
+        self.fds.iter().map(|f| f.as_raw_fd()).collect()
+    }
+
+    /// A copy with duplicated descriptors (for a retry).
+    pub(crate) fn try_clone(&self) -> Result<Encoded> {
+        Ok(Encoded {
+            bytes: self.bytes.clone(),
+            fds: self.fds.iter().map(|f| f.try_clone()).collect::<std::io::Result<_>>().map_err(Error::Io)?,
+        })
+    }
+}
+
+fn explain_encode(type_name: &'static str, e: postcard::Error) -> Error {
+    let reason = match e {
+        postcard::Error::SerializeSeqLengthUnknown => "postcard needs every sequence and map length up front, \
+             which #[serde(flatten)], skipped map entries and iterators without a length do not give; \
+             wrap the value in skprocess::Json<T> to send it as self-describing JSON"
+            .to_string(),
+        other => other.to_string(),
+    };
+    Error::Encode { type_name, reason }
+}
+
+fn explain_decode(type_name: &'static str, e: postcard::Error) -> Error {
+    let reason = match e {
+        postcard::Error::WontImplement => "postcard is not self-describing, so #[serde(untagged)] enums, \
+             #[serde(flatten)] and deserialize_any cannot be decoded; wrap the value in \
+             skprocess::Json<T>"
+            .to_string(),
+        other => format!("{other} (was a message of another type sent?)"),
+    };
+    Error::Decode { type_name, reason }
+}
+
+/// Encodes `value`, collecting the descriptors of any handles inside it.
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded> {
+    encode_into(value, Vec::new())
+}
+
+/// Like [`encode`], appending to `prefix`.
+pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, prefix: Vec<u8>) -> Result<Encoded> {
+    let prev = FD_SINK.with(|s| s.borrow_mut().replace(Vec::new()));
+    let r = postcard::to_extend(value, prefix);
+    let fds = FD_SINK.with(|s| std::mem::replace(&mut *s.borrow_mut(), prev)).unwrap_or_default();
+    let bytes = r.map_err(|e| {
+        // A handle that refused to serialize says why in a custom error.
+        explain_encode(std::any::type_name::<T>(), e)
+    })?;
+    Ok(Encoded { bytes, fds })
+}
+
+/// Decodes a `T` from `bytes`, which must be consumed exactly, handing
+/// `fds` to any handles inside it.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T> {
+    let prev = FD_SOURCE.with(|s| s.borrow_mut().replace(fds.into_iter().map(Some).collect()));
+    let r = postcard::take_from_bytes::<T>(bytes);
+    FD_SOURCE.with(|s| *s.borrow_mut() = prev);
+    match r {
+        Ok((v, [])) => Ok(v),
+        Ok((_, rest)) => Err(Error::Decode {
+            type_name: std::any::type_name::<T>(),
+            reason: format!("{} bytes were left over (was a message of another type sent?)", rest.len()),
+        }),
+        Err(e) => Err(explain_decode(std::any::type_name::<T>(), e)),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Typed user messages: the sender's type name travels with the value.
+
+/// Normalises a type name so that types with the same encoding compare
+/// equal: `&T` and `T`, `str` and `String`, `[T]` and `Vec<T>`.
+fn normalise(name: &str) -> String {
+    let mut n = name.trim_start_matches('&').trim();
+    if let Some(rest) = n.strip_prefix("mut ") {
+        n = rest;
+    }
+    if n == "str" || n == "alloc::string::String" {
+        return "alloc::string::String".into();
+    }
+    if let Some(inner) = n.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        if !inner.contains(';') {
+            return format!("alloc::vec::Vec<{}>", normalise(inner));
+        }
+    }
+    n.to_string()
+}
+
+/// Encodes a user message: `[u16 name length][type name][postcard value]`.
+pub(crate) fn encode_message<T: Serialize + ?Sized>(value: &T) -> Result<Encoded> {
+    let name = normalise(std::any::type_name::<T>());
+    let name = name.as_bytes();
+    let len = u16::try_from(name.len()).unwrap_or(u16::MAX);
+    let mut prefix = Vec::with_capacity(2 + name.len() + 16);
+    prefix.extend_from_slice(&len.to_le_bytes());
+    prefix.extend_from_slice(&name[..len as usize]);
+    encode_into(value, prefix)
+}
+
+/// Decodes a user message as `T`; a message sent as another type is an
+/// `Err` (the message is consumed, the channel stays usable).
+pub(crate) fn decode_message<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T> {
+    if bytes.len() < 2 {
+        return Err(Error::Wire("message frame too short for its type tag".into()));
+    }
+    let len = u16::from_le_bytes([bytes[0], bytes[1]]) as usize;
+    let Some(name) = bytes.get(2..2 + len) else {
+        return Err(Error::Wire("message frame shorter than its type tag".into()));
+    };
+    let got = String::from_utf8_lossy(name);
+    let expected = normalise(std::any::type_name::<T>());
+    if got != expected {
+        return Err(Error::WrongType { expected, got: got.into_owned() });
+    }
+    decode(&bytes[2 + len..], fds)
+}
+
+// ---------------------------------------------------------------------------
+
+/// Carries a value as self-describing JSON inside skprocess's binary
+/// encoding: the escape hatch for types postcard cannot encode, such as
+/// those using `#[serde(flatten)]` or `#[serde(untagged)]`.
+///
+/// # Examples
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use skprocess::Json;
+///
+/// #[derive(Serialize, Deserialize, PartialEq, Debug)]
+/// #[serde(untagged)]
+/// enum Value { Int(i64), Text(String) }
+///
+/// let v = Json(Value::Text("hi".into()));
+/// let bytes = postcard::to_allocvec(&v).unwrap();
+/// let back: Json<Value> = postcard::from_bytes(&bytes).unwrap();
+/// assert_eq!(back.0, Value::Text("hi".into()));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Json<T>(pub T);
+
+impl<T> Json<T> {
+    /// The wrapped value.
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T> std::ops::Deref for Json<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> std::ops::DerefMut for Json<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.0
+    }
+}
+
+impl<T: Serialize> Serialize for Json<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let text = serde_json::to_string(&self.0).map_err(serde::ser::Error::custom)?;
+        s.serialize_str(&text)
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Json<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        serde_json::from_str(&text).map(Json).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod test;

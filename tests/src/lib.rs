@@ -1,0 +1,1 @@
+//! Integration tests for skprocess live in `tests/`; this library is empty.
