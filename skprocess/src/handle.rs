@@ -494,7 +494,11 @@ impl Supervisor {
                         let limit = self.config.join_in.unwrap_or_default();
                         return End::Final(self.failure(attempt, hook, run, Cause::JoinTimeout(limit)));
                     }
-                    let (_, hook, run, limit) = hook_deadline.expect("woke up with no deadline armed");
+                    let (at, hook, run, limit) = hook_deadline.expect("woke up with no deadline armed");
+                    // The killed call never returned to be timed: count it
+                    // with the time it had run.
+                    let ran = now.saturating_duration_since(at.checked_sub(limit).unwrap_or(at));
+                    self.shared.past_timers.lock().unwrap_or_else(|p| p.into_inner()).get_mut(hook).record(ran);
                     return End::Failed(self.failure(attempt, Some(hook), Some(run), Cause::HookTimeout(limit)));
                 }
                 Err(Error::Disconnected) => {

@@ -17,7 +17,7 @@ impl std::fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match *self {
             ExitStatus::Code(c) => write!(f, "exited with code {c}"),
-            ExitStatus::Signal(s) => write!(f, "killed by signal {s} ({})", signal_name(s)),
+            ExitStatus::Signal(s) => write!(f, "was killed by signal {s} ({})", signal_name(s)),
         }
     }
 }
