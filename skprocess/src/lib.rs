@@ -103,4 +103,10 @@ pub mod prelude {
 pub mod __private {
     pub use crate::spawn::{Described, Entry, REGISTRY};
     pub use linkme;
+
+    /// Feeds arbitrary bytes to the frame reader and decoders (the fuzz
+    /// target's entry point).
+    pub fn fuzz_frames(data: &[u8]) {
+        crate::wire::fuzz_frames(data)
+    }
 }

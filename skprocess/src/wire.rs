@@ -485,3 +485,27 @@ impl<'de, T: DeserializeOwned> Deserialize<'de> for Json<T> {
 
 #[cfg(test)]
 mod test;
+
+/// Reads frames from `data` as if a peer had sent it, then closed, and
+/// decodes every payload as a few message types. Used by the fuzz target;
+/// must never panic or hang.
+pub(crate) fn fuzz_frames(data: &[u8]) {
+    let Ok((a, b)) = sys::sock::socketpair() else { return };
+    let (mut reader, _) = match split(a) {
+        Ok(p) => p,
+        Err(_) => return,
+    };
+    let writer = std::thread::spawn({
+        let data = data.to_vec();
+        move || {
+            let w = Writer::new(b);
+            let _ = sys::sock::send(w.sock.lock().unwrap().as_fd(), &[IoSlice::new(&data)], &[]);
+        }
+    });
+    let _ = writer.join();
+    while let Ok(Some(frame)) = reader.read(Some(Instant::now() + std::time::Duration::from_millis(100))) {
+        let _ = decode_message::<(String, Vec<u64>, Option<bool>)>(&frame.payload, Vec::new());
+        let _ = frame.decode::<crate::runtime::Init>();
+        let _ = frame.decode::<crate::error::Failure>();
+    }
+}
