@@ -22,7 +22,8 @@ struct Squarer {
 
 impl Process for Squarer {
     fn prerun(&mut self, ctx: &mut Ctx) -> HookResult {
-        self.log.push(format!("attempt {} run {}", ctx.attempt(), ctx.run_index()));
+        self.log
+            .push(format!("attempt {} run {}", ctx.attempt(), ctx.run_index()));
         Ok(())
     }
 
@@ -57,7 +58,12 @@ impl Process for Doomed {
 
 fn chapter_1() -> skprocess::Result<()> {
     println!("== 1. a process with hooks, lives and timers");
-    let mut h = Squarer { x: 3, total: 0, log: vec![] }.start()?;
+    let mut h = Squarer {
+        x: 3,
+        total: 0,
+        log: vec![],
+    }
+    .start()?;
     println!("started pid {}", h.pid());
     let done = h.wait()?;
     println!("total = {} (5 runs of 3*3)", done.total);

@@ -17,13 +17,16 @@ pub(crate) fn input(cx: &Ctxt, input: &DeriveInput) {
     let ident = &input.ident;
     let keyword = match &input.data {
         Data::Struct(_) => None,
-        Data::Enum(data) => Some(data.enum_token.to_token_stream()),
-        Data::Union(data) => Some(data.union_token.to_token_stream()),
+        Data::Enum(data) => Some(("enum", data.enum_token.to_token_stream())),
+        Data::Union(data) => Some(("union", data.union_token.to_token_stream())),
     };
-    if let Some(keyword) = keyword {
+    if let Some((kind, keyword)) = keyword {
         cx.error_spanned_by(
             quote!(#keyword #ident),
-            "#[derive(Process)] works on structs only",
+            format!(
+                "#[derive(Process)] works on structs only; \
+                 make the {kind} a field of a struct and derive Process on the struct"
+            ),
         );
     }
     if !input.generics.params.is_empty() {

@@ -79,7 +79,13 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { runs: None, lives: 1, timeouts: [None; 4], join_in: None, stop_grace: Duration::from_secs(1) }
+        Config {
+            runs: None,
+            lives: 1,
+            timeouts: [None; 4],
+            join_in: None,
+            stop_grace: Duration::from_secs(1),
+        }
     }
 }
 

@@ -126,17 +126,37 @@ impl fmt::Display for Failure {
         };
         write!(f, "process {} {verb} ", self.process)?;
         match (self.hook, self.run) {
-            (Some(h), Some(r)) if h != Hook::Onfinish => {
-                write!(f, "in {h} (run #{r}, attempt {} of {})", self.attempt, self.lives)?
-            }
-            (Some(h), Some(r)) => write!(f, "in {h} (after {r} runs, attempt {} of {})", self.attempt, self.lives)?,
+            (Some(h), Some(r)) if h != Hook::Onfinish => write!(
+                f,
+                "in {h} (run #{r}, attempt {} of {})",
+                self.attempt, self.lives
+            )?,
+            (Some(h), Some(r)) => write!(
+                f,
+                "in {h} (after {r} runs, attempt {} of {})",
+                self.attempt, self.lives
+            )?,
             (Some(h), None) => write!(f, "in {h} (attempt {} of {})", self.attempt, self.lives)?,
-            (None, _) => write!(f, "outside any hook (attempt {} of {})", self.attempt, self.lives)?,
+            (None, _) => write!(
+                f,
+                "outside any hook (attempt {} of {})",
+                self.attempt, self.lives
+            )?,
         }
         match &self.cause {
-            Cause::Returned(m) | Cause::Panicked(m) | Cause::Crashed(m) | Cause::Codec(m) => write!(f, ": {m}"),
-            Cause::HookTimeout(d) => write!(f, ": exceeded its {} timeout", humantime::format_duration(*d)),
-            Cause::JoinTimeout(d) => write!(f, ": exceeded join_in of {}", humantime::format_duration(*d)),
+            Cause::Returned(m) | Cause::Panicked(m) | Cause::Crashed(m) | Cause::Codec(m) => {
+                write!(f, ": {m}")
+            }
+            Cause::HookTimeout(d) => write!(
+                f,
+                ": exceeded its {} timeout",
+                humantime::format_duration(*d)
+            ),
+            Cause::JoinTimeout(d) => write!(
+                f,
+                ": exceeded join_in of {}",
+                humantime::format_duration(*d)
+            ),
         }
     }
 }

@@ -58,7 +58,11 @@ impl Shared {
     }
 
     fn timers(&self) -> Timers {
-        let mut t = self.past_timers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut t = self
+            .past_timers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if let Some(status) = self.current().status.clone() {
             t.merge(&status_timers(&status));
         }
@@ -161,7 +165,14 @@ impl<P: Process> Handle<P> {
                 let _ = result_tx.send(r);
             })
             .map_err(Error::Spawn)?;
-        Ok(Handle { shared, result, thread: Some(thread), waited: false, grace, _p: PhantomData })
+        Ok(Handle {
+            shared,
+            result,
+            thread: Some(thread),
+            waited: false,
+            grace,
+            _p: PhantomData,
+        })
     }
 
     /// Blocks until the process has ended, and returns its final state.
@@ -173,9 +184,14 @@ impl<P: Process> Handle<P> {
     /// [`kill`](Handle::kill), or [`Error::AlreadyWaited`] on a second call.
     pub fn wait(&mut self) -> Result<P> {
         if self.waited {
-            return Err(Error::AlreadyWaited { process: self.shared.name });
+            return Err(Error::AlreadyWaited {
+                process: self.shared.name,
+            });
         }
-        let r = self.result.recv().unwrap_or_else(|_| Err(Error::Disconnected));
+        let r = self
+            .result
+            .recv()
+            .unwrap_or_else(|_| Err(Error::Disconnected));
         self.finish(r)
     }
 
@@ -187,11 +203,16 @@ impl<P: Process> Handle<P> {
     /// As [`wait`](Handle::wait).
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<P>> {
         if self.waited {
-            return Err(Error::AlreadyWaited { process: self.shared.name });
+            return Err(Error::AlreadyWaited {
+                process: self.shared.name,
+            });
         }
         let r = match sys::sock::deadline_after(timeout) {
             Some(d) => self.result.recv_deadline(d),
-            None => self.result.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            None => self
+                .result
+                .recv()
+                .map_err(|_| RecvTimeoutError::Disconnected),
         };
         match r {
             Ok(r) => self.finish(r).map(Some),
@@ -218,7 +239,12 @@ impl<P> Handle<P> {
     /// If the value cannot be encoded, or the process has ended.
     pub fn tell<T: Serialize + ?Sized>(&self, msg: &T) -> Result<()> {
         let enc = wire::encode_message(msg)?;
-        let writer = self.shared.current().writer.clone().ok_or(Error::Disconnected)?;
+        let writer = self
+            .shared
+            .current()
+            .writer
+            .clone()
+            .ok_or(Error::Disconnected)?;
         writer.send(kind::TELL, &enc.bytes, &enc.raw_fds())
     }
 
@@ -234,7 +260,11 @@ impl<P> Handle<P> {
     pub fn listen<T: DeserializeOwned>(&self, timeout: Duration) -> Result<Option<T>> {
         let r = match sys::sock::deadline_after(timeout) {
             Some(d) => self.shared.inbox.recv_deadline(d),
-            None => self.shared.inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            None => self
+                .shared
+                .inbox
+                .recv()
+                .map_err(|_| RecvTimeoutError::Disconnected),
         };
         match r {
             Ok(f) => wire::decode_message(&f.payload, f.fds).map(Some),
@@ -306,7 +336,9 @@ impl<P> Handle<P> {
 
 impl<P> Drop for Handle<P> {
     fn drop(&mut self) {
-        let Some(thread) = self.thread.take() else { return };
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
         if self.result.is_empty() {
             self.stop();
             if self.result.recv_timeout(self.grace).is_err() {
@@ -361,7 +393,8 @@ impl Supervisor {
     /// Sends the value to a freshly spawned child and publishes it as the
     /// handle's current child.
     fn attach(&mut self, s: Spawned, attempt: u32) -> Result<Child> {
-        let status = Arc::new(SharedWords::new(c"skprocess-status", STATUS_WORDS).map_err(Error::Spawn)?);
+        let status =
+            Arc::new(SharedWords::new(c"skprocess-status", STATUS_WORDS).map_err(Error::Spawn)?);
         let (reader, writer) = wire::split(s.socket)?;
         let pidfd = Arc::new(s.pidfd);
         {
@@ -378,7 +411,11 @@ impl Supervisor {
         let value = if last_life {
             self.encoded.take().unwrap_or_default()
         } else {
-            self.encoded.as_ref().map(Encoded::try_clone).transpose()?.unwrap_or_default()
+            self.encoded
+                .as_ref()
+                .map(Encoded::try_clone)
+                .transpose()?
+                .unwrap_or_default()
         };
         let init = Init::Process {
             type_id: self.type_id.to_string(),
@@ -398,11 +435,19 @@ impl Supervisor {
         // sees end of file and reports the crash with its exit status.
         let _ = writer.send(kind::INIT, &bytes, &fds);
         drop(value.fds);
-        Ok(Child { pid: s.pid, pidfd, reader, status })
+        Ok(Child {
+            pid: s.pid,
+            pidfd,
+            reader,
+            status,
+        })
     }
 
     fn supervise(mut self, first: Child) -> Result<Encoded> {
-        let join_deadline = self.config.join_in.and_then(|d| self.started.checked_add(d));
+        let join_deadline = self
+            .config
+            .join_in
+            .and_then(|d| self.started.checked_add(d));
         let mut attempt = 1;
         let mut child = first;
         loop {
@@ -411,7 +456,11 @@ impl Supervisor {
             let killed = self.shared.killed.load(Ordering::SeqCst);
             let failure = match end {
                 End::Done(enc) => return Ok(enc),
-                _ if killed => return Err(Error::Killed { process: self.shared.name }),
+                _ if killed => {
+                    return Err(Error::Killed {
+                        process: self.shared.name,
+                    })
+                }
                 End::Final(f) => return Err(Error::Process(Box::new(f))),
                 End::Failed(f) => f,
             };
@@ -431,7 +480,11 @@ impl Supervisor {
     fn retire(&self, child: &Child) {
         let t = status_timers(&child.status);
         let mut c = self.shared.current();
-        self.shared.past_timers.lock().unwrap_or_else(|p| p.into_inner()).merge(&t);
+        self.shared
+            .past_timers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .merge(&t);
         c.alive = false;
         c.writer = None;
         c.status = None;
@@ -473,15 +526,26 @@ impl Supervisor {
                         }
                     }
                     kind::HOOK_END => hook_deadline = None,
-                    kind::DONE => outcome = Some(End::Done(Encoded { bytes: frame.payload, fds: frame.fds })),
+                    kind::DONE => {
+                        outcome = Some(End::Done(Encoded {
+                            bytes: frame.payload,
+                            fds: frame.fds,
+                        }))
+                    }
                     kind::FAILED => {
                         let f = frame.decode::<Failure>().unwrap_or_else(|e| {
-                            self.failure(attempt, None, None, Cause::Crashed(format!("unreadable failure report: {e}")))
+                            self.failure(
+                                attempt,
+                                None,
+                                None,
+                                Cause::Crashed(format!("unreadable failure report: {e}")),
+                            )
                         });
                         outcome = Some(End::Failed(f));
                     }
                     other => {
-                        let cause = Cause::Crashed(format!("the child sent an unknown frame kind {other}"));
+                        let cause =
+                            Cause::Crashed(format!("the child sent an unknown frame kind {other}"));
                         self.kill_and_reap(child);
                         return End::Failed(self.failure(attempt, None, None, cause));
                     }
@@ -492,14 +556,30 @@ impl Supervisor {
                     self.kill_and_reap(child);
                     if join_deadline.is_some_and(|d| now >= d) {
                         let limit = self.config.join_in.unwrap_or_default();
-                        return End::Final(self.failure(attempt, hook, run, Cause::JoinTimeout(limit)));
+                        return End::Final(self.failure(
+                            attempt,
+                            hook,
+                            run,
+                            Cause::JoinTimeout(limit),
+                        ));
                     }
-                    let (at, hook, run, limit) = hook_deadline.expect("woke up with no deadline armed");
+                    let (at, hook, run, limit) =
+                        hook_deadline.expect("woke up with no deadline armed");
                     // The killed call never returned to be timed: count it
                     // with the time it had run.
                     let ran = now.saturating_duration_since(at.checked_sub(limit).unwrap_or(at));
-                    self.shared.past_timers.lock().unwrap_or_else(|p| p.into_inner()).get_mut(hook).record(ran);
-                    return End::Failed(self.failure(attempt, Some(hook), Some(run), Cause::HookTimeout(limit)));
+                    self.shared
+                        .past_timers
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_mut(hook)
+                        .record(ran);
+                    return End::Failed(self.failure(
+                        attempt,
+                        Some(hook),
+                        Some(run),
+                        Cause::HookTimeout(limit),
+                    ));
                 }
                 Err(Error::Disconnected) => {
                     let status = reap(child);
@@ -511,7 +591,12 @@ impl Supervisor {
                         Ok(s) => s.to_string(),
                         Err(e) => format!("could not be reaped: {e}"),
                     };
-                    return End::Failed(self.failure(attempt, hook, run, Cause::Crashed(format!("the child {what}"))));
+                    return End::Failed(self.failure(
+                        attempt,
+                        hook,
+                        run,
+                        Cause::Crashed(format!("the child {what}")),
+                    ));
                 }
                 Err(e) => {
                     let (hook, run) = self.position(child);

@@ -95,7 +95,9 @@ pub use wire::Json;
 
 /// `use skprocess::prelude::*;` brings in everything a process needs.
 pub mod prelude {
-    pub use crate::{BoxError, Config, Ctx, Error, Handle, Hook, HookResult, Process, Result, Timer, Timers};
+    pub use crate::{
+        BoxError, Config, Ctx, Error, Handle, Hook, HookResult, Process, Result, Timer, Timers,
+    };
 }
 
 /// Used by the code `#[derive(Process)]` generates; not a public API.
@@ -103,6 +105,10 @@ pub mod prelude {
 pub mod __private {
     pub use crate::spawn::{Described, Entry, REGISTRY};
     pub use linkme;
+
+    /// The environment variable and value that make a re-exec of this
+    /// binary exit before `main`: the raw baseline for spawn benchmarks.
+    pub const BARE_CHILD_ENV: (&str, &str) = (crate::spawn::ENV, crate::spawn::BARE);
 
     /// Feeds arbitrary bytes to the frame reader and decoders (the fuzz
     /// target's entry point).

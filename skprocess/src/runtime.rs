@@ -39,7 +39,10 @@ pub(crate) const STATUS_HOOK: usize = 1;
 pub(crate) const STATUS_RUN: usize = 2;
 
 /// The timer words of `hook` in a status page.
-pub(crate) fn timer_words(words: &[std::sync::atomic::AtomicU64], hook: Hook) -> &[std::sync::atomic::AtomicU64] {
+pub(crate) fn timer_words(
+    words: &[std::sync::atomic::AtomicU64],
+    hook: Hook,
+) -> &[std::sync::atomic::AtomicU64] {
     let at = STATUS_HEADER + hook.index() * TIMER_WORDS;
     &words[at..at + TIMER_WORDS]
 }
@@ -98,7 +101,9 @@ impl Ctx {
     /// If the value cannot be encoded, or the parent is gone.
     pub fn tell<T: Serialize + ?Sized>(&self, msg: &T) -> Result<()> {
         let enc = wire::encode_message(msg)?;
-        self.link.writer.send(kind::TELL, &enc.bytes, &enc.raw_fds())
+        self.link
+            .writer
+            .send(kind::TELL, &enc.bytes, &enc.raw_fds())
     }
 
     /// Waits up to `timeout` for a message from the parent: `Ok(None)` if
@@ -111,7 +116,11 @@ impl Ctx {
     pub fn listen<T: DeserializeOwned>(&self, timeout: Duration) -> Result<Option<T>> {
         let frame = match sys::sock::deadline_after(timeout) {
             Some(d) => self.link.inbox.recv_deadline(d),
-            None => self.link.inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            None => self
+                .link
+                .inbox
+                .recv()
+                .map_err(|_| RecvTimeoutError::Disconnected),
         };
         match frame {
             Ok(f) => wire::decode_message(&f.payload, f.fds).map(Some),
@@ -198,7 +207,12 @@ fn install_panic_hook() {
         if IN_HOOK.with(Cell::get) {
             let msg = info.payload_as_str().unwrap_or("Box<dyn Any>");
             let text = match info.location() {
-                Some(l) => format!("panicked at {}:{}:{}: {msg}", l.file(), l.line(), l.column()),
+                Some(l) => format!(
+                    "panicked at {}:{}:{}: {msg}",
+                    l.file(),
+                    l.line(),
+                    l.column()
+                ),
                 None => format!("panicked: {msg}"),
             };
             PANIC.with(|p| *p.borrow_mut() = Some(text));
@@ -229,7 +243,13 @@ impl Runner<'_> {
         }
     }
 
-    fn call<P>(&self, p: &mut P, ctx: &mut Ctx, hook: Hook, f: fn(&mut P, &mut Ctx) -> HookResult) -> Result<(), Failure> {
+    fn call<P>(
+        &self,
+        p: &mut P,
+        ctx: &mut Ctx,
+        hook: Hook,
+        f: fn(&mut P, &mut Ctx) -> HookResult,
+    ) -> Result<(), Failure> {
         let words = self.status.words();
         let run = ctx.run_index;
         words[STATUS_RUN].store(run, Ordering::Relaxed);
@@ -253,13 +273,15 @@ impl Runner<'_> {
                 return Ok(());
             }
             Ok(Err(e)) => Cause::Returned(chain(&*e)),
-            Err(payload) => Cause::Panicked(PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| {
-                payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panicked".into())
-            })),
+            Err(payload) => {
+                Cause::Panicked(PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| {
+                    payload
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "panicked".into())
+                }))
+            }
         };
         Err(self.failure(Some(hook), Some(run), cause))
     }
@@ -267,10 +289,13 @@ impl Runner<'_> {
     fn mark(&self, ctx: &Ctx, k: u8, hook: Hook, run: u64) -> Result<(), Failure> {
         let mark: HookMark = (hook.index() as u8, run);
         let bytes = postcard::to_allocvec(&mark).expect("a tuple of integers always encodes");
-        ctx.link
-            .writer
-            .send(k, &bytes, &[])
-            .map_err(|e| self.failure(Some(hook), Some(run), Cause::Crashed(format!("lost the parent: {e}"))))
+        ctx.link.writer.send(k, &bytes, &[]).map_err(|e| {
+            self.failure(
+                Some(hook),
+                Some(run),
+                Cause::Crashed(format!("lost the parent: {e}")),
+            )
+        })
     }
 
     fn lifecycle<P: Process>(&self, p: &mut P, ctx: &mut Ctx) -> Result<(), Failure> {
@@ -292,19 +317,39 @@ impl Runner<'_> {
 
 /// Decodes a `P`, runs its lifecycle, and encodes its final state.
 pub(crate) fn run_value<P: Process>(args: RunArgs<'_>) -> Result<wire::Encoded, Failure> {
-    let runner = Runner { plan: args.plan, status: args.status, name: P::NAME };
-    let mut p: P = wire::decode(args.state, args.fds)
-        .map_err(|e| runner.failure(None, None, Cause::Codec(format!("the child could not rebuild the value: {e}"))))?;
+    let runner = Runner {
+        plan: args.plan,
+        status: args.status,
+        name: P::NAME,
+    };
+    let mut p: P = wire::decode(args.state, args.fds).map_err(|e| {
+        runner.failure(
+            None,
+            None,
+            Cause::Codec(format!("the child could not rebuild the value: {e}")),
+        )
+    })?;
     runner.lifecycle(&mut p, args.ctx)?;
     wire::encode(&p).map_err(|e| {
-        runner.failure(None, None, Cause::Codec(format!("the child could not send back the final value: {e}")))
+        runner.failure(
+            None,
+            None,
+            Cause::Codec(format!(
+                "the child could not send back the final value: {e}"
+            )),
+        )
     })
 }
 
 // ---------------------------------------------------------------------------
 // The child's entry point.
 
-fn spawn_control_thread(mut reader: Reader, inbox: Sender<Frame>, others: Sender<Frame>, link: Arc<Link>) {
+fn spawn_control_thread(
+    mut reader: Reader,
+    inbox: Sender<Frame>,
+    others: Sender<Frame>,
+    link: Arc<Link>,
+) {
     let spawned = std::thread::Builder::new()
         .name("skprocess-control".into())
         .stack_size(256 * 1024)
@@ -337,21 +382,34 @@ fn spawn_control_thread(mut reader: Reader, inbox: Sender<Frame>, others: Sender
 /// Runs in a spawned child, before `main`; never returns.
 pub(crate) fn child_main(control: OwnedFd) -> ! {
     install_panic_hook();
-    let Ok((mut reader, writer)) = wire::split(control) else { sys::proc::exit_now(74) };
+    let Ok((mut reader, writer)) = wire::split(control) else {
+        sys::proc::exit_now(74)
+    };
     let init = match reader.read(None) {
         Ok(Some(f)) if f.kind == kind::INIT => f,
         // The parent went away before sending anything.
         _ => sys::proc::exit_now(0),
     };
-    let Ok(msg) = init.decode::<Init>() else { sys::proc::exit_now(75) };
+    let Ok(msg) = init.decode::<Init>() else {
+        sys::proc::exit_now(75)
+    };
     let mut fds = init.fds;
     let (inbox_tx, inbox) = crossbeam_channel::unbounded();
     let (others_tx, others) = crossbeam_channel::unbounded();
-    let link = Arc::new(Link { writer, inbox, others, stop: AtomicBool::new(false) });
+    let link = Arc::new(Link {
+        writer,
+        inbox,
+        others,
+        stop: AtomicBool::new(false),
+    });
     spawn_control_thread(reader, inbox_tx, others_tx, link.clone());
 
     let code = match msg {
-        Init::Process { type_id, plan, state } => {
+        Init::Process {
+            type_id,
+            plan,
+            state,
+        } => {
             if fds.is_empty() {
                 sys::proc::exit_now(76);
             }

@@ -88,7 +88,13 @@ pub struct Timer {
 
 impl Default for Timer {
     fn default() -> Self {
-        Timer { count: 0, total_ns: 0, min_ns: 0, max_ns: 0, buckets: vec![0; BUCKETS] }
+        Timer {
+            count: 0,
+            total_ns: 0,
+            min_ns: 0,
+            max_ns: 0,
+            buckets: vec![0; BUCKETS],
+        }
     }
 }
 
@@ -124,7 +130,10 @@ impl Timer {
             total_ns: words[1].load(Relaxed),
             min_ns: words[2].load(Relaxed),
             max_ns: words[3].load(Relaxed),
-            buckets: words[4..4 + BUCKETS].iter().map(|w| w.load(Relaxed)).collect(),
+            buckets: words[4..4 + BUCKETS]
+                .iter()
+                .map(|w| w.load(Relaxed))
+                .collect(),
         };
         if t.count == 0 {
             t = Timer::default();
@@ -182,7 +191,11 @@ impl Timer {
         if self.count == 0 {
             return Duration::ZERO;
         }
-        let p = if p.is_nan() { 50.0 } else { p.clamp(0.0, 100.0) };
+        let p = if p.is_nan() {
+            50.0
+        } else {
+            p.clamp(0.0, 100.0)
+        };
         if p <= 0.0 {
             return self.min();
         }
@@ -297,7 +310,20 @@ mod test {
 
     #[test]
     fn buckets_cover_their_values() {
-        for ns in [0u64, 1, 7, 8, 9, 15, 16, 17, 1000, 123_456_789, u64::MAX / 3, u64::MAX] {
+        for ns in [
+            0u64,
+            1,
+            7,
+            8,
+            9,
+            15,
+            16,
+            17,
+            1000,
+            123_456_789,
+            u64::MAX / 3,
+            u64::MAX,
+        ] {
             let (lo, hi) = bucket_range(bucket_of(ns));
             assert!(lo <= ns && ns <= hi, "{ns} not in [{lo}, {hi}]");
             assert!(bucket_of(ns) < BUCKETS);

@@ -59,7 +59,8 @@ pub(crate) struct Frame {
 impl Frame {
     /// Decodes the payload as `T` (a control message, not a user value).
     pub(crate) fn decode<'a, T: Deserialize<'a>>(&'a self) -> Result<T> {
-        postcard::from_bytes(&self.payload).map_err(|e| Error::Wire(format!("bad frame of kind {}: {e}", self.kind)))
+        postcard::from_bytes(&self.payload)
+            .map_err(|e| Error::Wire(format!("bad frame of kind {}: {e}", self.kind)))
     }
 }
 
@@ -73,16 +74,20 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub(crate) fn new(fd: OwnedFd) -> Self {
-        Writer { sock: Arc::new(Mutex::new(fd)) }
+        Writer {
+            sock: Arc::new(Mutex::new(fd)),
+        }
     }
 
     /// Writes one frame. Blocks while the peer's buffer is full; a peer that
     /// is gone gives `Err` (never SIGPIPE).
     pub(crate) fn send(&self, kind: u8, payload: &[u8], fds: &[RawFd]) -> Result<()> {
-        let len: u32 = payload
-            .len()
-            .try_into()
-            .map_err(|_| Error::Wire(format!("a message of {} bytes is over the 4 GiB frame limit", payload.len())))?;
+        let len: u32 = payload.len().try_into().map_err(|_| {
+            Error::Wire(format!(
+                "a message of {} bytes is over the 4 GiB frame limit",
+                payload.len()
+            ))
+        })?;
         if fds.len() > sys::sock::MAX_FDS {
             return Err(Error::Wire(format!(
                 "a message can carry at most {} descriptors (shares, pipes), not {}",
@@ -102,7 +107,11 @@ impl Writer {
                 let bufs = [IoSlice::new(&header[sent..]), IoSlice::new(payload)];
                 sys::sock::send(sock.as_fd(), &bufs, if sent == 0 { fds } else { &[] })
             } else {
-                sys::sock::send(sock.as_fd(), &[IoSlice::new(&payload[sent - HEADER..])], &[])
+                sys::sock::send(
+                    sock.as_fd(),
+                    &[IoSlice::new(&payload[sent - HEADER..])],
+                    &[],
+                )
             }
             .map_err(Error::Io)?;
             sent += n;
@@ -155,7 +164,8 @@ impl Reader {
         if avail < HEADER {
             return false;
         }
-        let len = u32::from_le_bytes(self.buf[self.start..self.start + 4].try_into().unwrap()) as usize;
+        let len =
+            u32::from_le_bytes(self.buf[self.start..self.start + 4].try_into().unwrap()) as usize;
         avail >= HEADER + len
     }
 
@@ -164,7 +174,9 @@ impl Reader {
         if self.eof {
             return Err(Error::Disconnected);
         }
-        if deadline.is_some() && !sys::sock::wait_readable(self.sock.as_fd(), deadline).map_err(Error::Io)? {
+        if deadline.is_some()
+            && !sys::sock::wait_readable(self.sock.as_fd(), deadline).map_err(Error::Io)?
+        {
             return Ok(false);
         }
         if self.start == self.end {
@@ -180,7 +192,8 @@ impl Reader {
             self.buf.resize(self.buf.len() + grow, 0);
         }
         let mut fds = Vec::new();
-        let n = sys::sock::recv(self.sock.as_fd(), &mut self.buf[self.end..], &mut fds).map_err(Error::Io)?;
+        let n = sys::sock::recv(self.sock.as_fd(), &mut self.buf[self.end..], &mut fds)
+            .map_err(Error::Io)?;
         self.fds.extend(fds);
         if n == 0 {
             self.eof = true;
@@ -196,7 +209,9 @@ impl Reader {
     pub(crate) fn read(&mut self, deadline: Option<Instant>) -> Result<Option<Frame>> {
         while self.end - self.start < HEADER {
             if self.eof && self.end > self.start {
-                return Err(Error::Wire("connection closed in the middle of a frame header".into()));
+                return Err(Error::Wire(
+                    "connection closed in the middle of a frame header".into(),
+                ));
             }
             if !self.fill(deadline)? {
                 return Ok(None);
@@ -207,7 +222,9 @@ impl Reader {
         let kind = h[4];
         let nfds = h[5] as usize;
         if h[6] != 0 || h[7] != 0 {
-            return Err(Error::Wire(format!("corrupt frame header {h:02x?}: reserved bytes are not zero")));
+            return Err(Error::Wire(format!(
+                "corrupt frame header {h:02x?}: reserved bytes are not zero"
+            )));
         }
         if len > self.max_frame {
             return Err(Error::Wire(format!(
@@ -276,13 +293,17 @@ thread_local! {
 pub(crate) fn push_fd(fd: BorrowedFd<'_>) -> std::result::Result<u32, String> {
     FD_SINK.with(|s| match s.borrow_mut().as_mut() {
         Some(v) => {
-            let dup = fd.try_clone_to_owned().map_err(|e| format!("cannot duplicate descriptor: {e}"))?;
+            let dup = fd
+                .try_clone_to_owned()
+                .map_err(|e| format!("cannot duplicate descriptor: {e}"))?;
             v.push(dup);
             Ok((v.len() - 1) as u32)
         }
-        None => Err("this handle can only be serialized by skprocess (as a field of a process, a tell \
+        None => Err(
+            "this handle can only be serialized by skprocess (as a field of a process, a tell \
                      message or a pool item), not by another serde format"
-            .into()),
+                .into(),
+        ),
     })
 }
 
@@ -315,7 +336,12 @@ impl Encoded {
     pub(crate) fn try_clone(&self) -> Result<Encoded> {
         Ok(Encoded {
             bytes: self.bytes.clone(),
-            fds: self.fds.iter().map(|f| f.try_clone()).collect::<std::io::Result<_>>().map_err(Error::Io)?,
+            fds: self
+                .fds
+                .iter()
+                .map(|f| f.try_clone())
+                .collect::<std::io::Result<_>>()
+                .map_err(Error::Io)?,
         })
     }
 }
@@ -333,10 +359,12 @@ fn explain_encode(type_name: &'static str, e: postcard::Error) -> Error {
 
 fn explain_decode(type_name: &'static str, e: postcard::Error) -> Error {
     let reason = match e {
-        postcard::Error::WontImplement => "postcard is not self-describing, so #[serde(untagged)] enums, \
+        postcard::Error::WontImplement => {
+            "postcard is not self-describing, so #[serde(untagged)] enums, \
              #[serde(flatten)] and deserialize_any cannot be decoded; wrap the value in \
              skprocess::Json<T>"
-            .to_string(),
+                .to_string()
+        }
         other => format!("{other} (was a message of another type sent?)"),
     };
     Error::Decode { type_name, reason }
@@ -351,7 +379,9 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded> {
 pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, prefix: Vec<u8>) -> Result<Encoded> {
     let prev = FD_SINK.with(|s| s.borrow_mut().replace(Vec::new()));
     let r = postcard::to_extend(value, prefix);
-    let fds = FD_SINK.with(|s| std::mem::replace(&mut *s.borrow_mut(), prev)).unwrap_or_default();
+    let fds = FD_SINK
+        .with(|s| std::mem::replace(&mut *s.borrow_mut(), prev))
+        .unwrap_or_default();
     let bytes = r.map_err(|e| {
         // A handle that refused to serialize says why in a custom error.
         explain_encode(std::any::type_name::<T>(), e)
@@ -369,7 +399,10 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Re
         Ok((v, [])) => Ok(v),
         Ok((_, rest)) => Err(Error::Decode {
             type_name: std::any::type_name::<T>(),
-            reason: format!("{} bytes were left over (was a message of another type sent?)", rest.len()),
+            reason: format!(
+                "{} bytes were left over (was a message of another type sent?)",
+                rest.len()
+            ),
         }),
         Err(e) => Err(explain_decode(std::any::type_name::<T>(), e)),
     }
@@ -411,16 +444,23 @@ pub(crate) fn encode_message<T: Serialize + ?Sized>(value: &T) -> Result<Encoded
 /// `Err` (the message is consumed, the channel stays usable).
 pub(crate) fn decode_message<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T> {
     if bytes.len() < 2 {
-        return Err(Error::Wire("message frame too short for its type tag".into()));
+        return Err(Error::Wire(
+            "message frame too short for its type tag".into(),
+        ));
     }
     let len = u16::from_le_bytes([bytes[0], bytes[1]]) as usize;
     let Some(name) = bytes.get(2..2 + len) else {
-        return Err(Error::Wire("message frame shorter than its type tag".into()));
+        return Err(Error::Wire(
+            "message frame shorter than its type tag".into(),
+        ));
     };
     let got = String::from_utf8_lossy(name);
     let expected = normalise(std::any::type_name::<T>());
     if got != expected {
-        return Err(Error::WrongType { expected, got: got.into_owned() });
+        return Err(Error::WrongType {
+            expected,
+            got: got.into_owned(),
+        });
     }
     decode(&bytes[2 + len..], fds)
 }
@@ -479,7 +519,9 @@ impl<T: Serialize> Serialize for Json<T> {
 impl<'de, T: DeserializeOwned> Deserialize<'de> for Json<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        serde_json::from_str(&text).map(Json).map_err(serde::de::Error::custom)
+        serde_json::from_str(&text)
+            .map(Json)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -490,7 +532,9 @@ mod test;
 /// decodes every payload as a few message types. Used by the fuzz target;
 /// must never panic or hang.
 pub(crate) fn fuzz_frames(data: &[u8]) {
-    let Ok((a, b)) = sys::sock::socketpair() else { return };
+    let Ok((a, b)) = sys::sock::socketpair() else {
+        return;
+    };
     let (mut reader, _) = match split(a) {
         Ok(p) => p,
         Err(_) => return,
@@ -503,7 +547,9 @@ pub(crate) fn fuzz_frames(data: &[u8]) {
         }
     });
     let _ = writer.join();
-    while let Ok(Some(frame)) = reader.read(Some(Instant::now() + std::time::Duration::from_millis(100))) {
+    while let Ok(Some(frame)) =
+        reader.read(Some(Instant::now() + std::time::Duration::from_millis(100)))
+    {
         let _ = decode_message::<(String, Vec<u64>, Option<bool>)>(&frame.payload, Vec::new());
         let _ = frame.decode::<crate::runtime::Init>();
         let _ = frame.decode::<crate::error::Failure>();

@@ -38,8 +38,13 @@ impl Process for Middle {
             pids.push(h.pid());
             _leaf = Some(h);
         } else {
-            let h = Middle { depth: self.depth - 1 }.start()?;
-            let below: Vec<u32> = h.listen(Duration::from_secs(30))?.ok_or("no pids from below")?;
+            let h = Middle {
+                depth: self.depth - 1,
+            }
+            .start()?;
+            let below: Vec<u32> = h
+                .listen(Duration::from_secs(30))?
+                .ok_or("no pids from below")?;
             pids.extend(below);
             _mid = Some(h);
         }
@@ -82,12 +87,25 @@ fn a_killed_middle_process_is_reported_by_its_parent() {
             Ok(())
         }
     }
-    let mut h = Top { message: String::new() }.start().unwrap();
+    let mut h = Top {
+        message: String::new(),
+    }
+    .start()
+    .unwrap();
     let pids: Vec<u32> = h.listen(support::DEADLINE).unwrap().expect("pids");
     // Kill the middle process from outside; its parent (Top) sees a crash.
-    std::process::Command::new("kill").args(["-KILL", &pids[0].to_string()]).status().unwrap();
+    std::process::Command::new("kill")
+        .args(["-KILL", &pids[0].to_string()])
+        .status()
+        .unwrap();
     let top = finish(&mut h).unwrap();
-    assert!(top.message.contains("crashed in run (run #0, attempt 1 of 1): the child was killed by signal 9 (SIGKILL)"), "{}", top.message);
+    assert!(
+        top.message.contains(
+            "crashed in run (run #0, attempt 1 of 1): the child was killed by signal 9 (SIGKILL)"
+        ),
+        "{}",
+        top.message
+    );
     assert_gone_within(pids[1], Duration::from_secs(3));
     support::assert_no_shm_files();
 }

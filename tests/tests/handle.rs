@@ -28,7 +28,10 @@ impl Process for Worker {
 
 fn started(w: Worker, cfg: Config) -> (Handle<Worker>, u32) {
     let h = w.start_with(cfg).unwrap();
-    let pid: u32 = h.listen(support::DEADLINE).unwrap().expect("the child reports its pid");
+    let pid: u32 = h
+        .listen(support::DEADLINE)
+        .unwrap()
+        .expect("the child reports its pid");
     assert_eq!(pid, h.pid());
     (h, pid)
 }
@@ -58,13 +61,25 @@ fn wait_timeout_gives_none_then_the_result() -> skprocess::Result<()> {
 #[test]
 fn kill_ends_it_now_and_wait_says_killed() {
     let cfg = Config::default().lives(5);
-    let (mut h, pid) = started(Worker { stubborn: Some(Duration::from_secs(60)), iterations: 0 }, cfg);
+    let (mut h, pid) = started(
+        Worker {
+            stubborn: Some(Duration::from_secs(60)),
+            iterations: 0,
+        },
+        cfg,
+    );
     let t0 = Instant::now();
     h.kill().unwrap();
     let e = finish(&mut h).err().expect("killed");
     assert!(e.is_killed(), "{e}");
-    assert!(e.to_string().contains("was killed through its handle"), "{e}");
-    assert!(t0.elapsed() < Duration::from_secs(2), "no further life was started");
+    assert!(
+        e.to_string().contains("was killed through its handle"),
+        "{e}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "no further life was started"
+    );
     assert!(!h.is_alive());
     assert_gone(pid);
     h.kill().unwrap(); // killing an ended process does nothing
@@ -75,7 +90,10 @@ fn dropping_a_handle_stops_the_child() {
     let (h, pid) = started(Worker::default(), Config::default());
     let t0 = Instant::now();
     drop(h);
-    assert!(t0.elapsed() < Duration::from_secs(1), "a cooperative child stops without the grace period");
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "a cooperative child stops without the grace period"
+    );
     assert_gone(pid);
 }
 
@@ -83,11 +101,20 @@ fn dropping_a_handle_stops_the_child() {
 fn dropping_a_handle_kills_a_stubborn_child_after_the_grace_period() {
     let grace = Duration::from_millis(200);
     let cfg = Config::default().stop_grace(grace);
-    let (h, pid) = started(Worker { stubborn: Some(Duration::from_secs(60)), iterations: 0 }, cfg);
+    let (h, pid) = started(
+        Worker {
+            stubborn: Some(Duration::from_secs(60)),
+            iterations: 0,
+        },
+        cfg,
+    );
     let t0 = Instant::now();
     drop(h);
     let took = t0.elapsed();
-    assert!(took >= grace && took < grace + Duration::from_secs(2), "{took:?}");
+    assert!(
+        took >= grace && took < grace + Duration::from_secs(2),
+        "{took:?}"
+    );
     assert_gone(pid);
 }
 
@@ -113,9 +140,14 @@ fn dropping_mid_run_from_another_thread_leaves_nothing() {
 fn a_handle_outlives_the_thread_that_started_it() -> skprocess::Result<()> {
     // The parent-death signal is per thread on Linux; the child must not
     // die when the starting thread ends.
-    let (mut h, pid) = std::thread::spawn(|| started(Worker::default(), Config::default())).join().unwrap();
+    let (mut h, pid) = std::thread::spawn(|| started(Worker::default(), Config::default()))
+        .join()
+        .unwrap();
     assert!(h.wait_timeout(Duration::from_millis(50))?.is_none());
-    assert!(h.is_alive(), "child {pid} died with the thread that started it");
+    assert!(
+        h.is_alive(),
+        "child {pid} died with the thread that started it"
+    );
     h.stop();
     finish(&mut h)?;
     Ok(())
@@ -125,7 +157,10 @@ fn a_handle_outlives_the_thread_that_started_it() -> skprocess::Result<()> {
 fn debug_shows_the_process() {
     let (h, pid) = started(Worker::default(), Config::default());
     let text = format!("{h:?}");
-    assert!(text.contains("Worker") && text.contains(&pid.to_string()), "{text}");
+    assert!(
+        text.contains("Worker") && text.contains(&pid.to_string()),
+        "{text}"
+    );
     drop(h);
     assert_gone_within(pid, Duration::from_secs(5));
 }

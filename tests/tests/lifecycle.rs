@@ -10,7 +10,12 @@ use support::{assert_gone, finish};
 
 // API.md §2, verbatim.
 #[derive(Process, Serialize, Deserialize)]
-#[process(runs = 5, lives = 3, timeout(run = "30s", prerun = "500ms"), join_in = "10m")]
+#[process(
+    runs = 5,
+    lives = 3,
+    timeout(run = "30s", prerun = "500ms"),
+    join_in = "10m"
+)]
 struct Squarer {
     x: u64,
     total: u64,
@@ -38,12 +43,23 @@ impl Process for Squarer {
 #[test]
 fn api_example_squarer() -> skprocess::Result<()> {
     support::watchdog();
-    let mut h: Handle<Squarer> = Squarer { x: 3, total: 0, seen: vec![] }.start()?;
+    let mut h: Handle<Squarer> = Squarer {
+        x: 3,
+        total: 0,
+        seen: vec![],
+    }
+    .start()?;
     let done: Squarer = h.wait()?;
     assert_eq!(done.total, 45);
-    assert_eq!(done.seen, ["prerun 0", "prerun 1", "prerun 2", "prerun 3", "prerun 4", "onfinish"]);
+    assert_eq!(
+        done.seen,
+        ["prerun 0", "prerun 1", "prerun 2", "prerun 3", "prerun 4", "onfinish"]
+    );
     let table = h.timers().to_string();
-    assert!(table.contains("prerun") && table.contains("onfinish"), "{table}");
+    assert!(
+        table.contains("prerun") && table.contains("onfinish"),
+        "{table}"
+    );
     assert_eq!(h.timers().run.count(), 5);
     assert_eq!(h.timers().onfinish.count(), 1);
     assert!(h.timers().run.mean() <= h.timers().run.max());
@@ -57,18 +73,32 @@ fn attribute_becomes_config() {
     assert_eq!(cfg.get_runs(), Some(5));
     assert_eq!(cfg.get_lives(), 3);
     assert_eq!(cfg.get_timeout(Hook::Run), Some(Duration::from_secs(30)));
-    assert_eq!(cfg.get_timeout(Hook::Prerun), Some(Duration::from_millis(500)));
+    assert_eq!(
+        cfg.get_timeout(Hook::Prerun),
+        Some(Duration::from_millis(500))
+    );
     assert_eq!(cfg.get_timeout(Hook::Postrun), None);
     assert_eq!(cfg.get_join_in(), Some(Duration::from_secs(600)));
     let d = Config::default();
-    assert_eq!((d.get_runs(), d.get_lives(), d.get_join_in()), (None, 1, None));
+    assert_eq!(
+        (d.get_runs(), d.get_lives(), d.get_join_in()),
+        (None, 1, None)
+    );
     assert_eq!(Config::default().runs(3).runs_unlimited().get_runs(), None);
 }
 
 #[test]
 fn start_with_overrides_the_attribute() -> skprocess::Result<()> {
-    let cfg = Squarer::config().runs(10).lives(2).timeout(Hook::Run, Duration::from_secs(1));
-    let mut h = Squarer { x: 2, total: 0, seen: vec![] }.start_with(cfg)?;
+    let cfg = Squarer::config()
+        .runs(10)
+        .lives(2)
+        .timeout(Hook::Run, Duration::from_secs(1));
+    let mut h = Squarer {
+        x: 2,
+        total: 0,
+        seen: vec![],
+    }
+    .start_with(cfg)?;
     let done = finish(&mut h)?;
     assert_eq!(done.total, 40);
     assert_eq!(h.timers().run.count(), 10);
@@ -114,7 +144,15 @@ fn hooks_run_in_order_and_onfinish_once() -> skprocess::Result<()> {
     let done = finish(&mut h)?;
     assert_eq!(
         done.calls,
-        ["prerun 0", "run 0", "postrun 0", "prerun 1", "run 1", "postrun 1", "onfinish 2"]
+        [
+            "prerun 0",
+            "run 0",
+            "postrun 0",
+            "prerun 1",
+            "run 1",
+            "postrun 1",
+            "onfinish 2"
+        ]
     );
     assert!(done.child, "is_child() is true in the child");
     assert!(!skprocess::is_child(), "and false in the parent");
@@ -133,7 +171,11 @@ fn zero_runs_still_runs_onfinish() -> skprocess::Result<()> {
 #[test]
 fn ctx_stop_finishes_the_iteration_then_onfinish() -> skprocess::Result<()> {
     // Unlimited runs: only ctx.stop() ends the loop.
-    let mut h = Recorder { stop_at: Some(2), ..Default::default() }.start()?;
+    let mut h = Recorder {
+        stop_at: Some(2),
+        ..Default::default()
+    }
+    .start()?;
     let done = finish(&mut h)?;
     assert_eq!(done.calls.len(), 3 * 3 + 1);
     assert_eq!(done.calls[8], "postrun 2");
@@ -173,12 +215,18 @@ impl Process for Looper {
 #[test]
 fn handle_stop_is_graceful() -> skprocess::Result<()> {
     let mut h = Looper::default().start()?;
-    assert_eq!(h.listen::<String>(support::DEADLINE)?.as_deref(), Some("running"));
+    assert_eq!(
+        h.listen::<String>(support::DEADLINE)?.as_deref(),
+        Some("running")
+    );
     assert!(h.is_alive());
     h.stop();
     let done = finish(&mut h)?;
     assert!(done.iterations >= 1);
-    assert_eq!(done.iterations, done.postruns, "the current iteration finished");
+    assert_eq!(
+        done.iterations, done.postruns,
+        "the current iteration finished"
+    );
     assert!(done.finished, "onfinish ran");
     assert!(done.saw_stop, "should_stop() saw the request");
     assert!(!h.is_alive());
@@ -204,8 +252,16 @@ fn timers_are_live_while_running() -> skprocess::Result<()> {
 
 #[test]
 fn sixteen_processes_at_once() -> skprocess::Result<()> {
-    let mut handles: Vec<_> =
-        (0..16).map(|x| Squarer { x, total: 0, seen: vec![] }.start()).collect::<skprocess::Result<_>>()?;
+    let mut handles: Vec<_> = (0..16)
+        .map(|x| {
+            Squarer {
+                x,
+                total: 0,
+                seen: vec![],
+            }
+            .start()
+        })
+        .collect::<skprocess::Result<_>>()?;
     let pids: std::collections::HashSet<u32> = handles.iter().map(|h| h.pid()).collect();
     assert_eq!(pids.len(), 16);
     for (x, h) in handles.iter_mut().enumerate() {
@@ -230,7 +286,12 @@ impl Process for Nested {
     fn run(&mut self, ctx: &mut Ctx) -> HookResult {
         self.pids.push(ctx.pid());
         if self.depth > 0 {
-            let mut h = Nested { depth: self.depth - 1, result: 0, pids: vec![] }.start()?;
+            let mut h = Nested {
+                depth: self.depth - 1,
+                result: 0,
+                pids: vec![],
+            }
+            .start()?;
             let inner = h.wait()?;
             self.result = inner.result + 1;
             self.pids.extend(inner.pids);
@@ -243,7 +304,12 @@ impl Process for Nested {
 
 #[test]
 fn children_start_children() -> skprocess::Result<()> {
-    let mut h = Nested { depth: 3, result: 0, pids: vec![] }.start()?;
+    let mut h = Nested {
+        depth: 3,
+        result: 0,
+        pids: vec![],
+    }
+    .start()?;
     let done = finish(&mut h)?;
     assert_eq!(done.result, 103);
     assert_eq!(done.pids.len(), 4);

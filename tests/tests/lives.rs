@@ -31,11 +31,22 @@ struct Flaky {
 
 impl Flaky {
     fn new(how: Fail, hook: Hook, until_attempt: u32) -> Self {
-        Flaky { how, hook, at_run: 2, until_attempt, runs_done: 0, attempts_seen: vec![] }
+        Flaky {
+            how,
+            hook,
+            at_run: 2,
+            until_attempt,
+            runs_done: 0,
+            attempts_seen: vec![],
+        }
     }
 
     fn maybe_fail(&self, hook: Hook, ctx: &Ctx) -> HookResult {
-        let at = if hook == Hook::Onfinish { true } else { ctx.run_index() == self.at_run };
+        let at = if hook == Hook::Onfinish {
+            true
+        } else {
+            ctx.run_index() == self.at_run
+        };
         if hook != self.hook || !at || ctx.attempt() >= self.until_attempt {
             return Ok(());
         }
@@ -46,7 +57,9 @@ impl Flaky {
             Fail::Exit => std::process::exit(3),
             Fail::Segv => {
                 // Raise the signal the way a crash would.
-                let _ = std::process::Command::new("kill").args(["-SEGV", &ctx.pid().to_string()]).status();
+                let _ = std::process::Command::new("kill")
+                    .args(["-SEGV", &ctx.pid().to_string()])
+                    .status();
                 std::thread::sleep(std::time::Duration::from_secs(30));
                 Ok(())
             }
@@ -104,9 +117,17 @@ fn every_hook_can_cost_a_life() -> skprocess::Result<()> {
 
 #[test]
 fn returned_error_names_process_hook_run_and_attempt() {
-    let mut h = Flaky::new(Fail::Err, Hook::Run, 9).start_with(Flaky::config().lives(3)).unwrap();
+    let mut h = Flaky::new(Fail::Err, Hook::Run, 9)
+        .start_with(Flaky::config().lives(3))
+        .unwrap();
     let e = finish(&mut h).err().expect("every life fails");
-    assert_eq!(e.to_string(), format!("process {} failed in run (run #2, attempt 3 of 3): disk full on attempt 3", name()));
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "process {} failed in run (run #2, attempt 3 of 3): disk full on attempt 3",
+            name()
+        )
+    );
     assert_eq!(e.hook(), Some(Hook::Run));
     assert_eq!(e.attempt(), Some(3));
     assert_eq!(e.run_index(), Some(2));
@@ -118,8 +139,17 @@ fn panic_text_and_location_are_kept() {
     let mut h = Flaky::new(Fail::Panic, Hook::Postrun, 9).start().unwrap();
     let e = finish(&mut h).err().expect("panics");
     let text = e.to_string();
-    assert!(text.starts_with(&format!("process {} panicked in postrun (run #2, attempt 1 of 1): panicked at", name())), "{text}");
-    assert!(text.contains("lives.rs") && text.ends_with("boom on attempt 1"), "{text}");
+    assert!(
+        text.starts_with(&format!(
+            "process {} panicked in postrun (run #2, attempt 1 of 1): panicked at",
+            name()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("lives.rs") && text.ends_with("boom on attempt 1"),
+        "{text}"
+    );
     assert!(e.is_panic() && !e.is_crash());
     assert_eq!(e.hook(), Some(Hook::Postrun));
 }
@@ -137,7 +167,10 @@ fn crashes_report_signal_or_exit_code() {
         let text = e.to_string();
         assert!(e.is_crash(), "{how:?}: {text}");
         assert!(text.contains(expect), "{how:?}: {text}");
-        assert!(text.contains("crashed in prerun (run #2, attempt 1 of 1)"), "{how:?}: {text}");
+        assert!(
+            text.contains("crashed in prerun (run #2, attempt 1 of 1)"),
+            "{how:?}: {text}"
+        );
         assert_eq!(e.hook(), Some(Hook::Prerun));
         assert_gone(h.pid());
     }
@@ -147,7 +180,11 @@ fn crashes_report_signal_or_exit_code() {
 fn onfinish_failure_says_after_how_many_runs() {
     let mut h = Flaky::new(Fail::Err, Hook::Onfinish, 9).start().unwrap();
     let e = finish(&mut h).err().expect("fails");
-    assert!(e.to_string().contains("failed in onfinish (after 4 runs, attempt 1 of 1)"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("failed in onfinish (after 4 runs, attempt 1 of 1)"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -171,7 +208,9 @@ fn killed_from_outside_costs_a_life() -> skprocess::Result<()> {
     }
     let mut h = Victim { attempt: 0 }.start()?;
     let pid: u32 = h.listen(support::DEADLINE)?.expect("pid");
-    let status = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status()?;
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()?;
     assert!(status.success());
     assert_eq!(finish(&mut h)?.attempt, 2);
     assert_gone(pid);

@@ -28,7 +28,10 @@ fn api_example_echo() -> skprocess::Result<()> {
     support::watchdog();
     let h = Echo.start()?;
     h.tell(&"hi".to_string())?;
-    assert_eq!(h.listen::<String>(Duration::from_secs(5))?, Some("HI".into()));
+    assert_eq!(
+        h.listen::<String>(Duration::from_secs(5))?,
+        Some("HI".into())
+    );
     h.tell(&"bye".to_string())?;
     drop(h);
     Ok(())
@@ -80,7 +83,10 @@ fn pipelined_bursts_arrive_in_order() -> skprocess::Result<()> {
             h.tell(&Msg::Num(burst * 10_000 + i))?;
         }
         for i in 0..2000 {
-            assert_eq!(h.listen::<Msg>(support::DEADLINE)?, Some(Msg::Num(2 * (burst * 10_000 + i))));
+            assert_eq!(
+                h.listen::<Msg>(support::DEADLINE)?,
+                Some(Msg::Num(2 * (burst * 10_000 + i)))
+            );
         }
     }
     h.tell(&Msg::Stop)?;
@@ -109,7 +115,10 @@ fn listen_times_out_with_none() -> skprocess::Result<()> {
     let t0 = Instant::now();
     assert_eq!(h.listen::<Msg>(Duration::from_millis(50))?, None);
     let took = t0.elapsed();
-    assert!(took >= Duration::from_millis(50) && took < Duration::from_secs(2), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(50) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
     assert_eq!(h.try_listen::<Msg>()?, None);
     h.tell(&Msg::Stop)?;
     finish(&mut h)?;
@@ -120,15 +129,25 @@ fn listen_times_out_with_none() -> skprocess::Result<()> {
 fn a_wrong_type_is_an_error_and_the_channel_stays_usable() -> skprocess::Result<()> {
     let mut h = Doubler::default().start()?;
     h.tell(&Msg::Num(21))?;
-    let e = h.listen::<String>(support::DEADLINE).err().expect("wrong type");
+    let e = h
+        .listen::<String>(support::DEADLINE)
+        .err()
+        .expect("wrong type");
     assert!(matches!(e, Error::WrongType { .. }), "{e}");
-    assert!(e.to_string().contains("Msg") && e.to_string().contains("String"), "{e}");
+    assert!(
+        e.to_string().contains("Msg") && e.to_string().contains("String"),
+        "{e}"
+    );
     h.tell(&Msg::Num(4))?;
     assert_eq!(h.listen::<Msg>(support::DEADLINE)?, Some(Msg::Num(8)));
     // The child gets a wrong type too: its hook fails with that error.
     h.tell(&"not a Msg")?;
     let e = finish(&mut h).err().expect("the child's listen failed");
-    assert!(e.to_string().contains("received a message of type alloc::string::String but asked for"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("received a message of type alloc::string::String but asked for"),
+        "{e}"
+    );
     Ok(())
 }
 
@@ -156,8 +175,14 @@ fn messages_sent_before_the_end_can_still_be_read_then_err() -> skprocess::Resul
         assert_eq!(h.listen::<u64>(support::DEADLINE)?, Some(i));
     }
     let t0 = Instant::now();
-    assert!(matches!(h.listen::<u64>(Duration::from_secs(30)), Err(Error::Disconnected)));
-    assert!(t0.elapsed() < Duration::from_secs(1), "did not wait out the timeout");
+    assert!(matches!(
+        h.listen::<u64>(Duration::from_secs(30)),
+        Err(Error::Disconnected)
+    ));
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "did not wait out the timeout"
+    );
     assert!(matches!(h.tell(&1u8), Err(Error::Disconnected)));
     Ok(())
 }
@@ -174,7 +199,10 @@ fn listen_on_a_killed_child_is_an_error_promptly() -> skprocess::Result<()> {
     let t0 = Instant::now();
     // tell on a dead child fails fast too (once the handle has seen it end).
     while h.tell(&Msg::Num(1)).is_ok() {
-        assert!(t0.elapsed() < Duration::from_secs(2), "tell kept succeeding on a dead child");
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "tell kept succeeding on a dead child"
+        );
         std::thread::yield_now();
     }
     Ok(())
@@ -206,11 +234,23 @@ fn types_postcard_cannot_encode_name_the_way_out() -> skprocess::Result<()> {
         b: u32,
     }
     let h = Echo.start()?;
-    let e = h.tell(&Flat { inner: Inner { a: 1 }, b: 2 }).err().expect("flatten cannot be encoded");
+    let e = h
+        .tell(&Flat {
+            inner: Inner { a: 1 },
+            b: 2,
+        })
+        .err()
+        .expect("flatten cannot be encoded");
     let text = e.to_string();
-    assert!(text.contains("Flat") && text.contains("skprocess::Json"), "{text}");
+    assert!(
+        text.contains("Flat") && text.contains("skprocess::Json"),
+        "{text}"
+    );
     // The escape hatch works.
-    h.tell(&skprocess::Json(Flat { inner: Inner { a: 1 }, b: 2 }))?;
+    h.tell(&skprocess::Json(Flat {
+        inner: Inner { a: 1 },
+        b: 2,
+    }))?;
     drop(h);
     Ok(())
 }
@@ -235,7 +275,10 @@ fn json_values_round_trip_through_a_process() -> skprocess::Result<()> {
             Ok(())
         }
     }
-    let mut h = Carrier { v: skprocess::Json(vec![Loose::N(1)]) }.start()?;
+    let mut h = Carrier {
+        v: skprocess::Json(vec![Loose::N(1)]),
+    }
+    .start()?;
     let told: skprocess::Json<Vec<Loose>> = h.listen(support::DEADLINE)?.expect("told");
     let done = finish(&mut h)?;
     assert_eq!(done.v.0, vec![Loose::N(1), Loose::S("from child".into())]);
@@ -261,7 +304,9 @@ fn both_directions_at_once() -> skprocess::Result<()> {
                 }
             }
             while self.got < 20_000 {
-                let x = ctx.listen::<u64>(Duration::from_secs(30))?.ok_or("parent stopped sending")?;
+                let x = ctx
+                    .listen::<u64>(Duration::from_secs(30))?
+                    .ok_or("parent stopped sending")?;
                 assert_eq!(x, self.got);
                 self.got += 1;
             }

@@ -48,7 +48,12 @@ impl Process for Sleepy {
 }
 
 fn sleepy(hook: Hook, hang_on: Vec<u32>) -> Sleepy {
-    Sleepy { hook, hang_on, hang: Duration::from_secs(60), attempt: 0 }
+    Sleepy {
+        hook,
+        hang_on,
+        hang: Duration::from_secs(60),
+        attempt: 0,
+    }
 }
 
 #[test]
@@ -63,10 +68,19 @@ fn a_hook_past_its_timeout_is_killed_on_time() {
         assert!(e.is_timeout(), "{hook}: {e}");
         assert_eq!(e.hook(), Some(hook));
         assert!(!e.is_crash());
-        assert!(e.to_string().contains(&format!("timed out in {hook}")), "{e}");
+        assert!(
+            e.to_string().contains(&format!("timed out in {hook}")),
+            "{e}"
+        );
         assert!(e.to_string().contains("exceeded its 150ms timeout"), "{e}");
-        assert!(took >= limit, "{hook}: ended after {took:?}, before the limit");
-        assert!(took < limit + Duration::from_millis(900), "{hook}: ended after {took:?}");
+        assert!(
+            took >= limit,
+            "{hook}: ended after {took:?}, before the limit"
+        );
+        assert!(
+            took < limit + Duration::from_millis(900),
+            "{hook}: ended after {took:?}"
+        );
         assert_gone(h.pid());
     }
 }
@@ -75,22 +89,41 @@ fn a_hook_past_its_timeout_is_killed_on_time() {
 fn timeouts_have_millisecond_precision() {
     // A hook that takes 40 ms passes a 200 ms limit; one that hangs fails
     // a 60 ms limit soon after 60 ms.
-    let ok = Sleepy { hook: Hook::Run, hang_on: vec![1], hang: Duration::from_millis(40), attempt: 0 };
-    let mut h = ok.start_with(Sleepy::config().timeout(Hook::Run, Duration::from_millis(200))).unwrap();
+    let ok = Sleepy {
+        hook: Hook::Run,
+        hang_on: vec![1],
+        hang: Duration::from_millis(40),
+        attempt: 0,
+    };
+    let mut h = ok
+        .start_with(Sleepy::config().timeout(Hook::Run, Duration::from_millis(200)))
+        .unwrap();
     assert!(finish(&mut h).is_ok());
 
     let t0 = Instant::now();
-    let mut h = sleepy(Hook::Run, vec![1]).start_with(Sleepy::config().timeout(Hook::Run, Duration::from_millis(60))).unwrap();
+    let mut h = sleepy(Hook::Run, vec![1])
+        .start_with(Sleepy::config().timeout(Hook::Run, Duration::from_millis(60)))
+        .unwrap();
     assert!(finish(&mut h).err().expect("times out").is_timeout());
-    assert!(t0.elapsed() < Duration::from_millis(60 + 700), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_millis(60 + 700),
+        "{:?}",
+        t0.elapsed()
+    );
 }
 
 #[test]
 fn a_timeout_costs_a_life_and_the_next_attempt_can_succeed() -> skprocess::Result<()> {
-    let cfg = Sleepy::config().lives(3).timeout(Hook::Run, Duration::from_millis(100));
+    let cfg = Sleepy::config()
+        .lives(3)
+        .timeout(Hook::Run, Duration::from_millis(100));
     let mut h = sleepy(Hook::Run, vec![1, 2]).start_with(cfg)?;
     assert_eq!(finish(&mut h)?.attempt, 3);
-    assert_eq!(h.timers().run.count(), 3 + 2, "timers count every attempt's calls (the killed ones too)");
+    assert_eq!(
+        h.timers().run.count(),
+        3 + 2,
+        "timers count every attempt's calls (the killed ones too)"
+    );
     Ok(())
 }
 
@@ -109,13 +142,18 @@ fn join_in_limits_the_whole_process_with_no_retry() {
     }
     let limit = Duration::from_millis(300);
     let t0 = Instant::now();
-    let mut h = Forever { attempts: 0 }.start_with(Config::default().lives(3).join_in(limit)).unwrap();
+    let mut h = Forever { attempts: 0 }
+        .start_with(Config::default().lives(3).join_in(limit))
+        .unwrap();
     let e = finish(&mut h).err().expect("join_in ends it");
     let took = t0.elapsed();
     assert!(e.is_timeout(), "{e}");
     assert_eq!(e.attempt(), Some(1), "no retry after join_in: {e}");
     assert!(e.to_string().contains("exceeded join_in of 300ms"), "{e}");
-    assert!(took >= limit && took < limit + Duration::from_millis(900), "{took:?}");
+    assert!(
+        took >= limit && took < limit + Duration::from_millis(900),
+        "{took:?}"
+    );
     assert_gone(h.pid());
 }
 
@@ -123,9 +161,14 @@ fn join_in_limits_the_whole_process_with_no_retry() {
 fn join_in_counts_every_life() {
     // Each attempt hangs in run until its 200 ms timeout; join_in (500 ms)
     // ends the process during the third attempt.
-    let cfg = Sleepy::config().lives(10).timeout(Hook::Run, Duration::from_millis(200)).join_in(Duration::from_millis(500));
+    let cfg = Sleepy::config()
+        .lives(10)
+        .timeout(Hook::Run, Duration::from_millis(200))
+        .join_in(Duration::from_millis(500));
     let t0 = Instant::now();
-    let mut h = sleepy(Hook::Run, (1..=10).collect()).start_with(cfg).unwrap();
+    let mut h = sleepy(Hook::Run, (1..=10).collect())
+        .start_with(cfg)
+        .unwrap();
     let e = finish(&mut h).err().expect("join_in");
     assert!(e.to_string().contains("join_in"), "{e}");
     let attempt = e.attempt().unwrap();

@@ -21,8 +21,8 @@
 
 mod registry;
 
-pub use registry::{Described, Entry, REGISTRY};
 pub(crate) use registry::{find, RunArgs};
+pub use registry::{Described, Entry, REGISTRY};
 
 use crate::error::{Error, Result};
 use crate::sys;
@@ -35,6 +35,8 @@ use std::sync::{Mutex, OnceLock};
 /// The environment variable that marks a spawned child.
 pub(crate) const ENV: &str = "SKPROCESS_BOOT";
 const FORMAT: &str = "1";
+/// `SKPROCESS_BOOT` value for a child that exits as soon as it starts.
+pub(crate) const BARE: &str = "bare";
 
 static IS_CHILD: AtomicBool = AtomicBool::new(false);
 
@@ -54,8 +56,15 @@ pub fn is_child() -> bool {
 /// Runs before `main` in every process that links skprocess. Returns at
 /// once unless this process is a spawned child; in a child it never returns.
 pub(crate) fn boot() {
-    let Some(value) = std::env::var_os(ENV) else { return };
+    let Some(value) = std::env::var_os(ENV) else {
+        return;
+    };
     sys::proc::remove_env(ENV);
+    if value == BARE {
+        // The baseline of the spawn benchmark: a re-exec of this binary
+        // that ends as soon as it would take over.
+        sys::proc::exit_now(0);
+    }
     let Some((fd, ppid)) = parse_boot(&value) else {
         eprintln!("skprocess: ignoring malformed {ENV}={value:?}");
         return;
@@ -91,8 +100,13 @@ static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
 fn spawner() -> Result<mpsc::Sender<Job>> {
     let tx = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Job>();
-        let argv0 = CString::new(std::env::args_os().next().map(|a| a.into_encoded_bytes()).unwrap_or_default())
-            .unwrap_or_else(|_| CString::from(c"skprocess-child"));
+        let argv0 = CString::new(
+            std::env::args_os()
+                .next()
+                .map(|a| a.into_encoded_bytes())
+                .unwrap_or_default(),
+        )
+        .unwrap_or_else(|_| CString::from(c"skprocess-child"));
         std::thread::Builder::new()
             .name("skprocess-spawner".into())
             .stack_size(128 * 1024)
@@ -118,8 +132,12 @@ fn child_env() -> Vec<CString> {
         .filter(|(k, _)| k != ENV)
         .map(|(k, v)| sys::spawn::env_entry(&k, &v))
         .collect();
-    let value: OsString =
-        format!("{FORMAT}:{}:{}", sys::spawn::CHILD_CONTROL_FD, sys::proc::getpid()).into();
+    let value: OsString = format!(
+        "{FORMAT}:{}:{}",
+        sys::spawn::CHILD_CONTROL_FD,
+        sys::proc::getpid()
+    )
+    .into();
     env.push(sys::spawn::env_entry(ENV.as_ref(), &value));
     env
 }
@@ -138,7 +156,10 @@ pub(crate) fn spawn_child() -> Result<Spawned> {
     sys::sock::set_buffer_sizes(parent_end.as_fd(), 1 << 20);
     let (reply, result) = mpsc::sync_channel(1);
     spawner()?
-        .send(Job { control: child_end.try_clone().map_err(Error::Spawn)?, reply })
+        .send(Job {
+            control: child_end.try_clone().map_err(Error::Spawn)?,
+            reply,
+        })
         .map_err(|_| Error::Spawn(std::io::Error::other("the spawner thread is gone")))?;
     let pid = result
         .recv()
@@ -146,7 +167,11 @@ pub(crate) fn spawn_child() -> Result<Spawned> {
         .map_err(Error::Spawn)?;
     drop(child_end);
     let pidfd = sys::proc::pidfd_open(pid).map_err(Error::Spawn)?;
-    Ok(Spawned { pid, pidfd, socket: parent_end })
+    Ok(Spawned {
+        pid,
+        pidfd,
+        socket: parent_end,
+    })
 }
 
 #[cfg(test)]

@@ -49,7 +49,11 @@ pub struct Entry {
 impl Entry {
     /// The entry for `P`.
     pub const fn of<P: crate::Process>() -> Entry {
-        Entry { id: P::ID, name: P::NAME, run: crate::runtime::run_value::<P> }
+        Entry {
+            id: P::ID,
+            name: P::NAME,
+            run: crate::runtime::run_value::<P>,
+        }
     }
 }
 

@@ -6,10 +6,15 @@
 //! `crate::spawn::boot`). The entry is a `#[used]` static, which rustc keeps
 //! through linking even when nothing refers to it.
 
-extern "C" fn init(_argc: libc::c_int, _argv: *const *const libc::c_char, _envp: *const *const libc::c_char) {
+extern "C" fn init(
+    _argc: libc::c_int,
+    _argv: *const *const libc::c_char,
+    _envp: *const *const libc::c_char,
+) {
     crate::spawn::boot();
 }
 
 #[used]
 #[link_section = ".init_array"]
-static INIT: extern "C" fn(libc::c_int, *const *const libc::c_char, *const *const libc::c_char) = init;
+static INIT: extern "C" fn(libc::c_int, *const *const libc::c_char, *const *const libc::c_char) =
+    init;

@@ -47,9 +47,14 @@ impl SharedWords {
     pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<Self> {
         let len = file_len(&fd)? as usize;
         if len < 8 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "shared memory segment is too small"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "shared memory segment is too small",
+            ));
         }
-        let map = memmap2::MmapOptions::new().len(len).map_raw(fd.as_raw_fd())?;
+        let map = memmap2::MmapOptions::new()
+            .len(len)
+            .map_raw(fd.as_raw_fd())?;
         Ok(SharedWords { map, fd })
     }
 

@@ -132,7 +132,16 @@ pub(crate) fn getppid() -> u32 {
 pub(crate) fn set_parent_death_signal() -> io::Result<()> {
     // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number as its only
     // argument; no pointers are involved.
-    cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) }).map(drop)
+    cvt(unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    })
+    .map(drop)
 }
 
 /// Closes every fd from `from` upwards. Used once in a freshly started child

@@ -13,7 +13,12 @@ pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: `fds` is a valid out-array of two ints for the call.
     cvt(unsafe {
-        libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr())
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
     })?;
     // SAFETY: socketpair succeeded, so both fds are new and owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
@@ -47,7 +52,10 @@ pub(crate) fn send(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>], fds: &[RawFd]) -> i
     if fds.len() > MAX_FDS {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("one message can carry at most {MAX_FDS} descriptors, not {}", fds.len()),
+            format!(
+                "one message can carry at most {MAX_FDS} descriptors, not {}",
+                fds.len()
+            ),
         ));
     }
     // u64 storage keeps the control buffer aligned for cmsghdr.
@@ -66,21 +74,35 @@ pub(crate) fn send(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>], fds: &[RawFd]) -> i
             let cmsg = libc::CMSG_FIRSTHDR(&msg);
             (*cmsg).cmsg_level = libc::SOL_SOCKET;
             (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN((fds.len() * std::mem::size_of::<RawFd>()) as u32) as _;
-            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast::<RawFd>(), fds.len());
+            (*cmsg).cmsg_len =
+                libc::CMSG_LEN((fds.len() * std::mem::size_of::<RawFd>()) as u32) as _;
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr(),
+                libc::CMSG_DATA(cmsg).cast::<RawFd>(),
+                fds.len(),
+            );
         }
     }
     // IoSlice is ABI-compatible with iovec on Unix (documented by std).
     // SAFETY: `msg` points at live buffers (iovecs, control) for the call.
-    let n = cvt_retry(|| unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) as libc::c_int })?;
+    let n = cvt_retry(|| unsafe {
+        libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) as libc::c_int
+    })?;
     Ok(n as usize)
 }
 
 /// Receives up to `buf.len()` bytes; descriptors that arrive with them are
 /// appended to `fds_out` (close-on-exec). `Ok(0)` means the peer closed.
-pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut [u8], fds_out: &mut Vec<OwnedFd>) -> io::Result<usize> {
+pub(crate) fn recv(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds_out: &mut Vec<OwnedFd>,
+) -> io::Result<usize> {
     let mut control = vec![0u64; cmsg_space(MAX_FDS).div_ceil(8)];
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
     // SAFETY: an all-zero msghdr is a valid "no name" header.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -88,7 +110,9 @@ pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut [u8], fds_out: &mut Vec<OwnedFd
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = cmsg_space(MAX_FDS) as _;
     // SAFETY: `msg` points at `buf` and `control`, both live and writable.
-    let n = cvt_retry(|| unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) as libc::c_int })?;
+    let n = cvt_retry(|| unsafe {
+        libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) as libc::c_int
+    })?;
     // SAFETY: after a successful recvmsg the kernel has filled `control` with
     // msg_controllen bytes of well-formed cmsghdrs; CMSG_FIRSTHDR/NXTHDR walk
     // them within that length, and SCM_RIGHTS payloads are arrays of fds
@@ -108,7 +132,9 @@ pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut [u8], fds_out: &mut Vec<OwnedFd
         }
     }
     if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-        return Err(io::Error::other("descriptors were dropped: too many in one message"));
+        return Err(io::Error::other(
+            "descriptors were dropped: too many in one message",
+        ));
     }
     Ok(n as usize)
 }
@@ -127,7 +153,11 @@ pub(crate) struct Ready {
 pub(crate) fn poll(fds: &[BorrowedFd<'_>], deadline: Option<Instant>) -> io::Result<Vec<Ready>> {
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()
-        .map(|f| libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+        .map(|f| libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
         .collect();
     loop {
         let timeout_ms = match deadline {

@@ -66,7 +66,8 @@ pub(crate) fn spawn_self(req: &SpawnRequest<'_>) -> io::Result<u32> {
             libc::posix_spawn_file_actions_destroy(&mut actions);
             return Err(io::Error::from_raw_os_error(r));
         }
-        let mut result = libc::posix_spawn_file_actions_adddup2(&mut actions, source, CHILD_CONTROL_FD);
+        let mut result =
+            libc::posix_spawn_file_actions_adddup2(&mut actions, source, CHILD_CONTROL_FD);
         if result == 0 {
             // A clean signal mask and default SIGPIPE disposition are set in
             // the child's start-up code; here we only clear the inherited mask
@@ -76,11 +77,21 @@ pub(crate) fn spawn_self(req: &SpawnRequest<'_>) -> io::Result<u32> {
             result = libc::posix_spawnattr_setsigmask(&mut attr, &empty);
         }
         if result == 0 {
-            result = libc::posix_spawnattr_setflags(&mut attr, libc::POSIX_SPAWN_SETSIGMASK as libc::c_short);
+            result = libc::posix_spawnattr_setflags(
+                &mut attr,
+                libc::POSIX_SPAWN_SETSIGMASK as libc::c_short,
+            );
         }
         let mut pid: libc::pid_t = 0;
         if result == 0 {
-            result = libc::posix_spawn(&mut pid, path.as_ptr(), &actions, &attr, argv.as_ptr(), envp.as_ptr());
+            result = libc::posix_spawn(
+                &mut pid,
+                path.as_ptr(),
+                &actions,
+                &attr,
+                argv.as_ptr(),
+                envp.as_ptr(),
+            );
         }
         libc::posix_spawnattr_destroy(&mut attr);
         libc::posix_spawn_file_actions_destroy(&mut actions);

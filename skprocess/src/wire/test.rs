@@ -42,10 +42,17 @@ fn large_frame_round_trips() {
 #[test]
 fn timeout_is_none_and_partial_frames_resume() {
     let (mut r, _w, mut raw) = pair();
-    assert!(r.read(Some(Instant::now() + std::time::Duration::from_millis(10))).unwrap().is_none());
+    assert!(r
+        .read(Some(Instant::now() + std::time::Duration::from_millis(10)))
+        .unwrap()
+        .is_none());
     // Header and half a payload, then the rest.
-    raw.write_all(&[4, 0, 0, 0, kind::TELL, 0, 0, 0, 1, 2]).unwrap();
-    assert!(r.read(Some(Instant::now() + std::time::Duration::from_millis(10))).unwrap().is_none());
+    raw.write_all(&[4, 0, 0, 0, kind::TELL, 0, 0, 0, 1, 2])
+        .unwrap();
+    assert!(r
+        .read(Some(Instant::now() + std::time::Duration::from_millis(10)))
+        .unwrap()
+        .is_none());
     raw.write_all(&[3, 4]).unwrap();
     assert_eq!(r.read(soon()).unwrap().unwrap().payload, [1, 2, 3, 4]);
 }
@@ -70,11 +77,15 @@ fn garbage_header_is_an_error() {
 #[test]
 fn truncated_frame_is_an_error_not_a_hang() {
     let (mut r, w, mut raw) = pair();
-    raw.write_all(&[100, 0, 0, 0, kind::TELL, 0, 0, 0, 1, 2, 3]).unwrap();
+    raw.write_all(&[100, 0, 0, 0, kind::TELL, 0, 0, 0, 1, 2, 3])
+        .unwrap();
     drop(raw);
     drop(w);
     let e = r.read(soon()).unwrap_err();
-    assert!(e.to_string().contains("in the middle of a 100 byte frame"), "{e}");
+    assert!(
+        e.to_string().contains("in the middle of a 100 byte frame"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -115,7 +126,10 @@ fn messages_check_their_type() {
     assert!(matches!(e, Error::WrongType { .. }), "{e}");
     assert!(e.to_string().contains("String"), "{e}");
     let enc = encode_message(&[1u8, 2, 3][..]).unwrap();
-    assert_eq!(decode_message::<Vec<u8>>(&enc.bytes, vec![]).unwrap(), [1, 2, 3]);
+    assert_eq!(
+        decode_message::<Vec<u8>>(&enc.bytes, vec![]).unwrap(),
+        [1, 2, 3]
+    );
 }
 
 #[test]
@@ -148,7 +162,13 @@ fn flatten_names_the_way_out() {
         #[serde(flatten)]
         inner: Inner,
     }
-    let e = encode(&Outer { inner: Inner { a: 1 } }).unwrap_err();
+    let e = encode(&Outer {
+        inner: Inner { a: 1 },
+    })
+    .unwrap_err();
     let text = e.to_string();
-    assert!(text.contains("Outer") && text.contains("skprocess::Json"), "{text}");
+    assert!(
+        text.contains("Outer") && text.contains("skprocess::Json"),
+        "{text}"
+    );
 }

@@ -57,7 +57,11 @@ pub fn is_gone(pid: u32) -> bool {
 pub fn assert_gone_within(pid: u32, limit: Duration) {
     let end = Instant::now() + limit;
     while !is_gone(pid) {
-        assert!(Instant::now() < end, "process {pid} is still running after {limit:?}: {:?}", proc_state(pid));
+        assert!(
+            Instant::now() < end,
+            "process {pid} is still running after {limit:?}: {:?}",
+            proc_state(pid)
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -65,13 +69,19 @@ pub fn assert_gone_within(pid: u32, limit: Duration) {
 /// Asserts a process this test started is gone now (it was waited on).
 pub fn assert_gone(pid: u32) {
     assert!(pid != 0, "no pid");
-    assert!(is_gone(pid), "process {pid} is still there: {:?}", proc_state(pid));
+    assert!(
+        is_gone(pid),
+        "process {pid} is still there: {:?}",
+        proc_state(pid)
+    );
 }
 
 /// Asserts nothing of skprocess's is in /dev/shm (shared memory is memfd,
 /// which never appears there).
 pub fn assert_no_shm_files() {
-    let Ok(dir) = std::fs::read_dir("/dev/shm") else { return };
+    let Ok(dir) = std::fs::read_dir("/dev/shm") else {
+        return;
+    };
     let ours: Vec<_> = dir
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -82,7 +92,9 @@ pub fn assert_no_shm_files() {
 
 /// Descriptors open in this process.
 pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// Children of this process that are still running (not zombies).
