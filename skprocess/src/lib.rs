@@ -75,9 +75,11 @@
 mod config;
 mod error;
 mod handle;
+mod pipe;
 mod process;
 mod runtime;
 mod spawn;
+mod stats;
 #[allow(unsafe_code)]
 mod sys;
 mod timers;
@@ -86,18 +88,39 @@ mod wire;
 pub use config::{Config, Hook};
 pub use error::{BoxError, Cause, Error, Failure, HookResult, Result};
 pub use handle::Handle;
+pub use pipe::{Pipe, PipeReceiver, PipeSender};
 pub use process::Process;
 pub use runtime::Ctx;
 pub use skprocess_derive::Process;
 pub use spawn::is_child;
+pub use stats::Stats;
 pub use timers::{Timer, Timers};
 pub use wire::Json;
 
 /// `use skprocess::prelude::*;` brings in everything a process needs.
 pub mod prelude {
     pub use crate::{
-        BoxError, Config, Ctx, Error, Handle, Hook, HookResult, Process, Result, Timer, Timers,
+        BoxError, Config, Ctx, Error, Handle, Hook, HookResult, Pipe, PipeReceiver, PipeSender, Process, Result, Timer,
+        Timers,
     };
+}
+
+/// Helpers for skprocess's own benches and tests; not a public API.
+#[doc(hidden)]
+pub mod __bench {
+    use std::os::fd::BorrowedFd;
+
+    /// A pipe end whose descriptors can be reached (see [`pipe_fds`]).
+    #[allow(private_bounds)]
+    pub trait PipeEnd: crate::pipe::RawEnd {}
+    impl<T: crate::pipe::RawEnd> PipeEnd for T {}
+
+    /// The descriptors behind a pipe end (a socket, and shared memory if the
+    /// end uses it), so a test can play a hostile peer by writing garbage
+    /// into them.
+    pub fn pipe_fds<E: PipeEnd>(end: &E) -> Vec<BorrowedFd<'_>> {
+        end.raw_fds()
+    }
 }
 
 /// Used by the code `#[derive(Process)]` generates; not a public API.

@@ -46,6 +46,8 @@ pub(crate) mod kind {
     pub(crate) const DONE: u8 = 18;
     /// Child → parent: a hook failed (`Failure`).
     pub(crate) const FAILED: u8 = 19;
+    /// Either way on a `Pipe`: a user message.
+    pub(crate) const PIPE: u8 = 48;
 }
 
 /// One frame read off a socket.

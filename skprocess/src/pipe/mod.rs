@@ -1,0 +1,490 @@
+//! `Pipe`: a dedicated, typed message channel between two processes.
+//!
+//! [`Pipe::pair`] gives two duplex ends; [`Pipe::one_way`] gives a
+//! [`PipeSender`] and a [`PipeReceiver`]. Ends are `Serialize +
+//! Deserialize`: put one in a field of a process (or in a message) and it
+//! moves into that process. Messages are typed like `tell`: the sender's type
+//! travels with each message, so receiving it as another type is
+//! [`Error::WrongType`] and the next message is read normally.
+//!
+//! Each public end wraps a private enum of transports ("flavors", as
+//! crossbeam-channel's `Sender` does), so the transport can change without
+//! touching the API.
+//!
+//! # Peer death
+//!
+//! A receiver whose peer has ended gets every message the peer sent, then
+//! `Err`: it never blocks forever on a dead process.
+
+mod socket;
+#[cfg(test)]
+mod test;
+
+use crate::error::Result;
+#[cfg(doc)]
+use crate::error::Error;
+use crate::stats::Stats;
+use crate::sys;
+use crate::wire;
+use serde::de::{DeserializeOwned, Error as _};
+use serde::ser::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// What an end may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Both,
+    Send,
+    Recv,
+}
+
+impl Role {
+    pub(crate) fn sends(self) -> bool {
+        self != Role::Recv
+    }
+
+    pub(crate) fn receives(self) -> bool {
+        self != Role::Send
+    }
+}
+
+/// One received message, before decoding.
+#[derive(Debug)]
+pub(crate) struct Message {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+/// The transports.
+#[derive(Debug)]
+enum Flavor {
+    Socket(socket::End),
+}
+
+/// How an end is written when it moves to another process: descriptor
+/// indices (see `wire::push_fd`) and, for future flavors, their layout.
+#[derive(Serialize, Deserialize)]
+enum Moved {
+    Socket { sock: u32 },
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    messages_sent: AtomicU64,
+    bytes_sent: AtomicU64,
+    messages_received: AtomicU64,
+    bytes_received: AtomicU64,
+}
+
+/// The part every public end shares: a flavor and its counters.
+struct End {
+    flavor: Flavor,
+    counters: Counters,
+}
+
+impl End {
+    fn new(flavor: Flavor) -> End {
+        End { flavor, counters: Counters::default() }
+    }
+
+    fn pair(a: Role, b: Role) -> Result<(End, End)> {
+        let (x, y) = socket::End::pair(a, b)?;
+        Ok((End::new(Flavor::Socket(x)), End::new(Flavor::Socket(y))))
+    }
+
+    fn send<T: Serialize + ?Sized>(&self, msg: &T) -> Result<()> {
+        let enc = wire::encode_message(msg)?;
+        match &self.flavor {
+            Flavor::Socket(s) => s.send(&enc.bytes, &enc.raw_fds())?,
+        }
+        self.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
+        self.counters.bytes_sent.fetch_add(enc.bytes.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn recv<T: DeserializeOwned>(&self, deadline: Option<Instant>) -> Result<Option<T>> {
+        let msg = match &self.flavor {
+            Flavor::Socket(s) => s.recv(deadline)?,
+        };
+        let Some(msg) = msg else { return Ok(None) };
+        self.counters.messages_received.fetch_add(1, Ordering::Relaxed);
+        self.counters.bytes_received.fetch_add(msg.bytes.len() as u64, Ordering::Relaxed);
+        wire::decode_message(&msg.bytes, msg.fds).map(Some)
+    }
+
+    fn recv_forever<T: DeserializeOwned>(&self) -> Result<T> {
+        loop {
+            if let Some(v) = self.recv(None)? {
+                return Ok(v);
+            }
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        let c = &self.counters;
+        Stats {
+            messages_sent: c.messages_sent.load(Ordering::Relaxed),
+            bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
+            messages_received: c.messages_received.load(Ordering::Relaxed),
+            bytes_received: c.bytes_received.load(Ordering::Relaxed),
+        }
+    }
+
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let moved = match &self.flavor {
+            Flavor::Socket(e) => {
+                let fd = e.fd_to_move().map_err(S::Error::custom)?;
+                Moved::Socket { sock: wire::push_fd(fd).map_err(S::Error::custom)? }
+            }
+        };
+        moved.serialize(s)
+    }
+
+    fn deserialize<'de, D: Deserializer<'de>>(d: D, role: Role) -> std::result::Result<End, D::Error> {
+        let flavor = match Moved::deserialize(d)? {
+            Moved::Socket { sock } => {
+                let fd = wire::take_fd(sock).map_err(D::Error::custom)?;
+                Flavor::Socket(socket::End::from_fd(fd, role).map_err(D::Error::custom)?)
+            }
+        };
+        Ok(End::new(flavor))
+    }
+
+    fn debug(&self, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let flavor = match self.flavor {
+            Flavor::Socket(_) => "socket",
+        };
+        f.debug_struct(name).field("transport", &flavor).field("stats", &self.stats()).finish()
+    }
+}
+
+fn deadline_of(timeout: Duration) -> Option<Instant> {
+    sys::sock::deadline_after(timeout)
+}
+
+/// A duplex channel end: it sends to and receives from the other end of its
+/// [`pair`](Pipe::pair).
+///
+/// Messages are any `Serialize + DeserializeOwned` type, arrive in order and
+/// none is lost. Move an end into a process by making it a field of the
+/// process (or sending it in a message): the process that holds it then
+/// talks to whoever holds the other end.
+///
+/// # Examples
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use skprocess::prelude::*;
+///
+/// #[derive(Process, Serialize, Deserialize)]
+/// #[process(runs = 1)]
+/// struct Doubler { pipe: Pipe }
+///
+/// impl Process for Doubler {
+///     fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+///         while let Some(x) = self.pipe.recv::<Option<u64>>()? {
+///             self.pipe.send(&(x * 2))?;
+///         }
+///         Ok(())
+///     }
+/// }
+///
+/// # fn main() -> skprocess::Result<()> {
+/// let (mine, theirs) = Pipe::pair()?;
+/// let mut h = Doubler { pipe: theirs }.start()?;
+/// for x in 0..10u64 {
+///     mine.send(&Some(x))?;
+///     assert_eq!(mine.recv::<u64>()?, x * 2);
+/// }
+/// mine.send(&None::<u64>)?;
+/// h.wait()?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Pipe {
+    end: End,
+}
+
+impl Pipe {
+    /// Creates a connected pair of duplex ends.
+    ///
+    /// # Errors
+    ///
+    /// If the operating system cannot create the channel (out of
+    /// descriptors or memory).
+    pub fn pair() -> Result<(Pipe, Pipe)> {
+        let (a, b) = End::pair(Role::Both, Role::Both)?;
+        Ok((Pipe { end: a }, Pipe { end: b }))
+    }
+
+    /// Creates a one-way channel: a [`PipeSender`] and a [`PipeReceiver`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use skprocess::Pipe;
+    ///
+    /// # fn main() -> skprocess::Result<()> {
+    /// let (tx, rx) = Pipe::one_way()?;
+    /// tx.send("hello")?;
+    /// assert_eq!(rx.recv::<String>()?, "hello");
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`pair`](Pipe::pair).
+    pub fn one_way() -> Result<(PipeSender, PipeReceiver)> {
+        let (a, b) = End::pair(Role::Send, Role::Recv)?;
+        Ok((PipeSender { end: a }, PipeReceiver { end: b }))
+    }
+
+    /// Sends `msg` to the other end. Blocks only while the channel is full.
+    ///
+    /// # Errors
+    ///
+    /// If `msg` cannot be encoded, or the other end is gone
+    /// ([`Error::Disconnected`]).
+    pub fn send<T: Serialize + ?Sized>(&self, msg: &T) -> Result<()> {
+        self.end.send(msg)
+    }
+
+    /// Blocks until a message arrives.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Disconnected`] once the other end is gone and every message
+    /// it sent has been received; [`Error::WrongType`] for a message sent as
+    /// another type (it is consumed; the next one can be received);
+    /// [`Error::Wire`] if the peer sent bytes that are not a message.
+    pub fn recv<T: DeserializeOwned>(&self) -> Result<T> {
+        self.end.recv_forever()
+    }
+
+    /// Waits up to `timeout` for a message: `Ok(None)` if none came.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use skprocess::Pipe;
+    ///
+    /// # fn main() -> skprocess::Result<()> {
+    /// let (a, b) = Pipe::pair()?;
+    /// assert_eq!(b.recv_timeout::<u32>(Duration::from_millis(10))?, None);
+    /// a.send(&5u32)?;
+    /// assert_eq!(b.recv_timeout::<u32>(Duration::from_secs(1))?, Some(5));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Pipe::recv).
+    pub fn recv_timeout<T: DeserializeOwned>(&self, timeout: Duration) -> Result<Option<T>> {
+        self.end.recv(deadline_of(timeout))
+    }
+
+    /// Waits until `deadline` for a message: `Ok(None)` if none came.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Pipe::recv).
+    pub fn recv_deadline<T: DeserializeOwned>(&self, deadline: Instant) -> Result<Option<T>> {
+        self.end.recv(Some(deadline))
+    }
+
+    /// Returns a message if one is waiting, without blocking.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Pipe::recv).
+    pub fn try_recv<T: DeserializeOwned>(&self) -> Result<Option<T>> {
+        self.end.recv(Some(Instant::now()))
+    }
+
+    /// Messages and bytes sent and received through this end, in this
+    /// process.
+    pub fn stats(&self) -> Stats {
+        self.end.stats()
+    }
+}
+
+/// The sending end of a [`Pipe::one_way`] channel.
+///
+/// # Examples
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use skprocess::prelude::*;
+///
+/// #[derive(Process, Serialize, Deserialize)]
+/// #[process(runs = 1)]
+/// struct Producer { tx: PipeSender, n: u64 }
+///
+/// impl Process for Producer {
+///     fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+///         for i in 0..self.n {
+///             self.tx.send(&i)?;
+///         }
+///         Ok(())
+///     }
+/// }
+///
+/// # fn main() -> skprocess::Result<()> {
+/// let (tx, rx) = Pipe::one_way()?;
+/// let mut h = Producer { tx, n: 100 }.start()?;
+/// let got: Vec<u64> = (0..100).map(|_| rx.recv()).collect::<Result<_>>()?;
+/// assert_eq!(got, (0..100).collect::<Vec<u64>>());
+/// h.wait()?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct PipeSender {
+    end: End,
+}
+
+impl PipeSender {
+    /// Sends `msg` to the receiver. Blocks only while the channel is full.
+    ///
+    /// # Errors
+    ///
+    /// If `msg` cannot be encoded, or the receiver is gone
+    /// ([`Error::Disconnected`]).
+    pub fn send<T: Serialize + ?Sized>(&self, msg: &T) -> Result<()> {
+        self.end.send(msg)
+    }
+
+    /// Messages and bytes sent through this end, in this process.
+    pub fn stats(&self) -> Stats {
+        self.end.stats()
+    }
+}
+
+/// The receiving end of a [`Pipe::one_way`] channel.
+pub struct PipeReceiver {
+    end: End,
+}
+
+impl PipeReceiver {
+    /// Blocks until a message arrives.
+    ///
+    /// # Errors
+    ///
+    /// As [`Pipe::recv`]: [`Error::Disconnected`] once the sender is gone and
+    /// every message it sent has been received.
+    pub fn recv<T: DeserializeOwned>(&self) -> Result<T> {
+        self.end.recv_forever()
+    }
+
+    /// Waits up to `timeout` for a message: `Ok(None)` if none came.
+    ///
+    /// # Errors
+    ///
+    /// As [`Pipe::recv`].
+    pub fn recv_timeout<T: DeserializeOwned>(&self, timeout: Duration) -> Result<Option<T>> {
+        self.end.recv(deadline_of(timeout))
+    }
+
+    /// Waits until `deadline` for a message: `Ok(None)` if none came.
+    ///
+    /// # Errors
+    ///
+    /// As [`Pipe::recv`].
+    pub fn recv_deadline<T: DeserializeOwned>(&self, deadline: Instant) -> Result<Option<T>> {
+        self.end.recv(Some(deadline))
+    }
+
+    /// Returns a message if one is waiting, without blocking.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use skprocess::Pipe;
+    ///
+    /// # fn main() -> skprocess::Result<()> {
+    /// let (tx, rx) = Pipe::one_way()?;
+    /// assert_eq!(rx.try_recv::<u8>()?, None);
+    /// tx.send(&1u8)?;
+    /// drop(tx);
+    /// assert_eq!(rx.recv::<u8>()?, 1);
+    /// assert!(rx.recv::<u8>().is_err()); // the sender is gone
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Pipe::recv`].
+    pub fn try_recv<T: DeserializeOwned>(&self) -> Result<Option<T>> {
+        self.end.recv(Some(Instant::now()))
+    }
+
+    /// Messages and bytes received through this end, in this process.
+    pub fn stats(&self) -> Stats {
+        self.end.stats()
+    }
+}
+
+macro_rules! serde_and_debug {
+    ($ty:ident, $role:expr) => {
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                self.end.serialize(s)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                End::deserialize(d, $role).map(|end| $ty { end })
+            }
+        }
+
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.end.debug(stringify!($ty), f)
+            }
+        }
+    };
+}
+
+serde_and_debug!(Pipe, Role::Both);
+serde_and_debug!(PipeSender, Role::Send);
+serde_and_debug!(PipeReceiver, Role::Recv);
+
+/// The descriptors behind a pipe end, for tests that play a hostile peer.
+pub(crate) trait RawEnd {
+    /// The descriptors this end uses.
+    fn raw_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>>;
+}
+
+impl End {
+    fn raw_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        match &self.flavor {
+            Flavor::Socket(s) => vec![s.fd()],
+        }
+    }
+}
+
+impl RawEnd for Pipe {
+    fn raw_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        self.end.raw_fds()
+    }
+}
+
+impl RawEnd for PipeSender {
+    fn raw_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        self.end.raw_fds()
+    }
+}
+
+impl RawEnd for PipeReceiver {
+    fn raw_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        self.end.raw_fds()
+    }
+}

@@ -1,0 +1,37 @@
+//! Message counters of a channel end.
+
+/// How many messages and bytes went through one end of a channel, as seen
+/// by this process.
+///
+/// Bytes count the encoded messages (the value and its type tag), not the
+/// framing around them. The counters belong to one end in one process: an
+/// end that travelled into a child starts counting from zero there.
+///
+/// # Examples
+///
+/// ```
+/// use skprocess::{Pipe, Stats};
+///
+/// # fn main() -> skprocess::Result<()> {
+/// let (a, b) = Pipe::pair()?;
+/// a.send(&7u64)?;
+/// let _: u64 = b.recv()?;
+/// assert_eq!(a.stats().messages_sent, 1);
+/// assert_eq!(b.stats().messages_received, 1);
+/// assert_eq!(a.stats().bytes_sent, b.stats().bytes_received);
+/// assert_eq!(a.stats().messages_received, 0);
+/// assert_eq!(Stats::default().bytes_sent, 0);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Messages sent.
+    pub messages_sent: u64,
+    /// Bytes of the messages sent.
+    pub bytes_sent: u64,
+    /// Messages received (including those that failed to decode).
+    pub messages_received: u64,
+    /// Bytes of the messages received.
+    pub bytes_received: u64,
+}
