@@ -100,8 +100,8 @@ pub use wire::Json;
 /// `use skprocess::prelude::*;` brings in everything a process needs.
 pub mod prelude {
     pub use crate::{
-        BoxError, Config, Ctx, Error, Handle, Hook, HookResult, Pipe, PipeReceiver, PipeSender, Process, Result, Timer,
-        Timers,
+        BoxError, Config, Ctx, Error, Handle, Hook, HookResult, Pipe, PipeReceiver, PipeSender,
+        Process, Result, Timer, Timers,
     };
 }
 

@@ -287,6 +287,20 @@ pub(crate) fn split(fd: OwnedFd) -> Result<(Reader, Writer)> {
 thread_local! {
     static FD_SINK: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
     static FD_SOURCE: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+    static REFUSAL: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Records why a handle refuses to be encoded or decoded, and returns the
+/// text for its `custom` serde error. postcard drops the text of custom
+/// errors, so [`encode`] and [`decode`] report it from here.
+pub(crate) fn refuse(why: impl Into<String>) -> String {
+    let why = why.into();
+    REFUSAL.with(|r| *r.borrow_mut() = Some(why.clone()));
+    why
+}
+
+fn take_refusal() -> Option<String> {
+    REFUSAL.with(|r| r.borrow_mut().take())
 }
 
 /// Called from `Serialize` impls of handles that own a descriptor (`Share`,
@@ -297,15 +311,14 @@ pub(crate) fn push_fd(fd: BorrowedFd<'_>) -> std::result::Result<u32, String> {
         Some(v) => {
             let dup = fd
                 .try_clone_to_owned()
-                .map_err(|e| format!("cannot duplicate descriptor: {e}"))?;
+                .map_err(|e| refuse(format!("cannot duplicate descriptor: {e}")))?;
             v.push(dup);
             Ok((v.len() - 1) as u32)
         }
-        None => Err(
+        None => Err(refuse(
             "this handle can only be serialized by skprocess (as a field of a process, a tell \
-                     message or a pool item), not by another serde format"
-                .into(),
-        ),
+             message or a pool item), not by another serde format",
+        )),
     })
 }
 
@@ -316,8 +329,8 @@ pub(crate) fn take_fd(index: u32) -> std::result::Result<OwnedFd, String> {
         Some(v) => v
             .get_mut(index as usize)
             .and_then(Option::take)
-            .ok_or_else(|| format!("descriptor #{index} is missing or was used twice")),
-        None => Err("this handle can only be deserialized by skprocess".into()),
+            .ok_or_else(|| refuse(format!("descriptor #{index} is missing or was used twice"))),
+        None => Err(refuse("this handle can only be deserialized by skprocess")),
     })
 }
 
@@ -380,13 +393,18 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded> {
 /// Like [`encode`], appending to `prefix`.
 pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, prefix: Vec<u8>) -> Result<Encoded> {
     let prev = FD_SINK.with(|s| s.borrow_mut().replace(Vec::new()));
+    take_refusal();
     let r = postcard::to_extend(value, prefix);
     let fds = FD_SINK
         .with(|s| std::mem::replace(&mut *s.borrow_mut(), prev))
         .unwrap_or_default();
-    let bytes = r.map_err(|e| {
-        // A handle that refused to serialize says why in a custom error.
-        explain_encode(std::any::type_name::<T>(), e)
+    let bytes = r.map_err(|e| match take_refusal() {
+        // A handle that refused to serialize said why.
+        Some(reason) => Error::Encode {
+            type_name: std::any::type_name::<T>(),
+            reason,
+        },
+        None => explain_encode(std::any::type_name::<T>(), e),
     })?;
     Ok(Encoded { bytes, fds })
 }
@@ -395,8 +413,17 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, prefix: Vec<u8>) -> 
 /// `fds` to any handles inside it.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T> {
     let prev = FD_SOURCE.with(|s| s.borrow_mut().replace(fds.into_iter().map(Some).collect()));
+    take_refusal();
     let r = postcard::take_from_bytes::<T>(bytes);
     FD_SOURCE.with(|s| *s.borrow_mut() = prev);
+    if r.is_err() {
+        if let Some(reason) = take_refusal() {
+            return Err(Error::Decode {
+                type_name: std::any::type_name::<T>(),
+                reason,
+            });
+        }
+    }
     match r {
         Ok((v, [])) => Ok(v),
         Ok((_, rest)) => Err(Error::Decode {

@@ -11,15 +11,21 @@ use std::time::{Duration, Instant};
 const LIMIT: Duration = Duration::from_secs(20);
 
 fn recv<T: serde::de::DeserializeOwned>(p: &Pipe) -> T {
-    p.recv_timeout(LIMIT).expect("recv failed").expect("timed out waiting for a message")
+    p.recv_timeout(LIMIT)
+        .expect("recv failed")
+        .expect("timed out waiting for a message")
 }
 
 fn recv_one<T: serde::de::DeserializeOwned>(p: &PipeReceiver) -> T {
-    p.recv_timeout(LIMIT).expect("recv failed").expect("timed out waiting for a message")
+    p.recv_timeout(LIMIT)
+        .expect("recv failed")
+        .expect("timed out waiting for a message")
 }
 
 fn wait<P: Process>(h: &mut Handle<P>) -> P {
-    h.wait_timeout(LIMIT).expect("the process failed").expect("the process did not end in time")
+    h.wait_timeout(LIMIT)
+        .expect("the process failed")
+        .expect("the process did not end in time")
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,12 +59,19 @@ impl Process for Echo {
 
 fn echo() -> (Pipe, Handle<Echo>) {
     let (mine, theirs) = Pipe::pair().unwrap();
-    let h = Echo { pipe: theirs, seen: 0 }.start().unwrap();
+    let h = Echo {
+        pipe: theirs,
+        seen: 0,
+    }
+    .start()
+    .unwrap();
     (mine, h)
 }
 
 fn blob(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 #[test]
@@ -94,7 +107,10 @@ fn pipelined_bursts_arrive_in_order() {
 #[test]
 fn large_blobs_cross_intact() {
     let (p, mut h) = echo();
-    for (i, len) in [0usize, 1, 7, 4095, 4096, 65_537, 1 << 20, (3 << 20) + 5].into_iter().enumerate() {
+    for (i, len) in [0usize, 1, 7, 4095, 4096, 65_537, 1 << 20, (3 << 20) + 5]
+        .into_iter()
+        .enumerate()
+    {
         let b = blob(len, i as u8);
         p.send(&Msg::Blob(b.clone())).unwrap();
         assert_eq!(recv::<Msg>(&p), Msg::Blob(b), "blob of {len} bytes");
@@ -111,7 +127,9 @@ struct Digest {
 }
 
 fn checksum(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf29ce484222325u64, |h, &x| (h ^ x as u64).wrapping_mul(0x100000001b3))
+    b.iter().fold(0xcbf29ce484222325u64, |h, &x| {
+        (h ^ x as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 impl Process for Digest {
@@ -132,7 +150,10 @@ fn a_64_mib_blob_crosses_and_16_mib_come_back() {
     p.send(&b).unwrap();
     assert_eq!(recv::<(u64, u64)>(&p), (b.len() as u64, checksum(&b)));
     let back: Vec<u8> = recv(&p);
-    assert!(back == b[..b.len() / 4], "the 16 MiB blob came back changed");
+    assert!(
+        back == b[..b.len() / 4],
+        "the 16 MiB blob came back changed"
+    );
     wait(&mut h);
 }
 
@@ -144,8 +165,14 @@ fn recv_timeout_returns_none_in_time() {
         let t0 = Instant::now();
         assert_eq!(b.recv_timeout::<u64>(d).unwrap(), None);
         let took = t0.elapsed();
-        assert!(took >= d, "returned after {took:?}, before its {d:?} timeout");
-        assert!(took < d + Duration::from_secs(1), "returned {took:?} after a {d:?} timeout");
+        assert!(
+            took >= d,
+            "returned after {took:?}, before its {d:?} timeout"
+        );
+        assert!(
+            took < d + Duration::from_secs(1),
+            "returned {took:?} after a {d:?} timeout"
+        );
     }
     assert_eq!(b.try_recv::<u64>().unwrap(), None);
     // Still usable afterwards.
@@ -159,7 +186,10 @@ fn recv_timeout_returns_none_in_time() {
 #[test]
 fn a_timed_out_receive_across_processes_is_none_then_the_message_comes() {
     let (p, mut h) = echo();
-    assert_eq!(p.recv_timeout::<Msg>(Duration::from_millis(50)).unwrap(), None);
+    assert_eq!(
+        p.recv_timeout::<Msg>(Duration::from_millis(50)).unwrap(),
+        None
+    );
     p.send(&Msg::Text("late".into())).unwrap();
     assert_eq!(recv::<Msg>(&p), Msg::Text("late".into()));
     p.send(&Msg::Quit).unwrap();
@@ -175,7 +205,10 @@ fn a_wrong_type_is_an_error_and_the_next_message_is_fine() {
     let e = b.recv_timeout::<String>(LIMIT).unwrap_err();
     assert!(matches!(e, Error::WrongType { .. }), "{e}");
     assert!(e.to_string().contains("u64"), "{e}");
-    assert_eq!(b.recv_timeout::<String>(LIMIT).unwrap().as_deref(), Some("two"));
+    assert_eq!(
+        b.recv_timeout::<String>(LIMIT).unwrap().as_deref(),
+        Some("two")
+    );
     let e = b.recv_timeout::<u64>(LIMIT).unwrap_err();
     assert!(e.to_string().contains("Msg"), "{e}");
     a.send(&4u64).unwrap();
@@ -253,7 +286,14 @@ fn a_one_way_stream_from_a_child_loses_nothing() {
 fn a_one_way_stream_into_a_child_loses_nothing() {
     let (tx, rx) = Pipe::one_way().unwrap();
     let n = 100_000u64;
-    let mut h = Consumer { rx, count: 0, sum: 0, in_order: false }.start().unwrap();
+    let mut h = Consumer {
+        rx,
+        count: 0,
+        sum: 0,
+        in_order: false,
+    }
+    .start()
+    .unwrap();
     for i in 0..n {
         tx.send(&Some(i)).unwrap();
     }
@@ -270,7 +310,14 @@ fn a_one_way_stream_into_a_child_loses_nothing() {
 #[test]
 fn two_children_talk_through_a_pipe_made_by_their_parent() {
     let (tx, rx) = Pipe::one_way().unwrap();
-    let mut c = Consumer { rx, count: 0, sum: 0, in_order: false }.start().unwrap();
+    let mut c = Consumer {
+        rx,
+        count: 0,
+        sum: 0,
+        in_order: false,
+    }
+    .start()
+    .unwrap();
     let mut p = OptionProducer { tx, n: 10_000 }.start().unwrap();
     wait(&mut p);
     let done = wait(&mut c);
@@ -314,7 +361,9 @@ impl Process for Sleeper {
 
 fn killed_while_receiving(lives: u32) {
     let (tx, rx) = Pipe::one_way().unwrap();
-    let mut h = Sleeper { tx }.start_with(Sleeper::config().lives(lives)).unwrap();
+    let mut h = Sleeper { tx }
+        .start_with(Sleeper::config().lives(lives))
+        .unwrap();
     assert_eq!(recv_one::<String>(&rx), "ready");
     let (r, took) = std::thread::scope(|s| {
         s.spawn(|| {
@@ -326,8 +375,14 @@ fn killed_while_receiving(lives: u32) {
         let r = rx.recv_timeout::<String>(LIMIT);
         (r, t0.elapsed())
     });
-    assert!(r.is_err(), "recv returned {r:?} after the sender was killed");
-    assert!(took < Duration::from_secs(2), "recv took {took:?} to notice the dead sender");
+    assert!(
+        r.is_err(),
+        "recv returned {r:?} after the sender was killed"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "recv took {took:?} to notice the dead sender"
+    );
     let e = h.wait_timeout(LIMIT).unwrap_err();
     assert!(e.is_killed(), "{e}");
 }
@@ -365,12 +420,21 @@ impl Process for Orphan {
 #[test]
 fn a_dropped_parent_end_makes_the_childs_recv_fail() {
     let (mine, theirs) = Pipe::pair().unwrap();
-    let mut h = Orphan { pipe: theirs, error: String::new() }.start().unwrap();
+    let mut h = Orphan {
+        pipe: theirs,
+        error: String::new(),
+    }
+    .start()
+    .unwrap();
     assert_eq!(recv::<String>(&mine), "ready");
     drop(mine);
     let done = wait(&mut h);
     assert!(!done.error.starts_with("unexpected"), "{}", done.error);
-    assert!(done.error.contains("other side has ended"), "{}", done.error);
+    assert!(
+        done.error.contains("other side has ended"),
+        "{}",
+        done.error
+    );
 }
 
 /// Drops its end while it keeps running.
@@ -396,7 +460,12 @@ impl Process for Dropper {
 fn an_end_dropped_in_a_live_child_makes_recv_fail() {
     let (mine, theirs) = Pipe::pair().unwrap();
     let (go_tx, go_rx) = Pipe::one_way().unwrap();
-    let mut h = Dropper { pipe: Some(theirs), rx: go_rx }.start().unwrap();
+    let mut h = Dropper {
+        pipe: Some(theirs),
+        rx: go_rx,
+    }
+    .start()
+    .unwrap();
     assert_eq!(recv::<String>(&mine), "bye");
     // The child is alive, but no process holds the other end any more.
     let t0 = Instant::now();
@@ -417,7 +486,10 @@ fn dropping_one_end_ends_the_other_after_its_messages() {
     assert_eq!(b.recv_timeout::<u32>(LIMIT).unwrap(), Some(1));
     assert_eq!(b.recv::<u32>().unwrap(), 2);
     assert!(matches!(b.recv::<u32>(), Err(Error::Disconnected)));
-    assert!(matches!(b.recv_timeout::<u32>(LIMIT), Err(Error::Disconnected)));
+    assert!(matches!(
+        b.recv_timeout::<u32>(LIMIT),
+        Err(Error::Disconnected)
+    ));
     assert!(matches!(b.try_recv::<u32>(), Err(Error::Disconnected)));
 
     let (tx, rx) = Pipe::one_way().unwrap();
@@ -432,7 +504,12 @@ fn dropping_one_end_ends_the_other_after_its_messages() {
 #[test]
 fn an_end_comes_back_with_the_final_state() {
     let (mine, theirs) = Pipe::pair().unwrap();
-    let mut h = Echo { pipe: theirs, seen: 0 }.start().unwrap();
+    let mut h = Echo {
+        pipe: theirs,
+        seen: 0,
+    }
+    .start()
+    .unwrap();
     mine.send(&Msg::Num(1)).unwrap();
     assert_eq!(recv::<Msg>(&mine), Msg::Num(1));
     mine.send(&Msg::Quit).unwrap();
@@ -505,7 +582,9 @@ fn garbage_from_a_hostile_peer_is_an_error_not_a_panic() {
     let patterns: Vec<Vec<u8>> = vec![
         vec![0xff; 64],
         vec![0; 64],
-        vec![8, 0, 0, 0, 48, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+        vec![
+            8, 0, 0, 0, 48, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        ],
         vec![3, 0, 0, 0, 48, 0, 0, 0, 1, 2, 3],
         vec![4, 0, 0, 0, 48, 0, 0, 0, 200, 0, 1, 2],
         (0..=255u8).collect(),
@@ -538,6 +617,9 @@ fn garbage_from_a_hostile_peer_is_an_error_not_a_panic() {
                 Err(_) => break,
             }
         }
-        assert!(rx.recv_timeout::<u64>(Duration::from_secs(2)).is_err(), "pattern {i}");
+        assert!(
+            rx.recv_timeout::<u64>(Duration::from_secs(2)).is_err(),
+            "pattern {i}"
+        );
     }
 }

@@ -20,9 +20,9 @@ mod socket;
 #[cfg(test)]
 mod test;
 
-use crate::error::Result;
 #[cfg(doc)]
 use crate::error::Error;
+use crate::error::Result;
 use crate::stats::Stats;
 use crate::sys;
 use crate::wire;
@@ -88,7 +88,10 @@ struct End {
 
 impl End {
     fn new(flavor: Flavor) -> End {
-        End { flavor, counters: Counters::default() }
+        End {
+            flavor,
+            counters: Counters::default(),
+        }
     }
 
     fn pair(a: Role, b: Role) -> Result<(End, End)> {
@@ -102,7 +105,9 @@ impl End {
             Flavor::Socket(s) => s.send(&enc.bytes, &enc.raw_fds())?,
         }
         self.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
-        self.counters.bytes_sent.fetch_add(enc.bytes.len() as u64, Ordering::Relaxed);
+        self.counters
+            .bytes_sent
+            .fetch_add(enc.bytes.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -111,8 +116,12 @@ impl End {
             Flavor::Socket(s) => s.recv(deadline)?,
         };
         let Some(msg) = msg else { return Ok(None) };
-        self.counters.messages_received.fetch_add(1, Ordering::Relaxed);
-        self.counters.bytes_received.fetch_add(msg.bytes.len() as u64, Ordering::Relaxed);
+        self.counters
+            .messages_received
+            .fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes_received
+            .fetch_add(msg.bytes.len() as u64, Ordering::Relaxed);
         wire::decode_message(&msg.bytes, msg.fds).map(Some)
     }
 
@@ -137,18 +146,28 @@ impl End {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         let moved = match &self.flavor {
             Flavor::Socket(e) => {
-                let fd = e.fd_to_move().map_err(S::Error::custom)?;
-                Moved::Socket { sock: wire::push_fd(fd).map_err(S::Error::custom)? }
+                let fd = e
+                    .fd_to_move()
+                    .map_err(|e| S::Error::custom(wire::refuse(e)))?;
+                Moved::Socket {
+                    sock: wire::push_fd(fd).map_err(S::Error::custom)?,
+                }
             }
         };
         moved.serialize(s)
     }
 
-    fn deserialize<'de, D: Deserializer<'de>>(d: D, role: Role) -> std::result::Result<End, D::Error> {
+    fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+        role: Role,
+    ) -> std::result::Result<End, D::Error> {
         let flavor = match Moved::deserialize(d)? {
             Moved::Socket { sock } => {
                 let fd = wire::take_fd(sock).map_err(D::Error::custom)?;
-                Flavor::Socket(socket::End::from_fd(fd, role).map_err(D::Error::custom)?)
+                Flavor::Socket(
+                    socket::End::from_fd(fd, role)
+                        .map_err(|e| D::Error::custom(wire::refuse(e.to_string())))?,
+                )
             }
         };
         Ok(End::new(flavor))
@@ -158,7 +177,10 @@ impl End {
         let flavor = match self.flavor {
             Flavor::Socket(_) => "socket",
         };
-        f.debug_struct(name).field("transport", &flavor).field("stats", &self.stats()).finish()
+        f.debug_struct(name)
+            .field("transport", &flavor)
+            .field("stats", &self.stats())
+            .finish()
     }
 }
 

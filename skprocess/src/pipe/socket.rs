@@ -36,14 +36,20 @@ impl End {
     /// An end over an existing socket (one that arrived in a message).
     pub(crate) fn from_fd(sock: OwnedFd, role: Role) -> Result<End> {
         let reader = match role.receives() {
-            true => Some(Mutex::new(Reader::new(sock.try_clone().map_err(Error::Io)?))),
+            true => Some(Mutex::new(Reader::new(
+                sock.try_clone().map_err(Error::Io)?,
+            ))),
             false => None,
         };
         let writer = match role.sends() {
             true => Some(Writer::new(sock.try_clone().map_err(Error::Io)?)),
             false => None,
         };
-        Ok(End { sock, reader, writer })
+        Ok(End {
+            sock,
+            reader,
+            writer,
+        })
     }
 
     /// The socket.
@@ -56,16 +62,21 @@ impl End {
     pub(crate) fn fd_to_move(&self) -> std::result::Result<BorrowedFd<'_>, String> {
         if let Some(r) = &self.reader {
             if r.lock().unwrap_or_else(|p| p.into_inner()).has_frame() {
-                return Err("this pipe end holds messages it has received but not yet returned; \
+                return Err(
+                    "this pipe end holds messages it has received but not yet returned; \
                             receive them before moving the end into another process"
-                    .into());
+                        .into(),
+                );
             }
         }
         Ok(self.sock.as_fd())
     }
 
     pub(crate) fn send(&self, bytes: &[u8], fds: &[RawFd]) -> Result<()> {
-        let w = self.writer.as_ref().ok_or_else(|| Error::usage("this pipe end cannot send"))?;
+        let w = self
+            .writer
+            .as_ref()
+            .ok_or_else(|| Error::usage("this pipe end cannot send"))?;
         w.send(kind::PIPE, bytes, fds).map_err(|e| match e {
             Error::Io(io)
                 if matches!(
@@ -80,12 +91,21 @@ impl End {
     }
 
     pub(crate) fn recv(&self, deadline: Option<Instant>) -> Result<Option<Message>> {
-        let r = self.reader.as_ref().ok_or_else(|| Error::usage("this pipe end cannot receive"))?;
+        let r = self
+            .reader
+            .as_ref()
+            .ok_or_else(|| Error::usage("this pipe end cannot receive"))?;
         let mut r = r.lock().unwrap_or_else(|p| p.into_inner());
         match r.read(deadline)? {
             None => Ok(None),
-            Some(f) if f.kind == kind::PIPE => Ok(Some(Message { bytes: f.payload, fds: f.fds })),
-            Some(f) => Err(Error::Wire(format!("unexpected frame of kind {} on a pipe", f.kind))),
+            Some(f) if f.kind == kind::PIPE => Ok(Some(Message {
+                bytes: f.payload,
+                fds: f.fds,
+            })),
+            Some(f) => Err(Error::Wire(format!(
+                "unexpected frame of kind {} on a pipe",
+                f.kind
+            ))),
         }
     }
 }

@@ -5,7 +5,10 @@ use std::time::Duration;
 fn an_end_cannot_be_serialized_by_another_format() {
     let (a, _b) = Pipe::pair().unwrap();
     let e = serde_json::to_string(&a).unwrap_err();
-    assert!(e.to_string().contains("only be serialized by skprocess"), "{e}");
+    assert!(
+        e.to_string().contains("only be serialized by skprocess"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -15,7 +18,10 @@ fn an_end_round_trips_through_wire_encoding() {
     drop(rx);
     let rx: PipeReceiver = wire::decode(&enc.bytes, enc.fds).unwrap();
     tx.send(&3u16).unwrap();
-    assert_eq!(rx.recv_timeout::<u16>(Duration::from_secs(5)).unwrap(), Some(3));
+    assert_eq!(
+        rx.recv_timeout::<u16>(Duration::from_secs(5)).unwrap(),
+        Some(3)
+    );
 }
 
 #[test]
@@ -24,7 +30,10 @@ fn an_end_with_unread_messages_refuses_to_move() {
     for i in 0..3u8 {
         a.send(&i).unwrap();
     }
-    assert_eq!(b.recv_timeout::<u8>(Duration::from_secs(5)).unwrap(), Some(0));
+    assert_eq!(
+        b.recv_timeout::<u8>(Duration::from_secs(5)).unwrap(),
+        Some(0)
+    );
     match wire::encode(&b) {
         // The first receive read the others ahead: they would be lost.
         Err(e) => assert!(e.to_string().contains("receive them before moving"), "{e}"),
@@ -32,7 +41,10 @@ fn an_end_with_unread_messages_refuses_to_move() {
         Ok(enc) => {
             drop(b);
             let b: Pipe = wire::decode(&enc.bytes, enc.fds).unwrap();
-            assert_eq!(b.recv_timeout::<u8>(Duration::from_secs(5)).unwrap(), Some(1));
+            assert_eq!(
+                b.recv_timeout::<u8>(Duration::from_secs(5)).unwrap(),
+                Some(1)
+            );
         }
     }
 }
