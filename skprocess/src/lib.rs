@@ -72,6 +72,7 @@
 
 #![deny(unsafe_code)]
 
+mod bench;
 mod config;
 mod error;
 mod handle;
@@ -108,19 +109,7 @@ pub mod prelude {
 /// Helpers for skprocess's own benches and tests; not a public API.
 #[doc(hidden)]
 pub mod __bench {
-    use std::os::fd::BorrowedFd;
-
-    /// A pipe end whose descriptors can be reached (see [`pipe_fds`]).
-    #[allow(private_bounds)]
-    pub trait PipeEnd: crate::pipe::RawEnd {}
-    impl<T: crate::pipe::RawEnd> PipeEnd for T {}
-
-    /// The descriptors behind a pipe end (a socket, and shared memory if the
-    /// end uses it), so a test can play a hostile peer by writing garbage
-    /// into them.
-    pub fn pipe_fds<E: PipeEnd>(end: &E) -> Vec<BorrowedFd<'_>> {
-        end.raw_fds()
-    }
+    pub use crate::bench::*;
 }
 
 /// Used by the code `#[derive(Process)]` generates; not a public API.

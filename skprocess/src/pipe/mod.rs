@@ -16,13 +16,14 @@
 //! A receiver whose peer has ended gets every message the peer sent, then
 //! `Err`: it never blocks forever on a dead process.
 
+mod ring;
 mod socket;
 #[cfg(test)]
 mod test;
 
 #[cfg(doc)]
 use crate::error::Error;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::stats::Stats;
 use crate::sys;
 use crate::wire;
@@ -62,14 +63,31 @@ pub(crate) struct Message {
 /// The transports.
 #[derive(Debug)]
 enum Flavor {
+    Ring(ring::End),
     Socket(socket::End),
+}
+
+/// Which transport a new pipe uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// Shared-memory rings (the default).
+    Ring,
+    /// A socket pair (kept as the baseline the ring is measured against).
+    Socket,
 }
 
 /// How an end is written when it moves to another process: descriptor
 /// indices (see `wire::push_fd`) and, for future flavors, their layout.
 #[derive(Serialize, Deserialize)]
 enum Moved {
-    Socket { sock: u32 },
+    Socket {
+        sock: u32,
+    },
+    Ring {
+        sock: u32,
+        mem: u32,
+        layout: ring::Layout,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -94,14 +112,23 @@ impl End {
         }
     }
 
-    fn pair(a: Role, b: Role) -> Result<(End, End)> {
-        let (x, y) = socket::End::pair(a, b)?;
-        Ok((End::new(Flavor::Socket(x)), End::new(Flavor::Socket(y))))
+    fn pair(a: Role, b: Role, t: Transport) -> Result<(End, End)> {
+        Ok(match t {
+            Transport::Ring => {
+                let (x, y) = ring::End::pair(a, b)?;
+                (End::new(Flavor::Ring(x)), End::new(Flavor::Ring(y)))
+            }
+            Transport::Socket => {
+                let (x, y) = socket::End::pair(a, b)?;
+                (End::new(Flavor::Socket(x)), End::new(Flavor::Socket(y)))
+            }
+        })
     }
 
     fn send<T: Serialize + ?Sized>(&self, msg: &T) -> Result<()> {
         let enc = wire::encode_message(msg)?;
         match &self.flavor {
+            Flavor::Ring(r) => r.send(&enc.bytes, &enc.raw_fds())?,
             Flavor::Socket(s) => s.send(&enc.bytes, &enc.raw_fds())?,
         }
         self.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
@@ -113,6 +140,7 @@ impl End {
 
     fn recv<T: DeserializeOwned>(&self, deadline: Option<Instant>) -> Result<Option<T>> {
         let msg = match &self.flavor {
+            Flavor::Ring(r) => r.recv(deadline)?,
             Flavor::Socket(s) => s.recv(deadline)?,
         };
         let Some(msg) = msg else { return Ok(None) };
@@ -145,6 +173,15 @@ impl End {
 
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         let moved = match &self.flavor {
+            Flavor::Ring(e) => {
+                let ([sock, mem], layout) =
+                    e.to_move().map_err(|e| S::Error::custom(wire::refuse(e)))?;
+                Moved::Ring {
+                    sock: wire::push_fd(sock).map_err(S::Error::custom)?,
+                    mem: wire::push_fd(mem).map_err(S::Error::custom)?,
+                    layout,
+                }
+            }
             Flavor::Socket(e) => {
                 let fd = e
                     .fd_to_move()
@@ -161,13 +198,17 @@ impl End {
         d: D,
         role: Role,
     ) -> std::result::Result<End, D::Error> {
+        let refuse = |e: Error| D::Error::custom(wire::refuse(e.to_string()));
         let flavor = match Moved::deserialize(d)? {
+            Moved::Ring { sock, mem, layout } => {
+                let sock = wire::take_fd(sock).map_err(D::Error::custom)?;
+                let mem = wire::take_fd(mem).map_err(D::Error::custom)?;
+                let region = sys::region::Region::from_fd(mem).map_err(|e| refuse(Error::Io(e)))?;
+                Flavor::Ring(ring::End::attach(region, sock, &layout, role).map_err(refuse)?)
+            }
             Moved::Socket { sock } => {
                 let fd = wire::take_fd(sock).map_err(D::Error::custom)?;
-                Flavor::Socket(
-                    socket::End::from_fd(fd, role)
-                        .map_err(|e| D::Error::custom(wire::refuse(e.to_string())))?,
-                )
+                Flavor::Socket(socket::End::from_fd(fd, role).map_err(refuse)?)
             }
         };
         Ok(End::new(flavor))
@@ -175,6 +216,7 @@ impl End {
 
     fn debug(&self, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let flavor = match self.flavor {
+            Flavor::Ring(_) => "shared-memory ring",
             Flavor::Socket(_) => "socket",
         };
         f.debug_struct(name)
@@ -239,7 +281,12 @@ impl Pipe {
     /// If the operating system cannot create the channel (out of
     /// descriptors or memory).
     pub fn pair() -> Result<(Pipe, Pipe)> {
-        let (a, b) = End::pair(Role::Both, Role::Both)?;
+        Pipe::pair_over(Transport::Ring)
+    }
+
+    /// A duplex pair over the given transport.
+    pub(crate) fn pair_over(t: Transport) -> Result<(Pipe, Pipe)> {
+        let (a, b) = End::pair(Role::Both, Role::Both, t)?;
         Ok((Pipe { end: a }, Pipe { end: b }))
     }
 
@@ -262,7 +309,12 @@ impl Pipe {
     ///
     /// As [`pair`](Pipe::pair).
     pub fn one_way() -> Result<(PipeSender, PipeReceiver)> {
-        let (a, b) = End::pair(Role::Send, Role::Recv)?;
+        Pipe::one_way_over(Transport::Ring)
+    }
+
+    /// A one-way pair over the given transport.
+    pub(crate) fn one_way_over(t: Transport) -> Result<(PipeSender, PipeReceiver)> {
+        let (a, b) = End::pair(Role::Send, Role::Recv, t)?;
         Ok((PipeSender { end: a }, PipeReceiver { end: b }))
     }
 
@@ -488,6 +540,7 @@ pub(crate) trait RawEnd {
 impl End {
     fn raw_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
         match &self.flavor {
+            Flavor::Ring(r) => r.fds().to_vec(),
             Flavor::Socket(s) => vec![s.fd()],
         }
     }

@@ -10,8 +10,10 @@
 //! `PR_SET_PDEATHSIG` and `.init_array`.
 
 pub(crate) mod boot;
+pub(crate) mod futex;
 pub(crate) mod mem;
 pub(crate) mod proc;
+pub(crate) mod region;
 pub(crate) mod sock;
 pub(crate) mod spawn;
 pub(crate) mod zst;

@@ -1,0 +1,175 @@
+//! Helpers for skprocess's own benches and tests (re-exported, hidden, as
+//! `skprocess::__bench`): raw baselines built from the same primitives the
+//! library uses, and access to a pipe's descriptors so a test can play a
+//! hostile peer. Not a public API.
+
+use crate::error::{Error, Result};
+use crate::pipe::{RawEnd, Transport};
+use crate::sys::{futex, region::Region};
+use crate::wire;
+use crate::{Pipe, PipeReceiver, PipeSender};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// A pipe end whose descriptors can be reached (see [`pipe_fds`]).
+#[allow(private_bounds)]
+pub trait PipeEnd: RawEnd {}
+impl<T: RawEnd> PipeEnd for T {}
+
+/// The descriptors behind a pipe end (a socket, and shared memory if the
+/// end uses it), so a test can play a hostile peer by writing garbage into
+/// them.
+pub fn pipe_fds<E: PipeEnd>(end: &E) -> Vec<BorrowedFd<'_>> {
+    end.raw_fds()
+}
+
+/// A duplex pipe over a socket pair instead of shared memory: the baseline
+/// the default transport is measured against.
+pub fn socket_pipe_pair() -> Result<(Pipe, Pipe)> {
+    Pipe::pair_over(Transport::Socket)
+}
+
+/// A one-way pipe over a socket pair.
+pub fn socket_one_way() -> Result<(PipeSender, PipeReceiver)> {
+    Pipe::one_way_over(Transport::Socket)
+}
+
+/// A descriptor that can be a field of a process (it moves like a pipe
+/// end), for baselines that do raw I/O in a child.
+#[derive(Debug)]
+pub struct Fd(pub OwnedFd);
+
+impl Serialize for Fd {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        wire::push_fd(self.0.as_fd())
+            .map_err(serde::ser::Error::custom)?
+            .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Fd {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let i = u32::deserialize(d)?;
+        wire::take_fd(i).map(Fd).map_err(serde::de::Error::custom)
+    }
+}
+
+const IDLE: u32 = 0;
+const PING: u32 = 1;
+const PONG: u32 = 2;
+const STOP: u32 = 3;
+
+/// A bare futex ping-pong over shared memory: one 32-bit word that the two
+/// sides flip between `PING` and `PONG`, waking each other with
+/// `FUTEX_WAKE`. With `spin`, a side spins that long before it sleeps, and
+/// wakes the other only if it is asleep (as the pipe's ring does);
+/// without, every turn is a futex wait and a wake.
+#[derive(Debug)]
+pub struct FutexPingPong {
+    region: Region,
+    spin: Duration,
+}
+
+impl FutexPingPong {
+    /// A new shared word; `spin` as above (zero: always sleep).
+    pub fn new(spin: Duration) -> Result<Self> {
+        let region = Region::new(c"skprocess-bench", 4096).map_err(Error::Io)?;
+        Ok(FutexPingPong { region, spin })
+    }
+
+    fn word(&self) -> &AtomicU32 {
+        self.region.u32_at(0)
+    }
+
+    fn waiting(&self) -> &AtomicU32 {
+        self.region.u32_at(64)
+    }
+
+    fn set(&self, v: u32) {
+        self.word().store(v, Ordering::SeqCst);
+        if self.spin.is_zero() {
+            let _ = futex::wake(self.word(), 1);
+            return;
+        }
+        fence(Ordering::SeqCst);
+        if self.waiting().load(Ordering::SeqCst) != 0 {
+            let _ = futex::wake(self.word(), 1);
+        }
+    }
+
+    /// Waits while the word is `v`; returns the new value.
+    fn wait_while(&self, v: u32) -> u32 {
+        if !self.spin.is_zero() {
+            let end = Instant::now() + self.spin;
+            let mut i = 0u32;
+            loop {
+                let w = self.word().load(Ordering::Acquire);
+                if w != v {
+                    return w;
+                }
+                i = i.wrapping_add(1);
+                if i % 64 == 0 && Instant::now() >= end {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        loop {
+            self.waiting().fetch_add(1, Ordering::SeqCst);
+            let w = self.word().load(Ordering::SeqCst);
+            if w != v {
+                self.waiting().fetch_sub(1, Ordering::SeqCst);
+                return w;
+            }
+            let _ = futex::wait(self.word(), v, Some(Duration::from_secs(1)));
+            self.waiting().fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// One round trip: sets `PING`, waits for the server's `PONG`.
+    pub fn ping(&self) {
+        self.set(PING);
+        while self.wait_while(PING) == PING {}
+    }
+
+    /// Answers pings until [`stop`](FutexPingPong::stop); call in the peer.
+    pub fn serve(&self) {
+        let mut seen = IDLE;
+        loop {
+            match self.wait_while(seen) {
+                PING => {
+                    self.set(PONG);
+                    seen = PONG;
+                }
+                STOP => return,
+                other => seen = other,
+            }
+        }
+    }
+
+    /// Ends [`serve`](FutexPingPong::serve).
+    pub fn stop(&self) {
+        self.set(STOP);
+    }
+}
+
+impl Serialize for FutexPingPong {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let fd = wire::push_fd(self.region.fd().as_fd()).map_err(serde::ser::Error::custom)?;
+        (fd, self.spin).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for FutexPingPong {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let (i, spin) = <(u32, Duration)>::deserialize(d)?;
+        let fd = wire::take_fd(i).map_err(serde::de::Error::custom)?;
+        let region = Region::from_fd(fd).map_err(serde::de::Error::custom)?;
+        if region.len() < 4096 {
+            return Err(serde::de::Error::custom("shared word too small"));
+        }
+        Ok(FutexPingPong { region, spin })
+    }
+}

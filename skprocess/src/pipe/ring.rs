@@ -1,0 +1,681 @@
+//! The shared-memory flavor: a byte ring per direction in a memfd, futex
+//! wake-ups, and a socket pair alongside for peer death and descriptors.
+//!
+//! # The ring
+//!
+//! A single-producer, single-consumer byte ring (the classic
+//! Lamport queue): the producer owns `head`, the consumer owns `tail`, both
+//! count bytes since the start and only grow; `head - tail` bytes are
+//! readable, `capacity - (head - tail)` writable. Messages are the same
+//! frames as on a socket (`[u32 len][u8 kind][u8 nfds][u16 0]` + payload),
+//! written as a byte stream that wraps around the end of the ring. A frame
+//! larger than the ring streams through it: the producer publishes every
+//! [`PUBLISH_EVERY`] bytes, so the consumer copies out while the producer
+//! copies in.
+//!
+//! # Waiting
+//!
+//! A side that has nothing to do spins for [`SPIN`] (a peer on another core
+//! answers within it, at no system-call cost), then sleeps on a futex word:
+//! it raises its `waiting` flag, re-checks, and sleeps on a sequence word the
+//! other side bumps and wakes only when it sees the flag. A `SeqCst` fence on
+//! each side makes sure that either the sleeper sees the new data or the
+//! other side sees the flag (Dekker's pattern), so no wake-up is lost and an
+//! uncontended send costs no system call.
+//!
+//! # Peer death and descriptors
+//!
+//! A futex does not wake anyone when a process dies, so each end also holds
+//! one end of a socket pair: the kernel hangs it up when the last copy of
+//! the other end is closed, whether by `drop` or by the death of the process
+//! holding it. A sleeper sleeps in slices of [`SLICE`] and checks the socket
+//! between them, and before sleeping at all. Descriptors inside a message
+//! (a `Pipe` or `Share` sent in a message) travel on that socket
+//! (`SCM_RIGHTS`), sent before the frame is published, so they are there
+//! when the receiver reads its header.
+//!
+//! # Hostile peers
+//!
+//! Everything read from shared memory is untrusted: positions are checked
+//! against the capacity cached when the end was made, frame headers are
+//! validated, and a violation makes the end return the same `Err` from then
+//! on. Bytes are copied out before they are looked at (see `sys::region`).
+
+use super::{Message, Role};
+use crate::error::{Error, Result};
+use crate::sys::{self, futex, region::Region};
+use crate::wire::{self, kind};
+use std::io::IoSlice;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, TryLockError};
+use std::time::{Duration, Instant};
+
+const MAGIC: u64 = u64::from_le_bytes(*b"skpipe01");
+/// Bytes before the first ring: the header and the control blocks.
+const HEADER_BYTES: usize = 4096;
+/// Header words.
+const H_MAGIC: usize = 0;
+const H_RINGS: usize = 8;
+const H_CAPACITY: usize = 16;
+/// Control block of ring `i`: at `CTL_BASE + i * CTL_SIZE`.
+const CTL_BASE: usize = 256;
+const CTL_SIZE: usize = 256;
+/// The producer's cache line: `head`, the data futex word, its own flag.
+const C_HEAD: usize = 0;
+const C_DATA_SEQ: usize = 8;
+const C_PRODUCER_WAITING: usize = 12;
+/// The consumer's cache line: `tail`, the space futex word, its own flag.
+const C_TAIL: usize = 64;
+const C_SPACE_SEQ: usize = 72;
+const C_CONSUMER_WAITING: usize = 76;
+
+/// Bytes in each ring.
+pub(crate) const CAPACITY: usize = 256 << 10;
+/// Publish a long frame every this many bytes, so the consumer can start.
+const PUBLISH_EVERY: usize = 32 << 10;
+/// How long a side spins before it sleeps.
+const SPIN: Duration = Duration::from_micros(20);
+/// Longest futex sleep between two checks for a dead peer.
+const SLICE: Duration = Duration::from_millis(100);
+/// How long a receiver waits for the descriptors of a message, which were
+/// sent before the message itself.
+const FD_WAIT: Duration = Duration::from_secs(2);
+
+/// One direction of the shared memory.
+#[derive(Clone, Copy)]
+struct Ring<'a> {
+    region: &'a Region,
+    ctl: usize,
+    data: usize,
+    cap: usize,
+}
+
+impl<'a> Ring<'a> {
+    fn new(region: &'a Region, cap: usize, index: usize) -> Ring<'a> {
+        Ring {
+            region,
+            ctl: CTL_BASE + index * CTL_SIZE,
+            data: HEADER_BYTES + index * cap,
+            cap,
+        }
+    }
+    fn head(&self) -> &'a AtomicU64 {
+        self.region.u64_at(self.ctl + C_HEAD)
+    }
+    fn tail(&self) -> &'a AtomicU64 {
+        self.region.u64_at(self.ctl + C_TAIL)
+    }
+    fn data_seq(&self) -> &'a AtomicU32 {
+        self.region.u32_at(self.ctl + C_DATA_SEQ)
+    }
+    fn space_seq(&self) -> &'a AtomicU32 {
+        self.region.u32_at(self.ctl + C_SPACE_SEQ)
+    }
+    fn producer_waiting(&self) -> &'a AtomicU32 {
+        self.region.u32_at(self.ctl + C_PRODUCER_WAITING)
+    }
+    fn consumer_waiting(&self) -> &'a AtomicU32 {
+        self.region.u32_at(self.ctl + C_CONSUMER_WAITING)
+    }
+
+    /// Copies `src` in at stream position `pos`, wrapping.
+    fn put(&self, pos: u64, src: &[u8]) {
+        let off = (pos % self.cap as u64) as usize;
+        let first = src.len().min(self.cap - off);
+        self.region.copy_in(self.data + off, &src[..first]);
+        if first < src.len() {
+            self.region.copy_in(self.data, &src[first..]);
+        }
+    }
+
+    /// Copies out into `dst` from stream position `pos`, wrapping.
+    fn get(&self, pos: u64, dst: &mut [u8]) {
+        let off = (pos % self.cap as u64) as usize;
+        let first = dst.len().min(self.cap - off);
+        self.region.copy_out(self.data + off, &mut dst[..first]);
+        if first < dst.len() {
+            let rest = &mut dst[first..];
+            self.region.copy_out(self.data, rest);
+        }
+    }
+
+    /// Appends `len` bytes from stream position `pos` to `dst`, wrapping.
+    fn append(&self, pos: u64, len: usize, dst: &mut Vec<u8>) {
+        let off = (pos % self.cap as u64) as usize;
+        let first = len.min(self.cap - off);
+        self.region.append_to(self.data + off, first, dst);
+        if first < len {
+            self.region.append_to(self.data, len - first, dst);
+        }
+    }
+}
+
+fn corrupt(what: &str) -> Error {
+    Error::Wire(format!(
+        "the shared memory of a pipe is corrupt ({what}); the peer is misbehaving"
+    ))
+}
+
+/// Whether the peer's socket is gone (the kernel hung ours up).
+fn peer_gone(sock: BorrowedFd<'_>) -> Result<bool> {
+    let r = sys::sock::poll(&[sock], Some(Instant::now())).map_err(Error::Io)?;
+    Ok(r[0].hangup)
+}
+
+/// Waits until `ready()` or `deadline`: spins, then sleeps on `seq` with
+/// `waiting` raised. `Ok(false)` on timeout; `Err(Disconnected)` if the peer
+/// is gone and `ready()` is still false.
+fn wait_until(
+    ready: &mut dyn FnMut() -> Result<bool>,
+    seq: &AtomicU32,
+    waiting: &AtomicU32,
+    sock: BorrowedFd<'_>,
+    deadline: Option<Instant>,
+) -> Result<bool> {
+    let start = Instant::now();
+    let spin_end = match deadline {
+        Some(d) => d.min(start + SPIN),
+        None => start + SPIN,
+    };
+    let mut i = 0u32;
+    loop {
+        if ready()? {
+            return Ok(true);
+        }
+        i = i.wrapping_add(1);
+        if i % 64 == 0 && Instant::now() >= spin_end {
+            break;
+        }
+        std::hint::spin_loop();
+    }
+    loop {
+        let s = seq.load(Ordering::SeqCst);
+        waiting.store(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let r = (|| {
+            if ready()? {
+                return Ok(Some(true));
+            }
+            if peer_gone(sock)? {
+                // Whatever the peer published before it went is readable.
+                return if ready()? {
+                    Ok(Some(true))
+                } else {
+                    Err(Error::Disconnected)
+                };
+            }
+            let slice = match deadline {
+                None => SLICE,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(Some(false));
+                    }
+                    left.min(SLICE)
+                }
+            };
+            futex::wait(seq, s, Some(slice)).map_err(Error::Io)?;
+            Ok(None)
+        })();
+        waiting.store(0, Ordering::Relaxed);
+        match r {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Bumps `seq` and wakes its sleeper if `waiting` is raised. Call after
+/// publishing a position.
+fn notify(seq: &AtomicU32, waiting: &AtomicU32) {
+    fence(Ordering::SeqCst);
+    if waiting.load(Ordering::Relaxed) != 0 {
+        seq.fetch_add(1, Ordering::SeqCst);
+        let _ = futex::wake(seq, 1);
+    }
+}
+
+/// The producer's private state.
+#[derive(Debug)]
+struct Producer {
+    ring: usize,
+    head: u64,
+    /// The consumer's position when last read.
+    tail: u64,
+}
+
+/// A frame being received.
+#[derive(Debug)]
+struct Partial {
+    len: usize,
+    nfds: usize,
+    bytes: Vec<u8>,
+}
+
+/// The consumer's private state.
+#[derive(Debug)]
+struct Consumer {
+    ring: usize,
+    tail: u64,
+    partial: Option<Partial>,
+    /// Set once the peer broke the protocol: every later call returns it.
+    broken: Option<String>,
+}
+
+/// One end of a shared-memory pipe.
+#[derive(Debug)]
+pub(crate) struct End {
+    region: Region,
+    cap: usize,
+    sock: OwnedFd,
+    tx: Option<Mutex<Producer>>,
+    rx: Option<Mutex<Consumer>>,
+}
+
+/// How a ring end is described when it moves.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Layout {
+    /// The ring this end writes, if it sends.
+    pub(crate) tx: Option<u8>,
+    /// The ring this end reads, if it receives.
+    pub(crate) rx: Option<u8>,
+}
+
+impl End {
+    /// A connected pair of ends; `a` and `b` say what each may do (both
+    /// duplex, or `a` sends and `b` receives).
+    pub(crate) fn pair(a: Role, b: Role) -> Result<(End, End)> {
+        let duplex = a == Role::Both;
+        let rings = if duplex { 2 } else { 1 };
+        let region =
+            Region::new(c"skprocess-pipe", HEADER_BYTES + rings * CAPACITY).map_err(Error::Io)?;
+        region
+            .u64_at(H_RINGS)
+            .store(rings as u64, Ordering::Relaxed);
+        region
+            .u64_at(H_CAPACITY)
+            .store(CAPACITY as u64, Ordering::Relaxed);
+        region.u64_at(H_MAGIC).store(MAGIC, Ordering::Release);
+        let (la, lb) = if duplex {
+            (
+                Layout {
+                    tx: Some(0),
+                    rx: Some(1),
+                },
+                Layout {
+                    tx: Some(1),
+                    rx: Some(0),
+                },
+            )
+        } else {
+            (
+                Layout {
+                    tx: Some(0),
+                    rx: None,
+                },
+                Layout {
+                    tx: None,
+                    rx: Some(0),
+                },
+            )
+        };
+        let (sa, sb) = sys::sock::socketpair().map_err(Error::Io)?;
+        let region_b =
+            Region::from_fd(region.fd().try_clone().map_err(Error::Io)?).map_err(Error::Io)?;
+        Ok((
+            End::attach(region, sa, &la, a)?,
+            End::attach(region_b, sb, &lb, b)?,
+        ))
+    }
+
+    /// An end over a region and socket, checking everything about them.
+    pub(crate) fn attach(
+        region: Region,
+        sock: OwnedFd,
+        layout: &Layout,
+        role: Role,
+    ) -> Result<End> {
+        let bad = |what: &str| Error::Wire(format!("not a valid pipe end: {what}"));
+        if region.len() < HEADER_BYTES {
+            return Err(bad("its shared memory is too small"));
+        }
+        if region.u64_at(H_MAGIC).load(Ordering::Acquire) != MAGIC {
+            return Err(bad("its shared memory has no pipe header"));
+        }
+        let rings = region.u64_at(H_RINGS).load(Ordering::Relaxed);
+        let cap = region.u64_at(H_CAPACITY).load(Ordering::Relaxed);
+        if !(1..=2).contains(&rings) || !cap.is_power_of_two() || !(4096..=1 << 30).contains(&cap) {
+            return Err(bad("its ring count or capacity is out of range"));
+        }
+        let (rings, cap) = (rings as usize, cap as usize);
+        if region.len() != HEADER_BYTES + rings * cap {
+            return Err(bad("its shared memory does not match its header"));
+        }
+        let valid = |i: Option<u8>| i.map_or(true, |i| (i as usize) < rings);
+        if !valid(layout.tx) || !valid(layout.rx) {
+            return Err(bad("it names a ring that does not exist"));
+        }
+        if layout.tx.is_some() != role.sends() || layout.rx.is_some() != role.receives() {
+            return Err(bad("it is another kind of pipe end than the one expected"));
+        }
+        let tx = match layout.tx {
+            Some(i) => {
+                let r = Ring::new(&region, cap, i as usize);
+                let head = r.head().load(Ordering::Acquire);
+                let tail = r.tail().load(Ordering::Acquire);
+                if head.wrapping_sub(tail) > cap as u64 {
+                    return Err(corrupt("the positions of a ring are inconsistent"));
+                }
+                Some(Mutex::new(Producer {
+                    ring: i as usize,
+                    head,
+                    tail,
+                }))
+            }
+            None => None,
+        };
+        let rx = match layout.rx {
+            Some(i) => {
+                let tail = Ring::new(&region, cap, i as usize)
+                    .tail()
+                    .load(Ordering::Acquire);
+                Some(Mutex::new(Consumer {
+                    ring: i as usize,
+                    tail,
+                    partial: None,
+                    broken: None,
+                }))
+            }
+            None => None,
+        };
+        Ok(End {
+            region,
+            cap,
+            sock,
+            tx,
+            rx,
+        })
+    }
+
+    /// The socket and the shared memory.
+    pub(crate) fn fds(&self) -> [BorrowedFd<'_>; 2] {
+        [self.sock.as_fd(), self.region.fd().as_fd()]
+    }
+
+    /// What to serialize to move this end: its descriptors and layout.
+    /// Fails while a message is half received (it would be lost) or another
+    /// thread is using the end.
+    pub(crate) fn to_move(&self) -> std::result::Result<([BorrowedFd<'_>; 2], Layout), String> {
+        let busy =
+            || "this pipe end is in use by another thread and cannot be moved now".to_string();
+        let tx = match &self.tx {
+            Some(p) => match p.try_lock() {
+                Ok(p) => Some(p.ring as u8),
+                Err(TryLockError::Poisoned(p)) => Some(p.into_inner().ring as u8),
+                Err(TryLockError::WouldBlock) => return Err(busy()),
+            },
+            None => None,
+        };
+        let rx = match &self.rx {
+            Some(c) => {
+                let c = match c.try_lock() {
+                    Ok(c) => c,
+                    Err(TryLockError::Poisoned(c)) => c.into_inner(),
+                    Err(TryLockError::WouldBlock) => return Err(busy()),
+                };
+                if c.partial.is_some() {
+                    return Err(
+                        "this pipe end is in the middle of receiving a message; receive it before \
+                                moving the end into another process"
+                            .into(),
+                    );
+                }
+                Some(c.ring as u8)
+            }
+            None => None,
+        };
+        Ok((self.fds(), Layout { tx, rx }))
+    }
+
+    pub(crate) fn send(&self, bytes: &[u8], fds: &[RawFd]) -> Result<()> {
+        let p = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| Error::usage("this pipe end cannot send"))?;
+        let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+        let len: u32 = bytes.len().try_into().map_err(|_| {
+            Error::Wire(format!(
+                "a message of {} bytes is over the 4 GiB limit",
+                bytes.len()
+            ))
+        })?;
+        if fds.len() > sys::sock::MAX_FDS {
+            return Err(Error::Wire(format!(
+                "a message can carry at most {} descriptors (shares, pipes), not {}",
+                sys::sock::MAX_FDS,
+                fds.len()
+            )));
+        }
+        if !fds.is_empty() {
+            sys::sock::send(self.sock.as_fd(), &[IoSlice::new(&[0u8])], fds)
+                .map_err(disconnected)?;
+        }
+        let mut header = [0u8; wire::HEADER];
+        header[..4].copy_from_slice(&len.to_le_bytes());
+        header[4] = kind::PIPE;
+        header[5] = fds.len() as u8;
+        let ring = Ring::new(&self.region, self.cap, p.ring);
+        self.write(&mut p, ring, &[&header, bytes])
+    }
+
+    fn write(&self, p: &mut Producer, r: Ring<'_>, parts: &[&[u8]]) -> Result<()> {
+        let cap = self.cap as u64;
+        let mut unpublished = 0usize;
+        for part in parts {
+            let mut data = *part;
+            while !data.is_empty() {
+                let mut free = cap - p.head.wrapping_sub(p.tail);
+                if free == 0 {
+                    p.tail = r.tail().load(Ordering::Acquire);
+                    let used = p.head.wrapping_sub(p.tail);
+                    if used > cap {
+                        return Err(corrupt("the reader's position is out of range"));
+                    }
+                    free = cap - used;
+                }
+                if free == 0 {
+                    self.publish(p, r);
+                    unpublished = 0;
+                    let head = p.head;
+                    let mut has_space = || {
+                        let used = head.wrapping_sub(r.tail().load(Ordering::Acquire));
+                        if used > cap {
+                            return Err(corrupt("the reader's position is out of range"));
+                        }
+                        Ok(used < cap)
+                    };
+                    wait_until(
+                        &mut has_space,
+                        r.space_seq(),
+                        r.producer_waiting(),
+                        self.sock.as_fd(),
+                        None,
+                    )?;
+                    continue;
+                }
+                let n = (free as usize).min(data.len()).min(PUBLISH_EVERY);
+                r.put(p.head, &data[..n]);
+                p.head = p.head.wrapping_add(n as u64);
+                data = &data[n..];
+                unpublished += n;
+                if unpublished >= PUBLISH_EVERY {
+                    self.publish(p, r);
+                    unpublished = 0;
+                }
+            }
+        }
+        self.publish(p, r);
+        Ok(())
+    }
+
+    fn publish(&self, p: &Producer, r: Ring<'_>) {
+        r.head().store(p.head, Ordering::Release);
+        notify(r.data_seq(), r.consumer_waiting());
+    }
+
+    pub(crate) fn recv(&self, deadline: Option<Instant>) -> Result<Option<Message>> {
+        let c = self
+            .rx
+            .as_ref()
+            .ok_or_else(|| Error::usage("this pipe end cannot receive"))?;
+        let mut c = c.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = &c.broken {
+            return Err(Error::Wire(b.clone()));
+        }
+        let r = Ring::new(&self.region, self.cap, c.ring);
+        match self.read(&mut c, r, deadline) {
+            Err(Error::Wire(m)) => {
+                c.broken = Some(m.clone());
+                Err(Error::Wire(m))
+            }
+            other => other,
+        }
+    }
+
+    /// Bytes readable now.
+    fn available(&self, c: &Consumer, r: Ring<'_>) -> Result<usize> {
+        let avail = r.head().load(Ordering::Acquire).wrapping_sub(c.tail);
+        if avail > self.cap as u64 {
+            return Err(corrupt("the writer's position is out of range"));
+        }
+        Ok(avail as usize)
+    }
+
+    /// Waits until `need` bytes are readable; `Ok(false)` on timeout.
+    fn wait_for(
+        &self,
+        c: &Consumer,
+        r: Ring<'_>,
+        need: usize,
+        deadline: Option<Instant>,
+    ) -> Result<bool> {
+        if self.available(c, r)? >= need {
+            return Ok(true);
+        }
+        let mut ready = || Ok(self.available(c, r)? >= need);
+        match wait_until(
+            &mut ready,
+            r.data_seq(),
+            r.consumer_waiting(),
+            self.sock.as_fd(),
+            deadline,
+        ) {
+            Err(Error::Disconnected) if c.partial.is_some() || self.available(c, r)? > 0 => Err(
+                Error::Wire("the other side ended in the middle of a message".into()),
+            ),
+            other => other,
+        }
+    }
+
+    fn consume(&self, c: &mut Consumer, r: Ring<'_>, n: usize) {
+        c.tail = c.tail.wrapping_add(n as u64);
+        r.tail().store(c.tail, Ordering::Release);
+        notify(r.space_seq(), r.producer_waiting());
+    }
+
+    fn read(
+        &self,
+        c: &mut Consumer,
+        r: Ring<'_>,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Message>> {
+        if c.partial.is_none() {
+            if !self.wait_for(c, r, wire::HEADER, deadline)? {
+                return Ok(None);
+            }
+            let mut h = [0u8; wire::HEADER];
+            r.get(c.tail, &mut h);
+            let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+            if h[4] != kind::PIPE || h[6] != 0 || h[7] != 0 {
+                return Err(corrupt(&format!("bad frame header {h:02x?}")));
+            }
+            if len > wire::DEFAULT_MAX_FRAME {
+                return Err(Error::Wire(format!(
+                    "a message of {len} bytes is over the {} byte limit",
+                    wire::DEFAULT_MAX_FRAME
+                )));
+            }
+            self.consume(c, r, wire::HEADER);
+            let bytes = Vec::with_capacity(len.min(1 << 20));
+            c.partial = Some(Partial {
+                len,
+                nfds: h[5] as usize,
+                bytes,
+            });
+        }
+        loop {
+            let (len, got) = {
+                let p = c.partial.as_ref().expect("a frame is being read");
+                (p.len, p.bytes.len())
+            };
+            if got == len {
+                break;
+            }
+            let mut avail = self.available(c, r)?;
+            if avail == 0 {
+                if !self.wait_for(c, r, 1, deadline)? {
+                    return Ok(None);
+                }
+                avail = self.available(c, r)?;
+            }
+            let n = avail.min(len - got);
+            let tail = c.tail;
+            r.append(
+                tail,
+                n,
+                &mut c.partial.as_mut().expect("a frame is being read").bytes,
+            );
+            self.consume(c, r, n);
+        }
+        let p = c.partial.take().expect("a frame is being read");
+        let fds = if p.nfds > 0 {
+            self.recv_fds(p.nfds)?
+        } else {
+            Vec::new()
+        };
+        Ok(Some(Message {
+            bytes: p.bytes,
+            fds,
+        }))
+    }
+
+    /// Takes the `n` descriptors of a message off the socket.
+    fn recv_fds(&self, n: usize) -> Result<Vec<OwnedFd>> {
+        let deadline = Some(Instant::now() + FD_WAIT);
+        let mut fds = Vec::new();
+        while fds.len() < n {
+            if !sys::sock::wait_readable(self.sock.as_fd(), deadline).map_err(Error::Io)? {
+                return Err(Error::Wire(format!(
+                    "the {n} descriptors of a message never arrived"
+                )));
+            }
+            let mut byte = [0u8; 1];
+            if sys::sock::recv(self.sock.as_fd(), &mut byte, &mut fds).map_err(Error::Io)? == 0 {
+                return Err(Error::Wire(format!(
+                    "the {n} descriptors of a message never arrived"
+                )));
+            }
+        }
+        fds.truncate(n);
+        Ok(fds)
+    }
+}
+
+fn disconnected(e: std::io::Error) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => Error::Disconnected,
+        _ => Error::Io(e),
+    }
+}

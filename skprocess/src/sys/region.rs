@@ -1,0 +1,162 @@
+//! A shared-memory region (a mapped memfd) holding control words and bytes:
+//! the storage of a ring buffer between processes.
+//!
+//! Control words are reached as atomics, which any bit pattern a peer
+//! writes keeps valid. Bytes are only ever *copied* in and out through raw
+//! pointers: no reference to shared bytes is handed out, so a peer that
+//! writes where it should not can change the bytes a copy returns (callers
+//! treat them as untrusted input and validate them) but cannot break this
+//! process's memory safety.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+/// A shared mapping of a whole memfd.
+#[derive(Debug)]
+pub(crate) struct Region {
+    map: memmap2::MmapRaw,
+    fd: OwnedFd,
+}
+
+impl Region {
+    /// A new zero-filled region of `len` bytes.
+    pub(crate) fn new(name: &std::ffi::CStr, len: usize) -> io::Result<Region> {
+        let fd = super::mem::memfd(name, len)?;
+        Region::from_fd(fd)
+    }
+
+    /// Maps an existing memfd, whatever its length (check it before use).
+    pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<Region> {
+        let len = super::mem::file_len(&fd)?;
+        let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+        if len == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "shared memory region is empty",
+            ));
+        }
+        let map = memmap2::MmapOptions::new()
+            .len(len)
+            .map_raw(fd.as_raw_fd())?;
+        Ok(Region { map, fd })
+    }
+
+    /// The descriptor, to send to another process.
+    pub(crate) fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    /// Length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// The 64-bit control word at byte `offset`.
+    ///
+    /// # Panics
+    ///
+    /// If `offset` is not 8-aligned or the word is not inside the region.
+    pub(crate) fn u64_at(&self, offset: usize) -> &AtomicU64 {
+        assert!(
+            offset % 8 == 0 && offset + 8 <= self.len(),
+            "bad word offset {offset}"
+        );
+        // SAFETY: the mapping is page-aligned, so `offset` 8-aligned makes the
+        // pointer aligned for AtomicU64, and the word lies inside the mapping,
+        // which lives as long as `self`. Every bit pattern is a valid
+        // AtomicU64 and all access through it is atomic, so writes by other
+        // processes are not data races.
+        unsafe { &*self.map.as_ptr().add(offset).cast::<AtomicU64>() }
+    }
+
+    /// The 32-bit control word at byte `offset` (a futex word).
+    ///
+    /// # Panics
+    ///
+    /// If `offset` is not 4-aligned or the word is not inside the region.
+    pub(crate) fn u32_at(&self, offset: usize) -> &AtomicU32 {
+        assert!(
+            offset % 4 == 0 && offset + 4 <= self.len(),
+            "bad word offset {offset}"
+        );
+        // SAFETY: as in `u64_at`, for a 4-aligned 32-bit word.
+        unsafe { &*self.map.as_ptr().add(offset).cast::<AtomicU32>() }
+    }
+
+    /// Copies `src` into the region at byte `offset`.
+    ///
+    /// # Panics
+    ///
+    /// If the range is not inside the region.
+    pub(crate) fn copy_in(&self, offset: usize, src: &[u8]) {
+        let end = offset.checked_add(src.len());
+        assert!(
+            end.is_some_and(|e| e <= self.len()),
+            "copy out of the region"
+        );
+        // SAFETY: the destination range lies inside the live mapping (checked
+        // above) and cannot overlap `src`, which is private memory. The ring
+        // protocol gives this process the range to itself (the reader does not
+        // touch bytes it has not been told are published); a misbehaving peer
+        // can only garble bytes the reader then rejects.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                src.as_ptr(),
+                self.map.as_mut_ptr().add(offset),
+                src.len(),
+            )
+        }
+    }
+
+    /// Copies bytes from the region at byte `offset` into `dst`.
+    ///
+    /// # Panics
+    ///
+    /// If the range is not inside the region.
+    pub(crate) fn copy_out(&self, offset: usize, dst: &mut [u8]) {
+        let end = offset.checked_add(dst.len());
+        assert!(
+            end.is_some_and(|e| e <= self.len()),
+            "copy out of the region"
+        );
+        // SAFETY: the source range lies inside the live mapping (checked above)
+        // and `dst` is private memory, so they cannot overlap. No reference to
+        // the shared bytes is created; what is copied is plain bytes, which
+        // the caller validates before use.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.map.as_ptr().add(offset),
+                dst.as_mut_ptr(),
+                dst.len(),
+            )
+        }
+    }
+
+    /// Like [`copy_out`](Region::copy_out), appending `len` bytes to `dst`.
+    ///
+    /// # Panics
+    ///
+    /// If the range is not inside the region.
+    pub(crate) fn append_to(&self, offset: usize, len: usize, dst: &mut Vec<u8>) {
+        let end = offset.checked_add(len);
+        assert!(
+            end.is_some_and(|e| e <= self.len()),
+            "copy out of the region"
+        );
+        dst.reserve(len);
+        let at = dst.len();
+        // SAFETY: `reserve` made room for `len` more bytes after `at`; the
+        // source lies inside the live mapping (checked above) and cannot
+        // overlap the private vector; after the copy those `len` bytes are
+        // initialised, so extending the length is sound.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.map.as_ptr().add(offset),
+                dst.as_mut_ptr().add(at),
+                len,
+            );
+            dst.set_len(at + len);
+        }
+    }
+}
