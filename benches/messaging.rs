@@ -211,7 +211,7 @@ impl Peers {
         let futex = FutexPingPong::new(Duration::ZERO).expect("futex");
         let futex_h = FutexEcho { pp: copy(&futex) }.start().expect("start");
         // The same spin budget as the pipe's ring.
-        let futex_spin = FutexPingPong::new(Duration::from_micros(20)).expect("futex");
+        let futex_spin = FutexPingPong::new(Duration::from_micros(1)).expect("futex");
         let futex_spin_h = FutexEcho {
             pp: copy(&futex_spin),
         }
@@ -397,7 +397,7 @@ fn round_trips(c: &mut Criterion, p: &mut Peers) {
     g.bench_function("tell/listen", |b| b.iter(|| p.tell_rt()));
     g.bench_function("bare socketpair ping-pong", |b| b.iter(|| p.sock_rt()));
     g.bench_function("bare futex ping-pong", |b| b.iter(|| p.futex_rt()));
-    g.bench_function("bare futex ping-pong, spin 20us first", |b| {
+    g.bench_function("futex ping-pong, pipe's spin policy", |b| {
         b.iter(|| p.futex_spin_rt())
     });
     g.finish();
@@ -470,7 +470,7 @@ fn summary(p: &mut Peers, s: &mut Sinks) {
     report(
         "Pipe round trip, 8 B",
         pipe,
-        "futex ping-pong, spin 20us first",
+        "futex ping-pong, pipe's spin policy",
         futex_spin,
     );
     report(

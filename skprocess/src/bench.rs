@@ -4,14 +4,14 @@
 //! hostile peer. Not a public API.
 
 use crate::error::{Error, Result};
-use crate::pipe::{RawEnd, Transport};
+use crate::pipe::{busy_wait, RawEnd, Transport};
 use crate::sys::{futex, region::Region};
 use crate::wire;
 use crate::{Pipe, PipeReceiver, PipeSender};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A pipe end whose descriptors can be reached (see [`pipe_fds`]).
 #[allow(private_bounds)]
@@ -63,9 +63,9 @@ const STOP: u32 = 3;
 
 /// A bare futex ping-pong over shared memory: one 32-bit word that the two
 /// sides flip between `PING` and `PONG`, waking each other with
-/// `FUTEX_WAKE`. With `spin`, a side spins that long before it sleeps, and
-/// wakes the other only if it is asleep (as the pipe's ring does);
-/// without, every turn is a futex wait and a wake.
+/// `FUTEX_WAKE`. With `spin` (any non-zero value), a side spins and yields
+/// before it sleeps, and wakes the other only if it is asleep, exactly as the
+/// pipe's ring does; without, every turn is a futex wait and a wake.
 #[derive(Debug)]
 pub struct FutexPingPong {
     region: Region,
@@ -102,18 +102,10 @@ impl FutexPingPong {
     /// Waits while the word is `v`; returns the new value.
     fn wait_while(&self, v: u32) -> u32 {
         if !self.spin.is_zero() {
-            let end = Instant::now() + self.spin;
-            let mut i = 0u32;
-            loop {
-                let w = self.word().load(Ordering::Acquire);
-                if w != v {
-                    return w;
-                }
-                i = i.wrapping_add(1);
-                if i % 64 == 0 && Instant::now() >= end {
-                    break;
-                }
-                std::hint::spin_loop();
+            let word = self.word();
+            let mut ready = || Ok(word.load(Ordering::Acquire) != v);
+            if busy_wait(&mut ready, None).unwrap_or(false) {
+                return word.load(Ordering::Acquire);
             }
         }
         loop {

@@ -442,7 +442,16 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Re
 
 /// Normalises a type name so that types with the same encoding compare
 /// equal: `&T` and `T`, `str` and `String`, `[T]` and `Vec<T>`.
-fn normalise(name: &str) -> String {
+fn normalise(name: &'static str) -> std::borrow::Cow<'static, str> {
+    // Most names need no change: keep them without allocating (this runs
+    // for every message sent and received).
+    if !name.starts_with(['&', '[', ' ']) && name != "str" {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    std::borrow::Cow::Owned(normalise_owned(name))
+}
+
+fn normalise_owned(name: &str) -> String {
     let mut n = name.trim_start_matches('&').trim();
     if let Some(rest) = n.strip_prefix("mut ") {
         n = rest;
@@ -452,7 +461,7 @@ fn normalise(name: &str) -> String {
     }
     if let Some(inner) = n.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
         if !inner.contains(';') {
-            return format!("alloc::vec::Vec<{}>", normalise(inner));
+            return format!("alloc::vec::Vec<{}>", normalise_owned(inner));
         }
     }
     n.to_string()
@@ -487,7 +496,7 @@ pub(crate) fn decode_message<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd
     let expected = normalise(std::any::type_name::<T>());
     if got != expected {
         return Err(Error::WrongType {
-            expected,
+            expected: expected.into_owned(),
             got: got.into_owned(),
         });
     }

@@ -623,3 +623,45 @@ fn garbage_from_a_hostile_peer_is_an_error_not_a_panic() {
         );
     }
 }
+
+/// Dies in the middle of sending a large message on its first life; sends
+/// on its second.
+#[derive(Debug, Process, Serialize, Deserialize)]
+#[process(runs = 1, lives = 2)]
+struct DiesMidMessage {
+    tx: PipeSender,
+}
+
+impl Process for DiesMidMessage {
+    fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+        if ctx.attempt() == 1 {
+            self.tx.send("first life")?;
+            std::thread::spawn(|| {
+                // Nobody reads the big message, so this life ends inside it.
+                std::thread::sleep(Duration::from_millis(300));
+                std::process::exit(3);
+            });
+            self.tx.send(&vec![1u8; 4 << 20])?;
+            return Err("the big message was read while it should not have been".into());
+        }
+        self.tx.send("second life")?;
+        Ok(())
+    }
+}
+
+#[test]
+fn a_message_cut_short_by_a_lost_life_is_dropped_and_the_next_life_is_heard() {
+    let (tx, rx) = Pipe::one_way().unwrap();
+    let mut h = DiesMidMessage { tx }.start().unwrap();
+    assert_eq!(recv_one::<String>(&rx), "first life");
+    let first = h.pid();
+    let deadline = Instant::now() + LIMIT;
+    while h.pid() == first {
+        assert!(Instant::now() < deadline, "no second life started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The half-sent 4 MiB message is dropped, not delivered or garbled.
+    assert_eq!(recv_one::<String>(&rx), "second life");
+    wait(&mut h);
+    assert!(rx.recv_timeout::<String>(LIMIT).is_err());
+}

@@ -17,6 +17,7 @@
 //! `Err`: it never blocks forever on a dead process.
 
 mod ring;
+pub(crate) use ring::busy_wait;
 mod socket;
 #[cfg(test)]
 mod test;
@@ -139,18 +140,18 @@ impl End {
     }
 
     fn recv<T: DeserializeOwned>(&self, deadline: Option<Instant>) -> Result<Option<T>> {
-        let msg = match &self.flavor {
-            Flavor::Ring(r) => r.recv(deadline)?,
-            Flavor::Socket(s) => s.recv(deadline)?,
+        let decode = |bytes: &[u8], fds: Vec<OwnedFd>| {
+            let c = &self.counters;
+            c.messages_received.fetch_add(1, Ordering::Relaxed);
+            c.bytes_received
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            wire::decode_message(bytes, fds)
         };
-        let Some(msg) = msg else { return Ok(None) };
-        self.counters
-            .messages_received
-            .fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .bytes_received
-            .fetch_add(msg.bytes.len() as u64, Ordering::Relaxed);
-        wire::decode_message(&msg.bytes, msg.fds).map(Some)
+        let got = match &self.flavor {
+            Flavor::Ring(r) => r.recv(deadline, decode)?,
+            Flavor::Socket(s) => s.recv(deadline)?.map(|m| decode(&m.bytes, m.fds)),
+        };
+        got.transpose()
     }
 
     fn recv_forever<T: DeserializeOwned>(&self) -> Result<T> {

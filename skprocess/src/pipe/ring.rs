@@ -41,7 +41,7 @@
 //! validated, and a violation makes the end return the same `Err` from then
 //! on. Bytes are copied out before they are looked at (see `sys::region`).
 
-use super::{Message, Role};
+use super::Role;
 use crate::error::{Error, Result};
 use crate::sys::{self, futex, region::Region};
 use crate::wire::{self, kind};
@@ -65,17 +65,26 @@ const CTL_SIZE: usize = 256;
 const C_HEAD: usize = 0;
 const C_DATA_SEQ: usize = 8;
 const C_PRODUCER_WAITING: usize = 12;
+/// Where the frame being written ends (a producer that finds `head` short of
+/// it knows its predecessor died mid-frame).
+const C_TX_FRAME_END: usize = 16;
+/// `1 +` the position at which a frame was cut short (0: none).
+const C_ABORTED: usize = 24;
 /// The consumer's cache line: `tail`, the space futex word, its own flag.
 const C_TAIL: usize = 64;
 const C_SPACE_SEQ: usize = 72;
 const C_CONSUMER_WAITING: usize = 76;
+/// Where the frame being read ends (for a consumer taking over mid-frame).
+const C_RX_FRAME_END: usize = 80;
 
 /// Bytes in each ring.
 pub(crate) const CAPACITY: usize = 256 << 10;
 /// Publish a long frame every this many bytes, so the consumer can start.
 const PUBLISH_EVERY: usize = 32 << 10;
-/// How long a side spins before it sleeps.
-const SPIN: Duration = Duration::from_micros(20);
+/// How long a side spins before it starts yielding.
+const SPIN: Duration = Duration::from_micros(5);
+/// How long a side spins and yields, in all, before it sleeps.
+const BUSY: Duration = Duration::from_micros(30);
 /// Longest futex sleep between two checks for a dead peer.
 const SLICE: Duration = Duration::from_millis(100);
 /// How long a receiver waits for the descriptors of a message, which were
@@ -117,6 +126,15 @@ impl<'a> Ring<'a> {
     }
     fn consumer_waiting(&self) -> &'a AtomicU32 {
         self.region.u32_at(self.ctl + C_CONSUMER_WAITING)
+    }
+    fn tx_frame_end(&self) -> &'a AtomicU64 {
+        self.region.u64_at(self.ctl + C_TX_FRAME_END)
+    }
+    fn aborted(&self) -> &'a AtomicU64 {
+        self.region.u64_at(self.ctl + C_ABORTED)
+    }
+    fn rx_frame_end(&self) -> &'a AtomicU64 {
+        self.region.u64_at(self.ctl + C_RX_FRAME_END)
     }
 
     /// Copies `src` in at stream position `pos`, wrapping.
@@ -163,6 +181,39 @@ fn peer_gone(sock: BorrowedFd<'_>) -> Result<bool> {
     Ok(r[0].hangup)
 }
 
+/// Spins for [`SPIN`], then yields the processor until [`BUSY`] has
+/// passed (a peer that is runnable on this processor gets to run), while
+/// `ready()` is false. `Ok(false)` if it still is, or `deadline` passed.
+pub(crate) fn busy_wait(
+    ready: &mut dyn FnMut() -> Result<bool>,
+    deadline: Option<Instant>,
+) -> Result<bool> {
+    let start = Instant::now();
+    let (spin_end, busy_end) = match deadline {
+        Some(d) => (d.min(start + SPIN), d.min(start + BUSY)),
+        None => (start + SPIN, start + BUSY),
+    };
+    let mut i = 0u32;
+    let mut spinning = true;
+    loop {
+        if ready()? {
+            return Ok(true);
+        }
+        i = i.wrapping_add(1);
+        if spinning {
+            if i % 64 == 0 && Instant::now() >= spin_end {
+                spinning = false;
+            }
+            std::hint::spin_loop();
+        } else {
+            if Instant::now() >= busy_end {
+                return Ok(false);
+            }
+            std::thread::yield_now();
+        }
+    }
+}
+
 /// Waits until `ready()` or `deadline`: spins, then sleeps on `seq` with
 /// `waiting` raised. `Ok(false)` on timeout; `Err(Disconnected)` if the peer
 /// is gone and `ready()` is still false.
@@ -173,21 +224,8 @@ fn wait_until(
     sock: BorrowedFd<'_>,
     deadline: Option<Instant>,
 ) -> Result<bool> {
-    let start = Instant::now();
-    let spin_end = match deadline {
-        Some(d) => d.min(start + SPIN),
-        None => start + SPIN,
-    };
-    let mut i = 0u32;
-    loop {
-        if ready()? {
-            return Ok(true);
-        }
-        i = i.wrapping_add(1);
-        if i % 64 == 0 && Instant::now() >= spin_end {
-            break;
-        }
-        std::hint::spin_loop();
+    if busy_wait(ready, deadline)? {
+        return Ok(true);
     }
     loop {
         let s = seq.load(Ordering::SeqCst);
@@ -244,25 +282,44 @@ struct Producer {
     head: u64,
     /// The consumer's position when last read.
     tail: u64,
+    /// The previous producer of this ring died in the middle of a frame:
+    /// mark it cut short before writing the next one.
+    torn: bool,
 }
 
-/// A frame being received.
-#[derive(Debug)]
-struct Partial {
-    len: usize,
-    nfds: usize,
-    bytes: Vec<u8>,
+/// Where the consumer is in the byte stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// At a frame boundary.
+    Header,
+    /// In the payload of the frame at `start`, which ends at `end`; the
+    /// payload so far is in `buf`.
+    Payload { nfds: usize, start: u64, end: u64 },
+    /// Discarding up to `end`: the rest of a frame whose beginning a
+    /// previous consumer of this ring read before it died.
+    Skip { end: u64 },
 }
 
 /// The consumer's private state.
 #[derive(Debug)]
 struct Consumer {
     ring: usize,
+    /// Read position (bytes before it have been copied out).
     tail: u64,
-    partial: Option<Partial>,
+    /// The position last published to the producer.
+    released: u64,
+    reading: Reading,
+    /// The payload being received; reused from message to message.
+    buf: Vec<u8>,
     /// Set once the peer broke the protocol: every later call returns it.
     broken: Option<String>,
 }
+
+/// The longest a frame can be, header included.
+const MAX_FRAME_BYTES: u64 = (wire::DEFAULT_MAX_FRAME + wire::HEADER) as u64;
+
+/// A receive buffer larger than this is freed after its message, not kept.
+const KEEP_BUFFER: usize = 4 << 20;
 
 /// One end of a shared-memory pipe.
 #[derive(Debug)]
@@ -368,23 +425,37 @@ impl End {
                 if head.wrapping_sub(tail) > cap as u64 {
                     return Err(corrupt("the positions of a ring are inconsistent"));
                 }
+                // The previous producer (an earlier life of a process) died
+                // in the middle of a frame if `head` is short of its end.
+                let torn = r.tx_frame_end().load(Ordering::Relaxed) != head;
                 Some(Mutex::new(Producer {
                     ring: i as usize,
                     head,
                     tail,
+                    torn,
                 }))
             }
             None => None,
         };
         let rx = match layout.rx {
             Some(i) => {
-                let tail = Ring::new(&region, cap, i as usize)
-                    .tail()
-                    .load(Ordering::Acquire);
+                let r = Ring::new(&region, cap, i as usize);
+                let tail = r.tail().load(Ordering::Acquire);
+                // The previous consumer died in the middle of a frame: skip
+                // the rest of it.
+                let end = r.rx_frame_end().load(Ordering::Relaxed);
+                let ahead = end.wrapping_sub(tail);
+                let reading = if end != 0 && ahead != 0 && ahead <= MAX_FRAME_BYTES {
+                    Reading::Skip { end }
+                } else {
+                    Reading::Header
+                };
                 Some(Mutex::new(Consumer {
                     ring: i as usize,
                     tail,
-                    partial: None,
+                    released: tail,
+                    reading,
+                    buf: Vec::new(),
                     broken: None,
                 }))
             }
@@ -425,7 +496,7 @@ impl End {
                     Err(TryLockError::Poisoned(c)) => c.into_inner(),
                     Err(TryLockError::WouldBlock) => return Err(busy()),
                 };
-                if c.partial.is_some() {
+                if c.reading != Reading::Header {
                     return Err(
                         "this pipe end is in the middle of receiving a message; receive it before \
                                 moving the end into another process"
@@ -458,15 +529,25 @@ impl End {
                 fds.len()
             )));
         }
+        let ring = Ring::new(&self.region, self.cap, p.ring);
+        if p.torn {
+            // Tell the consumer that the frame it may be in ends here.
+            ring.aborted()
+                .store(p.head.wrapping_add(1), Ordering::Relaxed);
+            p.torn = false;
+        }
         if !fds.is_empty() {
-            sys::sock::send(self.sock.as_fd(), &[IoSlice::new(&[0u8])], fds)
-                .map_err(disconnected)?;
+            // Tagged with the frame's position, so descriptors of a frame
+            // that was cut short are told apart and dropped.
+            let tag = p.head.to_le_bytes();
+            sys::sock::send(self.sock.as_fd(), &[IoSlice::new(&tag)], fds).map_err(disconnected)?;
         }
         let mut header = [0u8; wire::HEADER];
         header[..4].copy_from_slice(&len.to_le_bytes());
         header[4] = kind::PIPE;
         header[5] = fds.len() as u8;
-        let ring = Ring::new(&self.region, self.cap, p.ring);
+        let end = p.head.wrapping_add((wire::HEADER + bytes.len()) as u64);
+        ring.tx_frame_end().store(end, Ordering::Relaxed);
         self.write(&mut p, ring, &[&header, bytes])
     }
 
@@ -525,7 +606,15 @@ impl End {
         notify(r.data_seq(), r.consumer_waiting());
     }
 
-    pub(crate) fn recv(&self, deadline: Option<Instant>) -> Result<Option<Message>> {
+    /// Receives one message and hands its bytes and descriptors to `f`
+    /// (the bytes are only borrowed: the buffer is reused). `Ok(None)` when
+    /// `deadline` passes first; a half-received message stays buffered and
+    /// the next call resumes it.
+    pub(crate) fn recv<R>(
+        &self,
+        deadline: Option<Instant>,
+        f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R,
+    ) -> Result<Option<R>> {
         let c = self
             .rx
             .as_ref()
@@ -535,12 +624,24 @@ impl End {
             return Err(Error::Wire(b.clone()));
         }
         let r = Ring::new(&self.region, self.cap, c.ring);
-        match self.read(&mut c, r, deadline) {
+        let got = self.read(&mut c, r, deadline);
+        self.release(&mut c, r);
+        match got {
+            Ok(Some(fds)) => {
+                let out = f(&c.buf, fds);
+                if c.buf.capacity() > KEEP_BUFFER {
+                    c.buf = Vec::new();
+                } else {
+                    c.buf.clear();
+                }
+                Ok(Some(out))
+            }
+            Ok(None) => Ok(None),
             Err(Error::Wire(m)) => {
                 c.broken = Some(m.clone());
                 Err(Error::Wire(m))
             }
-            other => other,
+            Err(e) => Err(e),
         }
     }
 
@@ -556,7 +657,7 @@ impl End {
     /// Waits until `need` bytes are readable; `Ok(false)` on timeout.
     fn wait_for(
         &self,
-        c: &Consumer,
+        c: &mut Consumer,
         r: Ring<'_>,
         need: usize,
         deadline: Option<Instant>,
@@ -564,6 +665,10 @@ impl End {
         if self.available(c, r)? >= need {
             return Ok(true);
         }
+        // Hand back what was read before sleeping: the producer may be
+        // waiting for that space.
+        self.release(c, r);
+        let c = &*c;
         let mut ready = || Ok(self.available(c, r)? >= need);
         match wait_until(
             &mut ready,
@@ -572,104 +677,163 @@ impl End {
             self.sock.as_fd(),
             deadline,
         ) {
-            Err(Error::Disconnected) if c.partial.is_some() || self.available(c, r)? > 0 => Err(
-                Error::Wire("the other side ended in the middle of a message".into()),
-            ),
+            Err(Error::Disconnected)
+                if c.reading != Reading::Header || self.available(c, r)? > 0 =>
+            {
+                Err(Error::Wire(
+                    "the other side ended in the middle of a message".into(),
+                ))
+            }
             other => other,
         }
     }
 
-    fn consume(&self, c: &mut Consumer, r: Ring<'_>, n: usize) {
-        c.tail = c.tail.wrapping_add(n as u64);
-        r.tail().store(c.tail, Ordering::Release);
-        notify(r.space_seq(), r.producer_waiting());
+    /// Publishes the read position, waking the producer if it waits for
+    /// space.
+    fn release(&self, c: &mut Consumer, r: Ring<'_>) {
+        if c.released != c.tail {
+            c.released = c.tail;
+            r.tail().store(c.tail, Ordering::Release);
+            notify(r.space_seq(), r.producer_waiting());
+        }
     }
 
+    /// Where a frame was cut short, if that is within the `n` bytes
+    /// from the read position. Call after [`available`](End::available):
+    /// the mark is set before the bytes that follow it are published.
+    fn cut(&self, c: &Consumer, r: Ring<'_>, n: usize) -> Option<u64> {
+        let mark = r.aborted().load(Ordering::Acquire);
+        let at = mark.checked_sub(1)?;
+        (at.wrapping_sub(c.tail) < n as u64).then_some(at)
+    }
+
+    /// Reads one frame's payload into `c.buf`; returns its descriptors.
     fn read(
         &self,
         c: &mut Consumer,
         r: Ring<'_>,
         deadline: Option<Instant>,
-    ) -> Result<Option<Message>> {
-        if c.partial.is_none() {
-            if !self.wait_for(c, r, wire::HEADER, deadline)? {
-                return Ok(None);
-            }
-            let mut h = [0u8; wire::HEADER];
-            r.get(c.tail, &mut h);
-            let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
-            if h[4] != kind::PIPE || h[6] != 0 || h[7] != 0 {
-                return Err(corrupt(&format!("bad frame header {h:02x?}")));
-            }
-            if len > wire::DEFAULT_MAX_FRAME {
-                return Err(Error::Wire(format!(
-                    "a message of {len} bytes is over the {} byte limit",
-                    wire::DEFAULT_MAX_FRAME
-                )));
-            }
-            self.consume(c, r, wire::HEADER);
-            let bytes = Vec::with_capacity(len.min(1 << 20));
-            c.partial = Some(Partial {
-                len,
-                nfds: h[5] as usize,
-                bytes,
-            });
-        }
+    ) -> Result<Option<Vec<OwnedFd>>> {
         loop {
-            let (len, got) = {
-                let p = c.partial.as_ref().expect("a frame is being read");
-                (p.len, p.bytes.len())
-            };
-            if got == len {
-                break;
-            }
-            let mut avail = self.available(c, r)?;
-            if avail == 0 {
-                if !self.wait_for(c, r, 1, deadline)? {
-                    return Ok(None);
+            match c.reading {
+                Reading::Header => {
+                    if !self.wait_for(c, r, wire::HEADER, deadline)? {
+                        return Ok(None);
+                    }
+                    if let Some(at) = self.cut(c, r, wire::HEADER) {
+                        if at != c.tail {
+                            // A header cut short by a sender that died.
+                            c.tail = at;
+                            continue;
+                        }
+                    }
+                    let mut h = [0u8; wire::HEADER];
+                    r.get(c.tail, &mut h);
+                    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+                    if h[4] != kind::PIPE || h[6] != 0 || h[7] != 0 {
+                        return Err(corrupt(&format!("bad frame header {h:02x?}")));
+                    }
+                    if len > wire::DEFAULT_MAX_FRAME {
+                        return Err(Error::Wire(format!(
+                            "a message of {len} bytes is over the {} byte limit",
+                            wire::DEFAULT_MAX_FRAME
+                        )));
+                    }
+                    let start = c.tail;
+                    let end = start.wrapping_add((wire::HEADER + len) as u64);
+                    r.rx_frame_end().store(end, Ordering::Relaxed);
+                    c.tail = start.wrapping_add(wire::HEADER as u64);
+                    c.buf.clear();
+                    c.buf.reserve(len.min(1 << 20));
+                    c.reading = Reading::Payload {
+                        nfds: h[5] as usize,
+                        start,
+                        end,
+                    };
                 }
-                avail = self.available(c, r)?;
+                Reading::Payload { end, .. } | Reading::Skip { end } => {
+                    let keep = matches!(c.reading, Reading::Payload { .. });
+                    let mut since_release = 0usize;
+                    let mut cut_short = false;
+                    while c.tail != end {
+                        let mut avail = self.available(c, r)?;
+                        if avail == 0 {
+                            if !self.wait_for(c, r, 1, deadline)? {
+                                return Ok(None);
+                            }
+                            since_release = 0;
+                            avail = self.available(c, r)?;
+                        }
+                        let mut n = avail.min(end.wrapping_sub(c.tail) as usize);
+                        if let Some(at) = self.cut(c, r, n) {
+                            if at == c.tail {
+                                cut_short = true;
+                                break;
+                            }
+                            n = at.wrapping_sub(c.tail) as usize;
+                        }
+                        if keep {
+                            r.append(c.tail, n, &mut c.buf);
+                        }
+                        c.tail = c.tail.wrapping_add(n as u64);
+                        since_release += n;
+                        if since_release >= PUBLISH_EVERY {
+                            self.release(c, r);
+                            since_release = 0;
+                        }
+                    }
+                    let done = c.reading;
+                    c.reading = Reading::Header;
+                    if cut_short {
+                        // Its sender died before finishing it: it was never
+                        // sent. Read on from where the next sender started.
+                        r.rx_frame_end().store(c.tail, Ordering::Relaxed);
+                        c.buf.clear();
+                        continue;
+                    }
+                    if let Reading::Payload { nfds, start, .. } = done {
+                        let fds = if nfds > 0 {
+                            self.recv_fds(nfds, start)?
+                        } else {
+                            Vec::new()
+                        };
+                        return Ok(Some(fds));
+                    }
+                }
             }
-            let n = avail.min(len - got);
-            let tail = c.tail;
-            r.append(
-                tail,
-                n,
-                &mut c.partial.as_mut().expect("a frame is being read").bytes,
-            );
-            self.consume(c, r, n);
         }
-        let p = c.partial.take().expect("a frame is being read");
-        let fds = if p.nfds > 0 {
-            self.recv_fds(p.nfds)?
-        } else {
-            Vec::new()
-        };
-        Ok(Some(Message {
-            bytes: p.bytes,
-            fds,
-        }))
     }
 
-    /// Takes the `n` descriptors of a message off the socket.
-    fn recv_fds(&self, n: usize) -> Result<Vec<OwnedFd>> {
+    /// Takes the `n` descriptors of the frame at `start` off the socket,
+    /// dropping any left there by frames that were cut short.
+    fn recv_fds(&self, n: usize, start: u64) -> Result<Vec<OwnedFd>> {
+        let missing = || Error::Wire(format!("the {n} descriptors of a message never arrived"));
         let deadline = Some(Instant::now() + FD_WAIT);
-        let mut fds = Vec::new();
-        while fds.len() < n {
-            if !sys::sock::wait_readable(self.sock.as_fd(), deadline).map_err(Error::Io)? {
-                return Err(Error::Wire(format!(
-                    "the {n} descriptors of a message never arrived"
-                )));
+        loop {
+            let mut tag = [0u8; 8];
+            let mut got = 0;
+            let mut fds = Vec::new();
+            while got < tag.len() {
+                if !sys::sock::wait_readable(self.sock.as_fd(), deadline).map_err(Error::Io)? {
+                    return Err(missing());
+                }
+                let k = sys::sock::recv(self.sock.as_fd(), &mut tag[got..], &mut fds)
+                    .map_err(Error::Io)?;
+                if k == 0 {
+                    return Err(missing());
+                }
+                got += k;
             }
-            let mut byte = [0u8; 1];
-            if sys::sock::recv(self.sock.as_fd(), &mut byte, &mut fds).map_err(Error::Io)? == 0 {
-                return Err(Error::Wire(format!(
-                    "the {n} descriptors of a message never arrived"
-                )));
+            let tag = u64::from_le_bytes(tag);
+            if tag == start && fds.len() == n {
+                return Ok(fds);
+            }
+            // Descriptors of an earlier frame that was cut short: drop them.
+            let earlier = start.wrapping_sub(tag);
+            if earlier == 0 || earlier >= 1 << 63 {
+                return Err(missing());
             }
         }
-        fds.truncate(n);
-        Ok(fds)
     }
 }
 
@@ -679,3 +843,6 @@ fn disconnected(e: std::io::Error) -> Error {
         _ => Error::Io(e),
     }
 }
+
+#[cfg(test)]
+mod test;
