@@ -10,6 +10,30 @@ use std::time::{Duration, Instant};
 /// Upper bound for any single wait in these tests: a hang fails here.
 const LIMIT: Duration = Duration::from_secs(20);
 
+/// The transports a pipe can use: the default shared-memory ring, and the
+/// socket pair it is measured against (reachable through a hidden helper).
+#[derive(Debug, Clone, Copy)]
+enum Transport {
+    Ring,
+    Socket,
+}
+
+const TRANSPORTS: [Transport; 2] = [Transport::Ring, Transport::Socket];
+
+fn pair(t: Transport) -> skprocess::Result<(Pipe, Pipe)> {
+    match t {
+        Transport::Ring => Pipe::pair(),
+        Transport::Socket => skprocess::__bench::socket_pipe_pair(),
+    }
+}
+
+fn one_way(t: Transport) -> skprocess::Result<(PipeSender, PipeReceiver)> {
+    match t {
+        Transport::Ring => Pipe::one_way(),
+        Transport::Socket => skprocess::__bench::socket_one_way(),
+    }
+}
+
 fn recv<T: serde::de::DeserializeOwned>(p: &Pipe) -> T {
     p.recv_timeout(LIMIT)
         .expect("recv failed")
@@ -57,8 +81,8 @@ impl Process for Echo {
     }
 }
 
-fn echo() -> (Pipe, Handle<Echo>) {
-    let (mine, theirs) = Pipe::pair().unwrap();
+fn echo(t: Transport) -> (Pipe, Handle<Echo>) {
+    let (mine, theirs) = pair(t).unwrap();
     let h = Echo {
         pipe: theirs,
         seen: 0,
@@ -76,47 +100,53 @@ fn blob(len: usize, seed: u8) -> Vec<u8> {
 
 #[test]
 fn round_trips_arrive_in_order() {
-    let (p, mut h) = echo();
-    for i in 0..5000u64 {
-        p.send(&Msg::Num(i)).unwrap();
-        assert_eq!(recv::<Msg>(&p), Msg::Num(i));
+    for t in TRANSPORTS {
+        let (p, mut h) = echo(t);
+        for i in 0..5000u64 {
+            p.send(&Msg::Num(i)).unwrap();
+            assert_eq!(recv::<Msg>(&p), Msg::Num(i));
+        }
+        p.send(&Msg::Quit).unwrap();
+        let done = wait(&mut h);
+        assert_eq!(done.seen, 5000);
     }
-    p.send(&Msg::Quit).unwrap();
-    let done = wait(&mut h);
-    assert_eq!(done.seen, 5000);
 }
 
 #[test]
 fn pipelined_bursts_arrive_in_order() {
-    let (p, mut h) = echo();
-    let mut next = 0u64;
-    for burst in [1usize, 10, 100, 1000, 3000] {
-        let first = next;
-        for _ in 0..burst {
-            p.send(&Msg::Num(next)).unwrap();
-            next += 1;
+    for t in TRANSPORTS {
+        let (p, mut h) = echo(t);
+        let mut next = 0u64;
+        for burst in [1usize, 10, 100, 1000, 3000] {
+            let first = next;
+            for _ in 0..burst {
+                p.send(&Msg::Num(next)).unwrap();
+                next += 1;
+            }
+            for i in first..next {
+                assert_eq!(recv::<Msg>(&p), Msg::Num(i));
+            }
         }
-        for i in first..next {
-            assert_eq!(recv::<Msg>(&p), Msg::Num(i));
-        }
+        p.send(&Msg::Quit).unwrap();
+        assert_eq!(wait(&mut h).seen, next);
     }
-    p.send(&Msg::Quit).unwrap();
-    assert_eq!(wait(&mut h).seen, next);
 }
 
 #[test]
 fn large_blobs_cross_intact() {
-    let (p, mut h) = echo();
-    for (i, len) in [0usize, 1, 7, 4095, 4096, 65_537, 1 << 20, (3 << 20) + 5]
-        .into_iter()
-        .enumerate()
-    {
-        let b = blob(len, i as u8);
-        p.send(&Msg::Blob(b.clone())).unwrap();
-        assert_eq!(recv::<Msg>(&p), Msg::Blob(b), "blob of {len} bytes");
+    for t in TRANSPORTS {
+        let (p, mut h) = echo(t);
+        for (i, len) in [0usize, 1, 7, 4095, 4096, 65_537, 1 << 20, (3 << 20) + 5]
+            .into_iter()
+            .enumerate()
+        {
+            let b = blob(len, i as u8);
+            p.send(&Msg::Blob(b.clone())).unwrap();
+            assert_eq!(recv::<Msg>(&p), Msg::Blob(b), "blob of {len} bytes");
+        }
+        p.send(&Msg::Quit).unwrap();
+        wait(&mut h);
     }
-    p.send(&Msg::Quit).unwrap();
-    wait(&mut h);
 }
 
 /// Receives one blob and answers with its length and a checksum.
@@ -159,74 +189,82 @@ fn a_64_mib_blob_crosses_and_16_mib_come_back() {
 
 #[test]
 fn recv_timeout_returns_none_in_time() {
-    let (a, b) = Pipe::pair().unwrap();
-    for ms in [0u64, 10, 100, 300] {
-        let d = Duration::from_millis(ms);
-        let t0 = Instant::now();
-        assert_eq!(b.recv_timeout::<u64>(d).unwrap(), None);
-        let took = t0.elapsed();
-        assert!(
-            took >= d,
-            "returned after {took:?}, before its {d:?} timeout"
-        );
-        assert!(
-            took < d + Duration::from_secs(1),
-            "returned {took:?} after a {d:?} timeout"
-        );
+    for t in TRANSPORTS {
+        let (a, b) = pair(t).unwrap();
+        for ms in [0u64, 10, 100, 300] {
+            let d = Duration::from_millis(ms);
+            let t0 = Instant::now();
+            assert_eq!(b.recv_timeout::<u64>(d).unwrap(), None);
+            let took = t0.elapsed();
+            assert!(
+                took >= d,
+                "returned after {took:?}, before its {d:?} timeout"
+            );
+            assert!(
+                took < d + Duration::from_secs(1),
+                "returned {took:?} after a {d:?} timeout"
+            );
+        }
+        assert_eq!(b.try_recv::<u64>().unwrap(), None);
+        // Still usable afterwards.
+        a.send(&9u64).unwrap();
+        assert_eq!(b.recv_timeout::<u64>(LIMIT).unwrap(), Some(9));
+        let deadline = Instant::now() + Duration::from_millis(20);
+        assert_eq!(b.recv_deadline::<u64>(deadline).unwrap(), None);
+        assert!(Instant::now() >= deadline);
     }
-    assert_eq!(b.try_recv::<u64>().unwrap(), None);
-    // Still usable afterwards.
-    a.send(&9u64).unwrap();
-    assert_eq!(b.recv_timeout::<u64>(LIMIT).unwrap(), Some(9));
-    let deadline = Instant::now() + Duration::from_millis(20);
-    assert_eq!(b.recv_deadline::<u64>(deadline).unwrap(), None);
-    assert!(Instant::now() >= deadline);
 }
 
 #[test]
 fn a_timed_out_receive_across_processes_is_none_then_the_message_comes() {
-    let (p, mut h) = echo();
-    assert_eq!(
-        p.recv_timeout::<Msg>(Duration::from_millis(50)).unwrap(),
-        None
-    );
-    p.send(&Msg::Text("late".into())).unwrap();
-    assert_eq!(recv::<Msg>(&p), Msg::Text("late".into()));
-    p.send(&Msg::Quit).unwrap();
-    wait(&mut h);
+    for t in TRANSPORTS {
+        let (p, mut h) = echo(t);
+        assert_eq!(
+            p.recv_timeout::<Msg>(Duration::from_millis(50)).unwrap(),
+            None
+        );
+        p.send(&Msg::Text("late".into())).unwrap();
+        assert_eq!(recv::<Msg>(&p), Msg::Text("late".into()));
+        p.send(&Msg::Quit).unwrap();
+        wait(&mut h);
+    }
 }
 
 #[test]
 fn a_wrong_type_is_an_error_and_the_next_message_is_fine() {
-    let (a, b) = Pipe::pair().unwrap();
-    a.send(&1u64).unwrap();
-    a.send(&"two").unwrap();
-    a.send(&Msg::Num(3)).unwrap();
-    let e = b.recv_timeout::<String>(LIMIT).unwrap_err();
-    assert!(matches!(e, Error::WrongType { .. }), "{e}");
-    assert!(e.to_string().contains("u64"), "{e}");
-    assert_eq!(
-        b.recv_timeout::<String>(LIMIT).unwrap().as_deref(),
-        Some("two")
-    );
-    let e = b.recv_timeout::<u64>(LIMIT).unwrap_err();
-    assert!(e.to_string().contains("Msg"), "{e}");
-    a.send(&4u64).unwrap();
-    assert_eq!(b.recv_timeout::<u64>(LIMIT).unwrap(), Some(4));
+    for t in TRANSPORTS {
+        let (a, b) = pair(t).unwrap();
+        a.send(&1u64).unwrap();
+        a.send(&"two").unwrap();
+        a.send(&Msg::Num(3)).unwrap();
+        let e = b.recv_timeout::<String>(LIMIT).unwrap_err();
+        assert!(matches!(e, Error::WrongType { .. }), "{e}");
+        assert!(e.to_string().contains("u64"), "{e}");
+        assert_eq!(
+            b.recv_timeout::<String>(LIMIT).unwrap().as_deref(),
+            Some("two")
+        );
+        let e = b.recv_timeout::<u64>(LIMIT).unwrap_err();
+        assert!(e.to_string().contains("Msg"), "{e}");
+        a.send(&4u64).unwrap();
+        assert_eq!(b.recv_timeout::<u64>(LIMIT).unwrap(), Some(4));
+    }
 }
 
 #[test]
 fn a_wrong_type_from_a_child_is_an_error_and_the_pipe_stays_usable() {
-    let (p, mut h) = echo();
-    p.send(&Msg::Num(1)).unwrap();
-    let e = p.recv_timeout::<u64>(LIMIT).unwrap_err();
-    assert!(matches!(e, Error::WrongType { .. }), "{e}");
-    p.send(&Msg::Num(2)).unwrap();
-    assert_eq!(recv::<Msg>(&p), Msg::Num(2));
-    // The child gets a wrong type too: its hook fails, and that is the end of it.
-    p.send(&5u8).unwrap();
-    let e = h.wait_timeout(LIMIT).unwrap_err();
-    assert!(e.to_string().contains("u8"), "{e}");
+    for t in TRANSPORTS {
+        let (p, mut h) = echo(t);
+        p.send(&Msg::Num(1)).unwrap();
+        let e = p.recv_timeout::<u64>(LIMIT).unwrap_err();
+        assert!(matches!(e, Error::WrongType { .. }), "{e}");
+        p.send(&Msg::Num(2)).unwrap();
+        assert_eq!(recv::<Msg>(&p), Msg::Num(2));
+        // The child gets a wrong type too: its hook fails, and that is the end of it.
+        p.send(&5u8).unwrap();
+        let e = h.wait_timeout(LIMIT).unwrap_err();
+        assert!(e.to_string().contains("u8"), "{e}");
+    }
 }
 
 /// Sends `n` numbers one way.
@@ -270,41 +308,45 @@ impl Process for Consumer {
 
 #[test]
 fn a_one_way_stream_from_a_child_loses_nothing() {
-    let (tx, rx) = Pipe::one_way().unwrap();
-    let n = 100_000u64;
-    let mut h = Producer { tx, n }.start().unwrap();
-    for i in 0..n {
-        assert_eq!(recv_one::<u64>(&rx), i);
+    for t in TRANSPORTS {
+        let (tx, rx) = one_way(t).unwrap();
+        let n = 100_000u64;
+        let mut h = Producer { tx, n }.start().unwrap();
+        for i in 0..n {
+            assert_eq!(recv_one::<u64>(&rx), i);
+        }
+        wait(&mut h);
+        // The child has ended and the sender it returned is dropped: end of stream.
+        assert!(rx.recv_timeout::<u64>(LIMIT).is_err());
+        assert_eq!(rx.stats().messages_received, n);
     }
-    wait(&mut h);
-    // The child has ended and the sender it returned is dropped: end of stream.
-    assert!(rx.recv_timeout::<u64>(LIMIT).is_err());
-    assert_eq!(rx.stats().messages_received, n);
 }
 
 #[test]
 fn a_one_way_stream_into_a_child_loses_nothing() {
-    let (tx, rx) = Pipe::one_way().unwrap();
-    let n = 100_000u64;
-    let mut h = Consumer {
-        rx,
-        count: 0,
-        sum: 0,
-        in_order: false,
+    for t in TRANSPORTS {
+        let (tx, rx) = one_way(t).unwrap();
+        let n = 100_000u64;
+        let mut h = Consumer {
+            rx,
+            count: 0,
+            sum: 0,
+            in_order: false,
+        }
+        .start()
+        .unwrap();
+        for i in 0..n {
+            tx.send(&Some(i)).unwrap();
+        }
+        tx.send(&None::<u64>).unwrap();
+        let done = wait(&mut h);
+        assert_eq!(done.count, n);
+        assert_eq!(done.sum, n * (n - 1) / 2);
+        assert!(done.in_order);
+        let s = tx.stats();
+        assert_eq!(s.messages_sent, n + 1);
+        assert_eq!(s.messages_received, 0);
     }
-    .start()
-    .unwrap();
-    for i in 0..n {
-        tx.send(&Some(i)).unwrap();
-    }
-    tx.send(&None::<u64>).unwrap();
-    let done = wait(&mut h);
-    assert_eq!(done.count, n);
-    assert_eq!(done.sum, n * (n - 1) / 2);
-    assert!(done.in_order);
-    let s = tx.stats();
-    assert_eq!(s.messages_sent, n + 1);
-    assert_eq!(s.messages_received, 0);
 }
 
 #[test]
@@ -359,8 +401,8 @@ impl Process for Sleeper {
     }
 }
 
-fn killed_while_receiving(lives: u32) {
-    let (tx, rx) = Pipe::one_way().unwrap();
+fn killed_while_receiving(t: Transport, lives: u32) {
+    let (tx, rx) = one_way(t).unwrap();
     let mut h = Sleeper { tx }
         .start_with(Sleeper::config().lives(lives))
         .unwrap();
@@ -389,12 +431,16 @@ fn killed_while_receiving(lives: u32) {
 
 #[test]
 fn a_killed_sender_makes_a_blocked_recv_fail_promptly() {
-    killed_while_receiving(1);
+    for t in TRANSPORTS {
+        killed_while_receiving(t, 1);
+    }
 }
 
 #[test]
 fn a_killed_sender_with_lives_left_makes_a_blocked_recv_fail_promptly() {
-    killed_while_receiving(3);
+    for t in TRANSPORTS {
+        killed_while_receiving(t, 3);
+    }
 }
 
 /// Blocks in `recv` on its end until the parent's end goes away.
@@ -419,22 +465,24 @@ impl Process for Orphan {
 
 #[test]
 fn a_dropped_parent_end_makes_the_childs_recv_fail() {
-    let (mine, theirs) = Pipe::pair().unwrap();
-    let mut h = Orphan {
-        pipe: theirs,
-        error: String::new(),
+    for t in TRANSPORTS {
+        let (mine, theirs) = pair(t).unwrap();
+        let mut h = Orphan {
+            pipe: theirs,
+            error: String::new(),
+        }
+        .start()
+        .unwrap();
+        assert_eq!(recv::<String>(&mine), "ready");
+        drop(mine);
+        let done = wait(&mut h);
+        assert!(!done.error.starts_with("unexpected"), "{}", done.error);
+        assert!(
+            done.error.contains("other side has ended"),
+            "{}",
+            done.error
+        );
     }
-    .start()
-    .unwrap();
-    assert_eq!(recv::<String>(&mine), "ready");
-    drop(mine);
-    let done = wait(&mut h);
-    assert!(!done.error.starts_with("unexpected"), "{}", done.error);
-    assert!(
-        done.error.contains("other side has ended"),
-        "{}",
-        done.error
-    );
 }
 
 /// Drops its end while it keeps running.
@@ -458,118 +506,130 @@ impl Process for Dropper {
 
 #[test]
 fn an_end_dropped_in_a_live_child_makes_recv_fail() {
-    let (mine, theirs) = Pipe::pair().unwrap();
-    let (go_tx, go_rx) = Pipe::one_way().unwrap();
-    let mut h = Dropper {
-        pipe: Some(theirs),
-        rx: go_rx,
+    for t in TRANSPORTS {
+        let (mine, theirs) = pair(t).unwrap();
+        let (go_tx, go_rx) = one_way(t).unwrap();
+        let mut h = Dropper {
+            pipe: Some(theirs),
+            rx: go_rx,
+        }
+        .start()
+        .unwrap();
+        assert_eq!(recv::<String>(&mine), "bye");
+        // The child is alive, but no process holds the other end any more.
+        let t0 = Instant::now();
+        let r = mine.recv_timeout::<String>(LIMIT);
+        assert!(matches!(r, Err(Error::Disconnected)), "{r:?}");
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        assert!(h.is_alive());
+        go_tx.send(&()).unwrap();
+        wait(&mut h);
     }
-    .start()
-    .unwrap();
-    assert_eq!(recv::<String>(&mine), "bye");
-    // The child is alive, but no process holds the other end any more.
-    let t0 = Instant::now();
-    let r = mine.recv_timeout::<String>(LIMIT);
-    assert!(matches!(r, Err(Error::Disconnected)), "{r:?}");
-    assert!(t0.elapsed() < Duration::from_secs(2));
-    assert!(h.is_alive());
-    go_tx.send(&()).unwrap();
-    wait(&mut h);
 }
 
 #[test]
 fn dropping_one_end_ends_the_other_after_its_messages() {
-    let (a, b) = Pipe::pair().unwrap();
-    a.send(&1u32).unwrap();
-    a.send(&2u32).unwrap();
-    drop(a);
-    assert_eq!(b.recv_timeout::<u32>(LIMIT).unwrap(), Some(1));
-    assert_eq!(b.recv::<u32>().unwrap(), 2);
-    assert!(matches!(b.recv::<u32>(), Err(Error::Disconnected)));
-    assert!(matches!(
-        b.recv_timeout::<u32>(LIMIT),
-        Err(Error::Disconnected)
-    ));
-    assert!(matches!(b.try_recv::<u32>(), Err(Error::Disconnected)));
+    for t in TRANSPORTS {
+        let (a, b) = pair(t).unwrap();
+        a.send(&1u32).unwrap();
+        a.send(&2u32).unwrap();
+        drop(a);
+        assert_eq!(b.recv_timeout::<u32>(LIMIT).unwrap(), Some(1));
+        assert_eq!(b.recv::<u32>().unwrap(), 2);
+        assert!(matches!(b.recv::<u32>(), Err(Error::Disconnected)));
+        assert!(matches!(
+            b.recv_timeout::<u32>(LIMIT),
+            Err(Error::Disconnected)
+        ));
+        assert!(matches!(b.try_recv::<u32>(), Err(Error::Disconnected)));
 
-    let (tx, rx) = Pipe::one_way().unwrap();
-    drop(rx);
-    // A sender may not notice at once, but never blocks forever: sending more
-    // than any buffer holds fails.
-    let big = vec![0u8; 1 << 20];
-    let r = (0..64).try_for_each(|_| tx.send(&big));
-    assert!(matches!(r, Err(Error::Disconnected)), "{r:?}");
+        let (tx, rx) = one_way(t).unwrap();
+        drop(rx);
+        // A sender may not notice at once, but never blocks forever: sending more
+        // than any buffer holds fails.
+        let big = vec![0u8; 1 << 20];
+        let r = (0..64).try_for_each(|_| tx.send(&big));
+        assert!(matches!(r, Err(Error::Disconnected)), "{r:?}");
+    }
 }
 
 #[test]
 fn an_end_comes_back_with_the_final_state() {
-    let (mine, theirs) = Pipe::pair().unwrap();
-    let mut h = Echo {
-        pipe: theirs,
-        seen: 0,
+    for t in TRANSPORTS {
+        let (mine, theirs) = pair(t).unwrap();
+        let mut h = Echo {
+            pipe: theirs,
+            seen: 0,
+        }
+        .start()
+        .unwrap();
+        mine.send(&Msg::Num(1)).unwrap();
+        assert_eq!(recv::<Msg>(&mine), Msg::Num(1));
+        mine.send(&Msg::Quit).unwrap();
+        let done = wait(&mut h);
+        // The child's end came back in the final value and still works.
+        done.pipe.send(&Msg::Text("again".into())).unwrap();
+        assert_eq!(recv::<Msg>(&mine), Msg::Text("again".into()));
     }
-    .start()
-    .unwrap();
-    mine.send(&Msg::Num(1)).unwrap();
-    assert_eq!(recv::<Msg>(&mine), Msg::Num(1));
-    mine.send(&Msg::Quit).unwrap();
-    let done = wait(&mut h);
-    // The child's end came back in the final value and still works.
-    done.pipe.send(&Msg::Text("again".into())).unwrap();
-    assert_eq!(recv::<Msg>(&mine), Msg::Text("again".into()));
 }
 
 #[test]
 fn an_end_can_travel_inside_a_message() {
-    let (a, b) = Pipe::pair().unwrap();
-    let (tx, rx) = Pipe::one_way().unwrap();
-    a.send(&rx).unwrap();
-    drop(rx);
-    let rx2: PipeReceiver = recv(&b);
-    tx.send(&42u64).unwrap();
-    assert_eq!(recv_one::<u64>(&rx2), 42);
+    for t in TRANSPORTS {
+        let (a, b) = pair(t).unwrap();
+        let (tx, rx) = one_way(t).unwrap();
+        a.send(&rx).unwrap();
+        drop(rx);
+        let rx2: PipeReceiver = recv(&b);
+        tx.send(&42u64).unwrap();
+        assert_eq!(recv_one::<u64>(&rx2), 42);
+    }
 }
 
 #[test]
 fn stats_count_messages_and_bytes() {
-    let (a, b) = Pipe::pair().unwrap();
-    assert_eq!(a.stats(), Stats::default());
-    for i in 0..10u64 {
-        a.send(&i).unwrap();
+    for t in TRANSPORTS {
+        let (a, b) = pair(t).unwrap();
+        assert_eq!(a.stats(), Stats::default());
+        for i in 0..10u64 {
+            a.send(&i).unwrap();
+        }
+        for _ in 0..10 {
+            let _: u64 = recv(&b);
+        }
+        b.send(&vec![0u8; 1000]).unwrap();
+        let _: Vec<u8> = recv(&a);
+        let (sa, sb) = (a.stats(), b.stats());
+        assert_eq!(sa.messages_sent, 10);
+        assert_eq!(sa.messages_received, 1);
+        assert_eq!(sb.messages_sent, 1);
+        assert_eq!(sb.messages_received, 10);
+        assert_eq!(sa.bytes_sent, sb.bytes_received);
+        assert_eq!(sb.bytes_sent, sa.bytes_received);
+        assert!(sb.bytes_sent > 1000);
+        assert!(sa.bytes_sent >= 10);
     }
-    for _ in 0..10 {
-        let _: u64 = recv(&b);
-    }
-    b.send(&vec![0u8; 1000]).unwrap();
-    let _: Vec<u8> = recv(&a);
-    let (sa, sb) = (a.stats(), b.stats());
-    assert_eq!(sa.messages_sent, 10);
-    assert_eq!(sa.messages_received, 1);
-    assert_eq!(sb.messages_sent, 1);
-    assert_eq!(sb.messages_received, 10);
-    assert_eq!(sa.bytes_sent, sb.bytes_received);
-    assert_eq!(sb.bytes_sent, sa.bytes_received);
-    assert!(sb.bytes_sent > 1000);
-    assert!(sa.bytes_sent >= 10);
 }
 
 #[test]
 fn ends_are_debug_and_usable_from_threads() {
-    let (a, b) = Pipe::pair().unwrap();
-    assert!(format!("{a:?}").starts_with("Pipe"));
-    let (tx, rx) = Pipe::one_way().unwrap();
-    assert!(format!("{tx:?}").starts_with("PipeSender"));
-    assert!(format!("{rx:?}").starts_with("PipeReceiver"));
-    std::thread::scope(|s| {
-        s.spawn(|| {
+    for t in TRANSPORTS {
+        let (a, b) = pair(t).unwrap();
+        assert!(format!("{a:?}").starts_with("Pipe"));
+        let (tx, rx) = one_way(t).unwrap();
+        assert!(format!("{tx:?}").starts_with("PipeSender"));
+        assert!(format!("{rx:?}").starts_with("PipeReceiver"));
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..1000u32 {
+                    a.send(&i).unwrap();
+                }
+            });
             for i in 0..1000u32 {
-                a.send(&i).unwrap();
+                assert_eq!(recv::<u32>(&b), i);
             }
         });
-        for i in 0..1000u32 {
-            assert_eq!(recv::<u32>(&b), i);
-        }
-    });
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -577,50 +637,52 @@ fn ends_are_debug_and_usable_from_threads() {
 
 #[test]
 fn garbage_from_a_hostile_peer_is_an_error_not_a_panic() {
-    use std::io::Write;
-    use std::os::unix::fs::FileExt;
-    let patterns: Vec<Vec<u8>> = vec![
-        vec![0xff; 64],
-        vec![0; 64],
-        vec![
-            8, 0, 0, 0, 48, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        ],
-        vec![3, 0, 0, 0, 48, 0, 0, 0, 1, 2, 3],
-        vec![4, 0, 0, 0, 48, 0, 0, 0, 200, 0, 1, 2],
-        (0..=255u8).collect(),
-    ];
-    for (i, garbage) in patterns.iter().enumerate() {
-        let (tx, rx) = Pipe::one_way().unwrap();
-        for fd in skprocess::__bench::pipe_fds(&tx) {
-            let owned = fd.try_clone_to_owned().unwrap();
-            let mut s = std::os::unix::net::UnixStream::from(owned.try_clone().unwrap());
-            if s.peer_addr().is_ok() {
-                s.write_all(garbage).unwrap();
-                continue;
+    for t in TRANSPORTS {
+        use std::io::Write;
+        use std::os::unix::fs::FileExt;
+        let patterns: Vec<Vec<u8>> = vec![
+            vec![0xff; 64],
+            vec![0; 64],
+            vec![
+                8, 0, 0, 0, 48, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            ],
+            vec![3, 0, 0, 0, 48, 0, 0, 0, 1, 2, 3],
+            vec![4, 0, 0, 0, 48, 0, 0, 0, 200, 0, 1, 2],
+            (0..=255u8).collect(),
+        ];
+        for (i, garbage) in patterns.iter().enumerate() {
+            let (tx, rx) = one_way(t).unwrap();
+            for fd in skprocess::__bench::pipe_fds(&tx) {
+                let owned = fd.try_clone_to_owned().unwrap();
+                let mut s = std::os::unix::net::UnixStream::from(owned.try_clone().unwrap());
+                if s.peer_addr().is_ok() {
+                    s.write_all(garbage).unwrap();
+                    continue;
+                }
+                // Shared memory: scribble over all of it.
+                let f = std::fs::File::from(owned);
+                let len = f.metadata().unwrap().len();
+                let mut off = 0;
+                while off < len {
+                    f.write_at(garbage, off).unwrap();
+                    off += garbage.len() as u64;
+                }
             }
-            // Shared memory: scribble over all of it.
-            let f = std::fs::File::from(owned);
-            let len = f.metadata().unwrap().len();
-            let mut off = 0;
-            while off < len {
-                f.write_at(garbage, off).unwrap();
-                off += garbage.len() as u64;
+            drop(tx);
+            // Every receive ends in an error (or, for bytes that happen to form a
+            // message, a value); none panics or hangs.
+            for _ in 0..4 {
+                match rx.recv_timeout::<u64>(Duration::from_secs(2)) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => panic!("pattern {i}: a receive timed out on a closed pipe"),
+                    Err(_) => break,
+                }
             }
+            assert!(
+                rx.recv_timeout::<u64>(Duration::from_secs(2)).is_err(),
+                "pattern {i}"
+            );
         }
-        drop(tx);
-        // Every receive ends in an error (or, for bytes that happen to form a
-        // message, a value); none panics or hangs.
-        for _ in 0..4 {
-            match rx.recv_timeout::<u64>(Duration::from_secs(2)) {
-                Ok(Some(_)) => {}
-                Ok(None) => panic!("pattern {i}: a receive timed out on a closed pipe"),
-                Err(_) => break,
-            }
-        }
-        assert!(
-            rx.recv_timeout::<u64>(Duration::from_secs(2)).is_err(),
-            "pattern {i}"
-        );
     }
 }
 

@@ -17,17 +17,15 @@
 //! `Err`: it never blocks forever on a dead process.
 
 mod ring;
-pub(crate) use ring::busy_wait;
 mod socket;
 #[cfg(test)]
 mod test;
 
-#[cfg(doc)]
-use crate::error::Error;
 use crate::error::{Error, Result};
 use crate::stats::Stats;
 use crate::sys;
 use crate::wire;
+pub(crate) use ring::busy_wait;
 use serde::de::{DeserializeOwned, Error as _};
 use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
