@@ -208,10 +208,10 @@ impl Peers {
         let tell_h = TellEcho.start().expect("start");
         let (sock, theirs) = socket_peer();
         let sock_h = SocketEcho { sock: theirs }.start().expect("start");
-        let futex = FutexPingPong::new(Duration::ZERO).expect("futex");
+        let futex = FutexPingPong::new(false).expect("futex");
         let futex_h = FutexEcho { pp: copy(&futex) }.start().expect("start");
         // The same spin budget as the pipe's ring.
-        let futex_spin = FutexPingPong::new(Duration::from_micros(1)).expect("futex");
+        let futex_spin = FutexPingPong::new(true).expect("futex");
         let futex_spin_h = FutexEcho {
             pp: copy(&futex_spin),
         }

@@ -4,13 +4,14 @@
 //! hostile peer. Not a public API.
 
 use crate::error::{Error, Result};
-use crate::pipe::{busy_wait, RawEnd, Transport};
+use crate::pipe::{RawEnd, Spin, Transport};
 use crate::sys::{futex, region::Region};
 use crate::wire;
 use crate::{Pipe, PipeReceiver, PipeSender};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// A pipe end whose descriptors can be reached (see [`pipe_fds`]).
@@ -63,20 +64,23 @@ const STOP: u32 = 3;
 
 /// A bare futex ping-pong over shared memory: one 32-bit word that the two
 /// sides flip between `PING` and `PONG`, waking each other with
-/// `FUTEX_WAKE`. With `spin` (any non-zero value), a side spins and yields
+/// `FUTEX_WAKE`. With `spin`, a side spins (with the pipe's adaptive budget)
 /// before it sleeps, and wakes the other only if it is asleep, exactly as the
 /// pipe's ring does; without, every turn is a futex wait and a wake.
 #[derive(Debug)]
 pub struct FutexPingPong {
     region: Region,
-    spin: Duration,
+    spin: Option<Mutex<Spin>>,
 }
 
 impl FutexPingPong {
-    /// A new shared word; `spin` as above (zero: always sleep).
-    pub fn new(spin: Duration) -> Result<Self> {
+    /// A new shared word; `spin` as above.
+    pub fn new(spin: bool) -> Result<Self> {
         let region = Region::new(c"skprocess-bench", 4096).map_err(Error::Io)?;
-        Ok(FutexPingPong { region, spin })
+        Ok(FutexPingPong {
+            region,
+            spin: spin.then(Mutex::default),
+        })
     }
 
     fn word(&self) -> &AtomicU32 {
@@ -89,7 +93,7 @@ impl FutexPingPong {
 
     fn set(&self, v: u32) {
         self.word().store(v, Ordering::SeqCst);
-        if self.spin.is_zero() {
+        if self.spin.is_none() {
             let _ = futex::wake(self.word(), 1);
             return;
         }
@@ -101,10 +105,10 @@ impl FutexPingPong {
 
     /// Waits while the word is `v`; returns the new value.
     fn wait_while(&self, v: u32) -> u32 {
-        if !self.spin.is_zero() {
+        if let Some(spin) = &self.spin {
             let word = self.word();
             let mut ready = || Ok(word.load(Ordering::Acquire) != v);
-            if busy_wait(&mut ready, None).unwrap_or(false) {
+            if spin.lock().unwrap().wait(&mut ready, None).unwrap_or(false) {
                 return word.load(Ordering::Acquire);
             }
         }
@@ -150,18 +154,21 @@ impl FutexPingPong {
 impl Serialize for FutexPingPong {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         let fd = wire::push_fd(self.region.fd().as_fd()).map_err(serde::ser::Error::custom)?;
-        (fd, self.spin).serialize(s)
+        (fd, self.spin.is_some()).serialize(s)
     }
 }
 
 impl<'de> Deserialize<'de> for FutexPingPong {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let (i, spin) = <(u32, Duration)>::deserialize(d)?;
+        let (i, spin) = <(u32, bool)>::deserialize(d)?;
         let fd = wire::take_fd(i).map_err(serde::de::Error::custom)?;
         let region = Region::from_fd(fd).map_err(serde::de::Error::custom)?;
         if region.len() < 4096 {
             return Err(serde::de::Error::custom("shared word too small"));
         }
-        Ok(FutexPingPong { region, spin })
+        Ok(FutexPingPong {
+            region,
+            spin: spin.then(Mutex::default),
+        })
     }
 }

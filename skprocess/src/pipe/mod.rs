@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::stats::Stats;
 use crate::sys;
 use crate::wire;
-pub(crate) use ring::busy_wait;
+pub(crate) use ring::Spin;
 use serde::de::{DeserializeOwned, Error as _};
 use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};

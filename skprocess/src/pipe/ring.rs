@@ -81,12 +81,10 @@ const C_RX_FRAME_END: usize = 80;
 pub(crate) const CAPACITY: usize = 256 << 10;
 /// Publish a long frame every this many bytes, so the consumer can start.
 const PUBLISH_EVERY: usize = 32 << 10;
-/// How long a side spins before it starts yielding.
-const SPIN: Duration = Duration::from_micros(5);
-/// How long a side spins and yields, in all, before it sleeps.
-const BUSY: Duration = Duration::from_micros(30);
 /// Longest futex sleep between two checks for a dead peer.
 const SLICE: Duration = Duration::from_millis(100);
+/// Least time between two checks for a dead peer before sleeping.
+const CHECK_PEER_EVERY: Duration = Duration::from_millis(1);
 /// How long a receiver waits for the descriptors of a message, which were
 /// sent before the message itself.
 const FD_WAIT: Duration = Duration::from_secs(2);
@@ -181,35 +179,95 @@ fn peer_gone(sock: BorrowedFd<'_>) -> Result<bool> {
     Ok(r[0].hangup)
 }
 
-/// Spins for [`SPIN`], then yields the processor until [`BUSY`] has
-/// passed (a peer that is runnable on this processor gets to run), while
-/// `ready()` is false. `Ok(false)` if it still is, or `deadline` passed.
-pub(crate) fn busy_wait(
-    ready: &mut dyn FnMut() -> Result<bool>,
-    deadline: Option<Instant>,
-) -> Result<bool> {
-    let start = Instant::now();
-    let (spin_end, busy_end) = match deadline {
-        Some(d) => (d.min(start + SPIN), d.min(start + BUSY)),
-        None => (start + SPIN, start + BUSY),
-    };
-    let mut i = 0u32;
-    let mut spinning = true;
-    loop {
+/// An adaptive spin budget: how long a side spins before it sleeps.
+///
+/// Spinning pays when the peer runs on another processor and answers within
+/// microseconds (no system call, no wake-up latency); it costs when the peer
+/// is not running (it may even need this processor). So the budget doubles
+/// (up to [`SPIN_MAX`]) each time a spin sees the peer's answer, and halves
+/// each time it does not; at zero, one wait in [`PROBE_EVERY`] spins
+/// briefly to find out whether spinning pays again.
+///
+/// It also rate-limits the check for a dead peer (a `poll` system call) that
+/// precedes each sleep: a busy ping-pong that sleeps every few microseconds
+/// checks at most once per [`CHECK_PEER_EVERY`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Spin {
+    budget_ns: u32,
+    waits: u32,
+    peer_checked: Option<Instant>,
+}
+
+/// The largest spin budget.
+const SPIN_MAX: Duration = Duration::from_micros(20);
+/// The budget of a probe, and the smallest non-zero budget.
+const SPIN_PROBE: Duration = Duration::from_micros(2);
+/// At a zero budget, how often a wait probes.
+const PROBE_EVERY: u32 = 16;
+
+impl Default for Spin {
+    fn default() -> Self {
+        Spin {
+            budget_ns: SPIN_MAX.as_nanos() as u32,
+            waits: 0,
+            peer_checked: None,
+        }
+    }
+}
+
+impl Spin {
+    /// Whether it is time to check for a dead peer again (and, if so,
+    /// records that the check is made now).
+    fn should_check_peer(&mut self) -> bool {
+        let now = Instant::now();
+        match self.peer_checked {
+            Some(t) if now.saturating_duration_since(t) < CHECK_PEER_EVERY => false,
+            _ => {
+                self.peer_checked = Some(now);
+                true
+            }
+        }
+    }
+
+    /// Spins while `ready()` is false, within the budget and `deadline`;
+    /// `Ok(false)` if it still is.
+    pub(crate) fn wait(
+        &mut self,
+        ready: &mut dyn FnMut() -> Result<bool>,
+        deadline: Option<Instant>,
+    ) -> Result<bool> {
         if ready()? {
             return Ok(true);
         }
-        i = i.wrapping_add(1);
-        if spinning {
-            if i % 64 == 0 && Instant::now() >= spin_end {
-                spinning = false;
-            }
+        self.waits = self.waits.wrapping_add(1);
+        let budget = match self.budget_ns {
+            0 if self.waits % PROBE_EVERY == 0 => SPIN_PROBE,
+            0 => return Ok(false),
+            ns => Duration::from_nanos(ns as u64),
+        };
+        let start = Instant::now();
+        let end = match deadline {
+            Some(d) => d.min(start + budget),
+            None => start + budget,
+        };
+        let mut i = 0u32;
+        loop {
             std::hint::spin_loop();
-        } else {
-            if Instant::now() >= busy_end {
+            if ready()? {
+                let grown = (budget * 2).clamp(SPIN_PROBE, SPIN_MAX);
+                self.budget_ns = grown.as_nanos() as u32;
+                return Ok(true);
+            }
+            i = i.wrapping_add(1);
+            if i % 32 == 0 && Instant::now() >= end {
+                let halved = self.budget_ns / 2;
+                self.budget_ns = if halved < SPIN_PROBE.as_nanos() as u32 / 2 {
+                    0
+                } else {
+                    halved
+                };
                 return Ok(false);
             }
-            std::thread::yield_now();
         }
     }
 }
@@ -218,13 +276,14 @@ pub(crate) fn busy_wait(
 /// `waiting` raised. `Ok(false)` on timeout; `Err(Disconnected)` if the peer
 /// is gone and `ready()` is still false.
 fn wait_until(
+    spin: &mut Spin,
     ready: &mut dyn FnMut() -> Result<bool>,
     seq: &AtomicU32,
     waiting: &AtomicU32,
     sock: BorrowedFd<'_>,
     deadline: Option<Instant>,
 ) -> Result<bool> {
-    if busy_wait(ready, deadline)? {
+    if spin.wait(ready, deadline)? {
         return Ok(true);
     }
     loop {
@@ -235,7 +294,11 @@ fn wait_until(
             if ready()? {
                 return Ok(Some(true));
             }
-            if peer_gone(sock)? {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            // A dead peer is reported rather than a timeout, so check before
+            // giving up too.
+            let timed_out = left.is_some_and(|l| l.is_zero());
+            if (timed_out || spin.should_check_peer()) && peer_gone(sock)? {
                 // Whatever the peer published before it went is readable.
                 return if ready()? {
                     Ok(Some(true))
@@ -243,16 +306,10 @@ fn wait_until(
                     Err(Error::Disconnected)
                 };
             }
-            let slice = match deadline {
-                None => SLICE,
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Ok(Some(false));
-                    }
-                    left.min(SLICE)
-                }
-            };
+            if timed_out {
+                return Ok(Some(false));
+            }
+            let slice = left.map_or(SLICE, |l| l.min(SLICE));
             futex::wait(seq, s, Some(slice)).map_err(Error::Io)?;
             Ok(None)
         })();
@@ -285,6 +342,7 @@ struct Producer {
     /// The previous producer of this ring died in the middle of a frame:
     /// mark it cut short before writing the next one.
     torn: bool,
+    spin: Spin,
 }
 
 /// Where the consumer is in the byte stream.
@@ -313,6 +371,7 @@ struct Consumer {
     buf: Vec<u8>,
     /// Set once the peer broke the protocol: every later call returns it.
     broken: Option<String>,
+    spin: Spin,
 }
 
 /// The longest a frame can be, header included.
@@ -433,6 +492,7 @@ impl End {
                     head,
                     tail,
                     torn,
+                    spin: Spin::default(),
                 }))
             }
             None => None,
@@ -457,6 +517,7 @@ impl End {
                     reading,
                     buf: Vec::new(),
                     broken: None,
+                    spin: Spin::default(),
                 }))
             }
             None => None,
@@ -578,6 +639,7 @@ impl End {
                         Ok(used < cap)
                     };
                     wait_until(
+                        &mut p.spin,
                         &mut has_space,
                         r.space_seq(),
                         r.producer_waiting(),
@@ -668,15 +730,21 @@ impl End {
         // Hand back what was read before sleeping: the producer may be
         // waiting for that space.
         self.release(c, r);
-        let c = &*c;
-        let mut ready = || Ok(self.available(c, r)? >= need);
-        match wait_until(
-            &mut ready,
-            r.data_seq(),
-            r.consumer_waiting(),
-            self.sock.as_fd(),
-            deadline,
-        ) {
+        let mut spin = c.spin;
+        let got = {
+            let c = &*c;
+            let mut ready = || Ok(self.available(c, r)? >= need);
+            wait_until(
+                &mut spin,
+                &mut ready,
+                r.data_seq(),
+                r.consumer_waiting(),
+                self.sock.as_fd(),
+                deadline,
+            )
+        };
+        c.spin = spin;
+        match got {
             Err(Error::Disconnected)
                 if c.reading != Reading::Header || self.available(c, r)? > 0 =>
             {
