@@ -727,3 +727,37 @@ fn a_message_cut_short_by_a_lost_life_is_dropped_and_the_next_life_is_heard() {
     wait(&mut h);
     assert!(rx.recv_timeout::<String>(LIMIT).is_err());
 }
+
+#[test]
+fn a_small_buffer_still_carries_large_blobs_and_bursts() {
+    let (p, theirs) = Pipe::pair_with_capacity(4096).unwrap();
+    let mut h = Echo {
+        pipe: theirs,
+        seen: 0,
+    }
+    .start()
+    .unwrap();
+    for (i, len) in [0usize, 4000, 4096, 4097, 100_003, 1 << 20]
+        .into_iter()
+        .enumerate()
+    {
+        let b = blob(len, i as u8);
+        p.send(&Msg::Blob(b.clone())).unwrap();
+        assert_eq!(recv::<Msg>(&p), Msg::Blob(b), "blob of {len} bytes");
+    }
+    // More in flight than the buffer holds: the child's replies wait for
+    // this side to read, while this side still sends. Both must progress,
+    // so send from a thread.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..2000u64 {
+                p.send(&Msg::Num(i)).unwrap();
+            }
+        });
+        for i in 0..2000u64 {
+            assert_eq!(recv::<Msg>(&p), Msg::Num(i));
+        }
+    });
+    p.send(&Msg::Quit).unwrap();
+    wait(&mut h);
+}

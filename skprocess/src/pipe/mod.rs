@@ -69,8 +69,8 @@ enum Flavor {
 /// Which transport a new pipe uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Transport {
-    /// Shared-memory rings (the default).
-    Ring,
+    /// Shared-memory rings of the given capacity (the default).
+    Ring(usize),
     /// A socket pair (kept as the baseline the ring is measured against).
     Socket,
 }
@@ -113,8 +113,8 @@ impl End {
 
     fn pair(a: Role, b: Role, t: Transport) -> Result<(End, End)> {
         Ok(match t {
-            Transport::Ring => {
-                let (x, y) = ring::End::pair(a, b)?;
+            Transport::Ring(capacity) => {
+                let (x, y) = ring::End::pair(a, b, capacity)?;
                 (End::new(Flavor::Ring(x)), End::new(Flavor::Ring(y)))
             }
             Transport::Socket => {
@@ -280,7 +280,38 @@ impl Pipe {
     /// If the operating system cannot create the channel (out of
     /// descriptors or memory).
     pub fn pair() -> Result<(Pipe, Pipe)> {
-        Pipe::pair_over(Transport::Ring)
+        Pipe::pair_over(Transport::Ring(ring::CAPACITY))
+    }
+
+    /// Like [`pair`](Pipe::pair), with `bytes` of buffer in each direction
+    /// instead of the default 1 MiB (rounded up to a power of two, at least
+    /// 4 KiB, at most 1 GiB).
+    ///
+    /// The buffer is shared memory; a sender blocks while it is full.
+    /// Messages larger than the buffer still pass (they stream through it).
+    /// A larger buffer lets a sender run further ahead of its receiver;
+    /// a smaller one costs less memory (each pipe touches all of its buffer
+    /// pages over time).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use skprocess::Pipe;
+    ///
+    /// # fn main() -> skprocess::Result<()> {
+    /// let (a, b) = Pipe::pair_with_capacity(4096)?;
+    /// let reader = std::thread::spawn(move || b.recv::<Vec<u8>>());
+    /// a.send(&vec![7u8; 100_000])?; // larger than the buffer: streams through
+    /// assert_eq!(reader.join().unwrap()?.len(), 100_000);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`pair`](Pipe::pair).
+    pub fn pair_with_capacity(bytes: usize) -> Result<(Pipe, Pipe)> {
+        Pipe::pair_over(Transport::Ring(bytes))
     }
 
     /// A duplex pair over the given transport.
@@ -308,7 +339,17 @@ impl Pipe {
     ///
     /// As [`pair`](Pipe::pair).
     pub fn one_way() -> Result<(PipeSender, PipeReceiver)> {
-        Pipe::one_way_over(Transport::Ring)
+        Pipe::one_way_over(Transport::Ring(ring::CAPACITY))
+    }
+
+    /// Like [`one_way`](Pipe::one_way), with `bytes` of buffer instead of
+    /// the default 1 MiB; see [`pair_with_capacity`](Pipe::pair_with_capacity).
+    ///
+    /// # Errors
+    ///
+    /// As [`pair`](Pipe::pair).
+    pub fn one_way_with_capacity(bytes: usize) -> Result<(PipeSender, PipeReceiver)> {
+        Pipe::one_way_over(Transport::Ring(bytes))
     }
 
     /// A one-way pair over the given transport.

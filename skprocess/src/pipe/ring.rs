@@ -10,7 +10,7 @@
 //! frames as on a socket (`[u32 len][u8 kind][u8 nfds][u16 0]` + payload),
 //! written as a byte stream that wraps around the end of the ring. A frame
 //! larger than the ring streams through it: the producer publishes every
-//! [`PUBLISH_EVERY`] bytes, so the consumer copies out while the producer
+//! eighth of the ring (at most [`PUBLISH_EVERY`] bytes), so the consumer copies out while the producer
 //! copies in.
 //!
 //! # Waiting
@@ -78,9 +78,12 @@ const C_CONSUMER_WAITING: usize = 76;
 const C_RX_FRAME_END: usize = 80;
 
 /// Bytes in each ring.
-pub(crate) const CAPACITY: usize = 256 << 10;
+pub(crate) const CAPACITY: usize = 1 << 20;
+/// The smallest and largest capacity a ring may have.
+pub(crate) const MIN_CAPACITY: usize = 4096;
+pub(crate) const MAX_CAPACITY: usize = 1 << 30;
 /// Publish a long frame every this many bytes, so the consumer can start.
-const PUBLISH_EVERY: usize = 32 << 10;
+const PUBLISH_EVERY: usize = 128 << 10;
 /// Longest futex sleep between two checks for a dead peer.
 const SLICE: Duration = Duration::from_millis(100);
 /// Least time between two checks for a dead peer before sleeping.
@@ -385,6 +388,8 @@ const KEEP_BUFFER: usize = 4 << 20;
 pub(crate) struct End {
     region: Region,
     cap: usize,
+    /// How often a long frame is published (and its space handed back).
+    chunk: usize,
     sock: OwnedFd,
     tx: Option<Mutex<Producer>>,
     rx: Option<Mutex<Consumer>>,
@@ -402,17 +407,20 @@ pub(crate) struct Layout {
 impl End {
     /// A connected pair of ends; `a` and `b` say what each may do (both
     /// duplex, or `a` sends and `b` receives).
-    pub(crate) fn pair(a: Role, b: Role) -> Result<(End, End)> {
+    pub(crate) fn pair(a: Role, b: Role, capacity: usize) -> Result<(End, End)> {
         let duplex = a == Role::Both;
         let rings = if duplex { 2 } else { 1 };
+        let cap = capacity
+            .clamp(MIN_CAPACITY, MAX_CAPACITY)
+            .next_power_of_two();
         let region =
-            Region::new(c"skprocess-pipe", HEADER_BYTES + rings * CAPACITY).map_err(Error::Io)?;
+            Region::new(c"skprocess-pipe", HEADER_BYTES + rings * cap).map_err(Error::Io)?;
         region
             .u64_at(H_RINGS)
             .store(rings as u64, Ordering::Relaxed);
         region
             .u64_at(H_CAPACITY)
-            .store(CAPACITY as u64, Ordering::Relaxed);
+            .store(cap as u64, Ordering::Relaxed);
         region.u64_at(H_MAGIC).store(MAGIC, Ordering::Release);
         let (la, lb) = if duplex {
             (
@@ -462,7 +470,10 @@ impl End {
         }
         let rings = region.u64_at(H_RINGS).load(Ordering::Relaxed);
         let cap = region.u64_at(H_CAPACITY).load(Ordering::Relaxed);
-        if !(1..=2).contains(&rings) || !cap.is_power_of_two() || !(4096..=1 << 30).contains(&cap) {
+        if !(1..=2).contains(&rings)
+            || !cap.is_power_of_two()
+            || !(MIN_CAPACITY as u64..=MAX_CAPACITY as u64).contains(&cap)
+        {
             return Err(bad("its ring count or capacity is out of range"));
         }
         let (rings, cap) = (rings as usize, cap as usize);
@@ -525,6 +536,7 @@ impl End {
         Ok(End {
             region,
             cap,
+            chunk: (cap / 8).min(PUBLISH_EVERY),
             sock,
             tx,
             rx,
@@ -648,12 +660,12 @@ impl End {
                     )?;
                     continue;
                 }
-                let n = (free as usize).min(data.len()).min(PUBLISH_EVERY);
+                let n = (free as usize).min(data.len()).min(self.chunk);
                 r.put(p.head, &data[..n]);
                 p.head = p.head.wrapping_add(n as u64);
                 data = &data[n..];
                 unpublished += n;
-                if unpublished >= PUBLISH_EVERY {
+                if unpublished >= self.chunk {
                     self.publish(p, r);
                     unpublished = 0;
                 }
@@ -845,7 +857,7 @@ impl End {
                         }
                         c.tail = c.tail.wrapping_add(n as u64);
                         since_release += n;
-                        if since_release >= PUBLISH_EVERY {
+                        if since_release >= self.chunk {
                             self.release(c, r);
                             since_release = 0;
                         }

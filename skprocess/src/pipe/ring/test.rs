@@ -3,7 +3,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 fn one_way() -> (End, End) {
-    End::pair(Role::Send, Role::Recv).unwrap()
+    End::pair(Role::Send, Role::Recv, CAPACITY).unwrap()
 }
 
 fn ms(n: u64) -> Option<Instant> {
