@@ -7,14 +7,24 @@
 //! travels with each message, so receiving it as another type is
 //! [`Error::WrongType`] and the next message is read normally.
 //!
+//! # Transport
+//!
 //! Each public end wraps a private enum of transports ("flavors", as
-//! crossbeam-channel's `Sender` does), so the transport can change without
-//! touching the API.
+//! crossbeam-channel's `Sender` does). Pipes use shared-memory rings with
+//! futex wake-ups (`ring`): a message costs two copies and, when the
+//! receiver is awake, no system call. A socket pair (`socket`) is the other
+//! flavor, kept as the baseline the ring is measured against in
+//! `benches/messaging.rs`: the ring's round trip is a fraction of a
+//! socket's, and its throughput with 1 MiB messages at least a bare socket's.
 //!
 //! # Peer death
 //!
 //! A receiver whose peer has ended gets every message the peer sent, then
-//! `Err`: it never blocks forever on a dead process.
+//! [`Error::Disconnected`]: it never blocks forever on a dead process. An
+//! end is gone when every copy of it is closed: dropped, or its process
+//! ended. A process that received an end as a field holds the only copy
+//! once its handle has given it to the last life (earlier lives are started
+//! from copies the handle keeps).
 
 mod ring;
 mod socket;

@@ -3,36 +3,48 @@
 //!
 //! # The ring
 //!
-//! A single-producer, single-consumer byte ring (the classic
-//! Lamport queue): the producer owns `head`, the consumer owns `tail`, both
-//! count bytes since the start and only grow; `head - tail` bytes are
-//! readable, `capacity - (head - tail)` writable. Messages are the same
-//! frames as on a socket (`[u32 len][u8 kind][u8 nfds][u16 0]` + payload),
-//! written as a byte stream that wraps around the end of the ring. A frame
-//! larger than the ring streams through it: the producer publishes every
-//! eighth of the ring (at most [`PUBLISH_EVERY`] bytes), so the consumer copies out while the producer
-//! copies in.
+//! A single-producer, single-consumer byte ring (Lamport's queue): the
+//! producer owns `head`, the consumer owns `tail`; both count bytes since the
+//! start and only grow, so `head - tail` bytes are readable and
+//! `capacity - (head - tail)` writable. Messages are the same frames as on a
+//! socket (`[u32 len][u8 kind][u8 nfds][u16 0]` + payload), written as a byte
+//! stream that wraps around the end of the ring. A frame larger than the
+//! ring streams through it: the producer publishes every eighth of the ring
+//! (at most [`PUBLISH_EVERY`] bytes) and the consumer hands space back as
+//! often, so one copies in while the other copies out. A small frame is
+//! published once, whole, and its space handed back once.
 //!
 //! # Waiting
 //!
-//! A side that has nothing to do spins for [`SPIN`] (a peer on another core
-//! answers within it, at no system-call cost), then sleeps on a futex word:
-//! it raises its `waiting` flag, re-checks, and sleeps on a sequence word the
-//! other side bumps and wakes only when it sees the flag. A `SeqCst` fence on
-//! each side makes sure that either the sleeper sees the new data or the
-//! other side sees the flag (Dekker's pattern), so no wake-up is lost and an
-//! uncontended send costs no system call.
+//! A side with nothing to do first spins, with an adaptive budget ([`Spin`]):
+//! a peer running on another processor answers within microseconds, at no
+//! system-call cost; when spinning stops paying (the peer is not running, as
+//! on a loaded machine) the budget drops to nothing. Then it sleeps on a
+//! futex word: it raises its `waiting` flag, re-checks, and sleeps on a
+//! sequence word that the other side bumps and wakes only when it sees the
+//! flag. A `SeqCst` fence on each side makes sure that either the sleeper
+//! sees the new data or the other side sees the flag (Dekker's pattern), so
+//! no wake-up is lost and a send to a receiver that is not asleep costs no
+//! system call.
 //!
 //! # Peer death and descriptors
 //!
 //! A futex does not wake anyone when a process dies, so each end also holds
-//! one end of a socket pair: the kernel hangs it up when the last copy of
-//! the other end is closed, whether by `drop` or by the death of the process
-//! holding it. A sleeper sleeps in slices of [`SLICE`] and checks the socket
-//! between them, and before sleeping at all. Descriptors inside a message
-//! (a `Pipe` or `Share` sent in a message) travel on that socket
-//! (`SCM_RIGHTS`), sent before the frame is published, so they are there
-//! when the receiver reads its header.
+//! one end of a socket pair: the kernel hangs it up when the last copy of the
+//! other end is closed, by `drop` or by the death of the process holding
+//! it. A sleeper sleeps in slices of [`SLICE`] and checks the socket between
+//! them, before it sleeps (at most every [`CHECK_PEER_EVERY`]) and before it
+//! reports a timeout. Descriptors inside a message (a `Pipe` or `Share` sent
+//! in a message) travel on that socket (`SCM_RIGHTS`), tagged with the
+//! position of their frame and sent before the frame is published.
+//!
+//! # Lives
+//!
+//! An end that is a field of a process with several lives is attached anew
+//! by each life. Each side records in the shared memory where its current
+//! frame ends, so a later life finds out if an earlier one died mid-frame:
+//! a producer then marks the frame as cut short (the consumer drops it, and
+//! the descriptors that came with it), a consumer skips the rest of it.
 //!
 //! # Hostile peers
 //!
