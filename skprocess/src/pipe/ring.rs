@@ -63,31 +63,38 @@ use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
-const MAGIC: u64 = u64::from_le_bytes(*b"skpipe01");
+const MAGIC: u64 = u64::from_le_bytes(*b"skpipe02");
 /// Bytes before the first ring: the header and the control blocks.
 const HEADER_BYTES: usize = 4096;
 /// Header words.
 const H_MAGIC: usize = 0;
 const H_RINGS: usize = 8;
 const H_CAPACITY: usize = 16;
-/// Control block of ring `i`: at `CTL_BASE + i * CTL_SIZE`.
-const CTL_BASE: usize = 256;
-const CTL_SIZE: usize = 256;
-/// The producer's cache line: `head`, the data futex word, its own flag.
+/// Control block of ring `i`: at `CTL_BASE + i * CTL_SIZE`. It has four
+/// parts, 128 bytes apart (two cache lines, which processors may fetch in
+/// pairs), so that what one side writes for every message never shares a
+/// line with what the other side writes, and the rarely written `waiting`
+/// flags, which the other side reads for every message, stay in its cache.
+const CTL_BASE: usize = 512;
+const CTL_SIZE: usize = 512;
+/// Written by the producer for every frame: `head`, the end of the frame
+/// being written (a producer that finds `head` short of it knows its
+/// predecessor died mid-frame), `1 +` the position at which a frame was cut
+/// short (0: none), and the futex word the consumer sleeps on.
 const C_HEAD: usize = 0;
-const C_DATA_SEQ: usize = 8;
-const C_PRODUCER_WAITING: usize = 12;
-/// Where the frame being written ends (a producer that finds `head` short of
-/// it knows its predecessor died mid-frame).
-const C_TX_FRAME_END: usize = 16;
-/// `1 +` the position at which a frame was cut short (0: none).
-const C_ABORTED: usize = 24;
-/// The consumer's cache line: `tail`, the space futex word, its own flag.
-const C_TAIL: usize = 64;
-const C_SPACE_SEQ: usize = 72;
-const C_CONSUMER_WAITING: usize = 76;
-/// Where the frame being read ends (for a consumer taking over mid-frame).
-const C_RX_FRAME_END: usize = 80;
+const C_TX_FRAME_END: usize = 8;
+const C_ABORTED: usize = 16;
+const C_DATA_SEQ: usize = 24;
+/// Written by the consumer for every frame: `tail`, the end of the frame
+/// being read (for a consumer taking over mid-frame), and the futex word the
+/// producer sleeps on.
+const C_TAIL: usize = 128;
+const C_RX_FRAME_END: usize = 136;
+const C_SPACE_SEQ: usize = 144;
+/// Raised by the consumer while it sleeps.
+const C_CONSUMER_WAITING: usize = 256;
+/// Raised by the producer while it sleeps.
+const C_PRODUCER_WAITING: usize = 384;
 
 /// Bytes in each ring.
 pub(crate) const CAPACITY: usize = 1 << 20;
@@ -215,10 +222,12 @@ pub(crate) struct Spin {
 
 /// The largest spin budget.
 const SPIN_MAX: Duration = Duration::from_micros(20);
-/// The budget of a probe, and the smallest non-zero budget.
-const SPIN_PROBE: Duration = Duration::from_micros(2);
+/// The budget of a probe, and the smallest non-zero budget: longer than a
+/// futex wake-up takes, so that a probe sees a peer that was asleep answer
+/// (after which the peer, probing in turn, sees this side answer at once).
+const SPIN_PROBE: Duration = Duration::from_micros(10);
 /// At a zero budget, how often a wait probes.
-const PROBE_EVERY: u32 = 16;
+const PROBE_EVERY: u32 = 64;
 
 impl Default for Spin {
     fn default() -> Self {
