@@ -664,8 +664,9 @@ fn garbage_from_a_hostile_peer_is_an_error_not_a_panic() {
                 let len = f.metadata().unwrap().len();
                 let mut off = 0;
                 while off < len {
-                    f.write_at(garbage, off).unwrap();
-                    off += garbage.len() as u64;
+                    let n = garbage.len().min((len - off) as usize);
+                    f.write_all_at(&garbage[..n], off).unwrap();
+                    off += n as u64;
                 }
             }
             drop(tx);

@@ -9,7 +9,7 @@
 //! process's memory safety.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
 /// A shared mapping of a whole memfd.
@@ -20,14 +20,41 @@ pub(crate) struct Region {
 }
 
 impl Region {
-    /// A new zero-filled region of `len` bytes.
+    /// A new zero-filled region of `len` bytes, sealed so that its size
+    /// can never change.
     pub(crate) fn new(name: &std::ffi::CStr, len: usize) -> io::Result<Region> {
-        let fd = super::mem::memfd(name, len)?;
+        let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+        // SAFETY: `name` is a valid NUL-terminated string for the call.
+        let fd = super::cvt(unsafe { libc::memfd_create(name.as_ptr(), flags) })?;
+        // SAFETY: the kernel just returned this fd; nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        std::fs::File::from(fd.try_clone()?).set_len(len as u64)?;
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: F_ADD_SEALS takes an int argument; `fd` is open and owned.
+        super::cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) })?;
         Region::from_fd(fd)
     }
 
     /// Maps an existing memfd, whatever its length (check it before use).
+    ///
+    /// The memfd must be sealed against shrinking: a sender that could
+    /// shrink it after this process mapped it would make any access past the
+    /// new end kill this process (`SIGBUS`).
     pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<Region> {
+        // SAFETY: F_GET_SEALS takes no argument; `fd` is open and owned.
+        let seals =
+            super::cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) }).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("not shared memory: {e}"),
+                )
+            })?;
+        if seals & libc::F_SEAL_SHRINK == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "shared memory that its sender could shrink is refused",
+            ));
+        }
         let len = super::mem::file_len(&fd)?;
         let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
         if len == 0 {

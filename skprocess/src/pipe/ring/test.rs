@@ -199,6 +199,12 @@ fn attach_checks_the_shared_memory() {
     region.u64_at(H_MAGIC).store(MAGIC, Ordering::Relaxed);
     let e = End::attach(region, sock(), &recv, Role::Recv).unwrap_err();
     assert!(e.to_string().contains("does not match"), "{e}");
+    // Memory its sender could shrink under this process's feet.
+    let e = Region::from_fd(sys::mem::memfd(c"unsealed", HEADER_BYTES + CAPACITY).unwrap())
+        .unwrap_err();
+    assert!(e.to_string().contains("could shrink"), "{e}");
+    // Not shared memory at all.
+    assert!(Region::from_fd(sock()).is_err());
     // Too small to hold a header at all.
     let region = Region::new(c"tiny", 64).unwrap();
     let e = End::attach(region, sock(), &recv, Role::Recv).unwrap_err();
