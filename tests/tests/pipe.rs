@@ -762,3 +762,27 @@ fn a_small_buffer_still_carries_large_blobs_and_bursts() {
     p.send(&Msg::Quit).unwrap();
     wait(&mut h);
 }
+
+#[test]
+fn pipes_leave_nothing_in_dev_shm() {
+    let (p, mut h) = echo(Transport::Ring);
+    p.send(&Msg::Num(1)).unwrap();
+    assert_eq!(recv::<Msg>(&p), Msg::Num(1));
+    let names = || -> Vec<String> {
+        std::fs::read_dir("/dev/shm")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // The shared memory is anonymous (memfd): no name anywhere, even while in use.
+    assert!(
+        !names().iter().any(|n| n.contains("skprocess")),
+        "{:?}",
+        names()
+    );
+    p.send(&Msg::Quit).unwrap();
+    wait(&mut h);
+}

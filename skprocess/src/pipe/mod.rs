@@ -245,7 +245,21 @@ fn deadline_of(timeout: Duration) -> Option<Instant> {
 /// Messages are any `Serialize + DeserializeOwned` type, arrive in order and
 /// none is lost. Move an end into a process by making it a field of the
 /// process (or sending it in a message): the process that holds it then
-/// talks to whoever holds the other end.
+/// talks to whoever holds the other end. An end is `Send + Sync`; threads
+/// that share one take turns (one sender and one receiver at a time).
+///
+/// # Performance
+///
+/// Each direction is a ring buffer in shared memory (1 MiB by default, see
+/// [`pair_with_capacity`](Pipe::pair_with_capacity)). While the receiver
+/// is awake, a message costs no system call; a round trip between processes
+/// on two idle processors takes about a microsecond, several times less
+/// than over a socket. A message is encoded, copied into the ring, copied
+/// out, and decoded. Encoding is the cost to watch for bulk data:
+/// `Vec<u8>` goes through serde one byte at a time, while a type that
+/// serializes as a byte string (`serde_bytes::ByteBuf`, or a newtype whose
+/// `Serialize` calls `serialize_bytes`) is copied whole, about ten times
+/// faster.
 ///
 /// # Examples
 ///
