@@ -14,10 +14,11 @@
 
 use crate::config::{Config, Hook};
 use crate::error::{Cause, Error, Failure, Result};
-use crate::runtime::{self, HookMark, Init, Plan, STATUS_HOOK, STATUS_RUN, STATUS_WORDS};
+use crate::runtime::{self, Init, Plan, STATUS_WORDS};
 use crate::spawn::{self, Spawned};
-use crate::sys::{self, mem::SharedWords, proc::ExitStatus};
+use crate::sys::{self, mem::SharedWords};
 use crate::timers::{Timer, Timers};
+use crate::watch::{self, Deadlines, Overrun};
 use crate::wire::{self, kind, Encoded, Frame, Reader, Writer};
 use crate::Process;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -444,14 +445,10 @@ impl Supervisor {
     }
 
     fn supervise(mut self, first: Child) -> Result<Encoded> {
-        let join_deadline = self
-            .config
-            .join_in
-            .and_then(|d| self.started.checked_add(d));
         let mut attempt = 1;
         let mut child = first;
         loop {
-            let end = self.watch(&mut child, attempt, join_deadline);
+            let end = self.watch(&mut child, attempt);
             self.retire(&child);
             let killed = self.shared.killed.load(Ordering::SeqCst);
             let failure = match end {
@@ -491,41 +488,16 @@ impl Supervisor {
         c.pidfd = None;
     }
 
-    /// Where the child was when it died, from its status page.
-    fn position(&self, child: &Child) -> (Option<Hook>, Option<u64>) {
-        let w = child.status.words();
-        let hook = w[STATUS_HOOK].load(Ordering::Relaxed);
-        let run = w[STATUS_RUN].load(Ordering::Relaxed);
-        match hook.checked_sub(1).and_then(Hook::from_index) {
-            Some(h) => (Some(h), Some(run)),
-            None => (None, None),
-        }
-    }
-
-    fn watch(&self, child: &mut Child, attempt: u32, join_deadline: Option<Instant>) -> End {
-        let mut hook_deadline: Option<(Instant, Hook, u64, Duration)> = None;
+    fn watch(&self, child: &mut Child, attempt: u32) -> End {
+        let mut deadlines = Deadlines::new(&self.config, self.started);
         let mut outcome: Option<End> = None;
         loop {
-            let deadline = match (hook_deadline.map(|h| h.0), join_deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            match child.reader.read(deadline) {
+            match child.reader.read(deadlines.next()) {
+                Ok(Some(frame)) if deadlines.on_frame(&frame) => {}
                 Ok(Some(frame)) => match frame.kind {
                     kind::TELL => {
                         let _ = self.inbox.send(frame);
                     }
-                    kind::HOOK_START => {
-                        if let Ok((h, run)) = frame.decode::<HookMark>() {
-                            if let Some(hook) = Hook::from_index(h as u64) {
-                                if let Some(limit) = self.config.timeouts[hook.index()] {
-                                    let at = Instant::now().checked_add(limit);
-                                    hook_deadline = at.map(|at| (at, hook, run, limit));
-                                }
-                            }
-                        }
-                    }
-                    kind::HOOK_END => hook_deadline = None,
                     kind::DONE => {
                         outcome = Some(End::Done(Encoded {
                             bytes: frame.payload,
@@ -546,47 +518,55 @@ impl Supervisor {
                     other => {
                         let cause =
                             Cause::Crashed(format!("the child sent an unknown frame kind {other}"));
-                        self.kill_and_reap(child);
+                        watch::kill_and_reap(child.pid, &child.pidfd);
                         return End::Failed(self.failure(attempt, None, None, cause));
                     }
                 },
                 Ok(None) => {
-                    let now = Instant::now();
-                    let (hook, run) = self.position(child);
-                    self.kill_and_reap(child);
-                    if join_deadline.is_some_and(|d| now >= d) {
-                        let limit = self.config.join_in.unwrap_or_default();
-                        return End::Final(self.failure(
-                            attempt,
+                    let Some(overrun) = deadlines.overrun(Instant::now()) else {
+                        continue;
+                    };
+                    let (hook, run) = watch::position(&child.status);
+                    watch::kill_and_reap(child.pid, &child.pidfd);
+                    match overrun {
+                        Overrun::Join(limit) => {
+                            return End::Final(self.failure(
+                                attempt,
+                                hook,
+                                run,
+                                Cause::JoinTimeout(limit),
+                            ))
+                        }
+                        Overrun::Hook {
                             hook,
                             run,
-                            Cause::JoinTimeout(limit),
-                        ));
+                            limit,
+                            ran,
+                        } => {
+                            // The killed call never returned to be timed:
+                            // count it with the time it had run.
+                            self.shared
+                                .past_timers
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get_mut(hook)
+                                .record(ran);
+                            return End::Failed(self.failure(
+                                attempt,
+                                Some(hook),
+                                Some(run),
+                                Cause::HookTimeout(limit),
+                            ));
+                        }
                     }
-                    let (at, hook, run, limit) =
-                        hook_deadline.expect("woke up with no deadline armed");
-                    // The killed call never returned to be timed: count it
-                    // with the time it had run.
-                    let ran = now.saturating_duration_since(at.checked_sub(limit).unwrap_or(at));
-                    self.shared
-                        .past_timers
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get_mut(hook)
-                        .record(ran);
-                    return End::Failed(self.failure(
-                        attempt,
-                        Some(hook),
-                        Some(run),
-                        Cause::HookTimeout(limit),
-                    ));
                 }
                 Err(Error::Disconnected) => {
-                    let status = reap(child);
+                    let status =
+                        watch::reap_exiting(child.pid, &child.pidfd, Duration::from_secs(2));
                     if let Some(end) = outcome {
                         return end;
                     }
-                    let (hook, run) = self.position(child);
+                    let (hook, run) = watch::position(&child.status);
                     let what = match status {
                         Ok(s) => s.to_string(),
                         Err(e) => format!("could not be reaped: {e}"),
@@ -599,29 +579,12 @@ impl Supervisor {
                     ));
                 }
                 Err(e) => {
-                    let (hook, run) = self.position(child);
-                    self.kill_and_reap(child);
+                    let (hook, run) = watch::position(&child.status);
+                    watch::kill_and_reap(child.pid, &child.pidfd);
                     let cause = Cause::Crashed(format!("the child broke the protocol: {e}"));
                     return End::Failed(self.failure(attempt, hook, run, cause));
                 }
             }
         }
     }
-
-    fn kill_and_reap(&self, child: &Child) {
-        let _ = sys::proc::pidfd_signal(&child.pidfd, libc::SIGKILL);
-        let _ = sys::proc::wait(child.pid);
-    }
-}
-
-/// Reaps a child whose control socket has closed: it is exiting, but give
-/// it a moment, then kill it (a child that closed descriptor 3 on purpose
-/// and kept running must not hang its parent).
-fn reap(child: &Child) -> std::io::Result<ExitStatus> {
-    use std::os::fd::AsFd;
-    let deadline = Instant::now() + Duration::from_secs(2);
-    if !sys::sock::wait_readable(child.pidfd.as_fd(), Some(deadline))? {
-        sys::proc::pidfd_signal(&child.pidfd, libc::SIGKILL)?;
-    }
-    sys::proc::wait(child.pid)
 }

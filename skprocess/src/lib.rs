@@ -75,17 +75,20 @@
 mod config;
 mod error;
 mod handle;
+mod pool;
 mod process;
 mod runtime;
 mod spawn;
 #[allow(unsafe_code)]
 mod sys;
 mod timers;
+mod watch;
 mod wire;
 
 pub use config::{Config, Hook};
 pub use error::{BoxError, Cause, Error, Failure, HookResult, Result};
 pub use handle::Handle;
+pub use pool::{Imap, Pool};
 pub use process::Process;
 pub use runtime::Ctx;
 pub use skprocess_derive::Process;
@@ -96,7 +99,8 @@ pub use wire::Json;
 /// `use skprocess::prelude::*;` brings in everything a process needs.
 pub mod prelude {
     pub use crate::{
-        BoxError, Config, Ctx, Error, Handle, Hook, HookResult, Process, Result, Timer, Timers,
+        BoxError, Config, Ctx, Error, Handle, Hook, HookResult, Pool, Process, Result, Timer,
+        Timers,
     };
 }
 

@@ -67,6 +67,8 @@ pub(crate) enum Init {
         plan: Plan,
         state: Vec<u8>,
     },
+    /// Serve a pool: run the items and calls that arrive, until end of file.
+    Worker {},
 }
 
 /// A timed hook starting or ending: `(hook index, run index)`.
@@ -197,7 +199,7 @@ impl Ctx {
 // Panics inside hooks become errors with their message and location.
 
 thread_local! {
-    static IN_HOOK: Cell<bool> = const { Cell::new(false) };
+    pub(crate) static IN_HOOK: Cell<bool> = const { Cell::new(false) };
     static PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
@@ -220,6 +222,18 @@ fn install_panic_hook() {
             previous(info);
         }
     }));
+}
+
+/// The message of a panic caught while `IN_HOOK` was set: the one the hook
+/// recorded (with its location), else the payload's text.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panicked".into())
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -273,15 +287,7 @@ impl Runner<'_> {
                 return Ok(());
             }
             Ok(Err(e)) => Cause::Returned(chain(&*e)),
-            Err(payload) => {
-                Cause::Panicked(PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| {
-                    payload
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| payload.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "panicked".into())
-                }))
-            }
+            Err(payload) => Cause::Panicked(panic_message(&*payload)),
         };
         Err(self.failure(Some(hook), Some(run), cause))
     }
@@ -435,6 +441,7 @@ pub(crate) fn child_main(control: OwnedFd) -> ! {
             };
             send_outcome(&link, outcome)
         }
+        Init::Worker {} => crate::pool::worker::serve(&link, fds),
     };
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();

@@ -46,6 +46,13 @@ pub(crate) mod kind {
     pub(crate) const DONE: u8 = 18;
     /// Child → parent: a hook failed (`Failure`).
     pub(crate) const FAILED: u8 = 19;
+    /// Parent → pool worker: process items to run, each answered with
+    /// `DONE` or `FAILED` (layout in `pool::batch`).
+    pub(crate) const POOL_ITEMS: u8 = 32;
+    /// Parent → pool worker: a batch of `map_fn` calls.
+    pub(crate) const POOL_CALLS: u8 = 33;
+    /// Pool worker → parent: the results of one `POOL_CALLS` batch.
+    pub(crate) const POOL_RESULTS: u8 = 34;
 }
 
 /// One frame read off a socket.

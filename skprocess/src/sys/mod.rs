@@ -10,6 +10,7 @@
 //! `PR_SET_PDEATHSIG` and `.init_array`.
 
 pub(crate) mod boot;
+pub(crate) mod code;
 pub(crate) mod mem;
 pub(crate) mod proc;
 pub(crate) mod sock;
