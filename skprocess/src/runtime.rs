@@ -37,6 +37,8 @@ const STATUS_HEADER: usize = 8;
 pub(crate) const STATUS_HOOK: usize = 1;
 /// The current iteration.
 pub(crate) const STATUS_RUN: usize = 2;
+/// In a pool worker: the items and batches begun so far.
+pub(crate) const STATUS_BEGUN: usize = 3;
 
 /// The timer words of `hook` in a status page.
 pub(crate) fn timer_words(

@@ -19,7 +19,7 @@ use super::batch::{self, ItemsHead};
 use super::task::{Calls, Job, JobKind, Task, Unit, CALL_TRIES};
 use crate::config::Hook;
 use crate::error::{Cause, Error, Failure, Result};
-use crate::runtime::{Init, Plan, STATUS_WORDS};
+use crate::runtime::{Init, Plan, STATUS_BEGUN, STATUS_WORDS};
 use crate::spawn;
 use crate::sys::{self, mem::SharedWords};
 use crate::watch::{self, Deadlines, Overrun};
@@ -52,6 +52,8 @@ pub(crate) struct Worker {
     reader: Reader,
     writer: Writer,
     status: SharedWords,
+    /// Items and batches it has answered.
+    answered: u64,
 }
 
 impl Worker {
@@ -72,6 +74,7 @@ impl Worker {
             reader,
             writer,
             status,
+            answered: 0,
         })
     }
 
@@ -91,6 +94,11 @@ impl Worker {
         } = self;
         drop((reader, writer));
         let _ = watch::reap_exiting(pid, &pidfd, EXIT_GRACE);
+    }
+
+    /// Whether it had begun the item or batch it was to answer next.
+    fn began_next(&self) -> bool {
+        self.status.words()[STATUS_BEGUN].load(std::sync::atomic::Ordering::Relaxed) > self.answered
     }
 
     fn has_exited(&self) -> bool {
@@ -330,6 +338,10 @@ impl Manager {
                 Ok(Some(f)) => return Wake::Frame(f),
                 Ok(None) => continue,
                 Err(Error::Disconnected) => return Wake::Closed,
+                // Unread data was sent to a worker as it died.
+                Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return Wake::Closed
+                }
                 Err(e) => return Wake::Broken(e),
             }
         }
@@ -337,6 +349,11 @@ impl Manager {
 
     fn on_frame(&mut self, frame: Frame) {
         let now = Instant::now();
+        if matches!(frame.kind, kind::DONE | kind::FAILED | kind::POOL_RESULTS) {
+            if let Some(w) = &mut self.worker {
+                w.answered += 1;
+            }
+        }
         if let Some(d) = self.head.as_mut().and_then(|h| h.deadlines.as_mut()) {
             if d.on_frame(&frame) {
                 return;
@@ -412,6 +429,9 @@ impl Manager {
     fn lose_worker(&mut self, overrun: Option<Overrun>, what: String) {
         let Some(w) = self.worker.take() else { return };
         let (hook, run) = watch::position(&w.status);
+        // A worker that died before it began the head (killed from outside
+        // while idle) costs nobody a life.
+        let charge = overrun.is_some() || w.began_next();
         let what = if overrun.is_none() && what.is_empty() {
             drop((w.reader, w.writer));
             match watch::reap_exiting(w.pid, &w.pidfd, EXIT_GRACE) {
@@ -426,51 +446,68 @@ impl Manager {
         self.head = None;
         self.long = true;
         let mut flights = std::mem::take(&mut self.flights);
-        let mut retry = VecDeque::new();
-        match flights.pop_front() {
-            Some(Flight::Items { job, mut units }) => {
-                let mut unit = units.pop_front().expect("an items flight is never empty");
-                let (hook, run, cause, last) = match overrun {
-                    Some(Overrun::Join(limit)) => (hook, run, Cause::JoinTimeout(limit), true),
-                    Some(Overrun::Hook {
-                        hook, run, limit, ..
-                    }) => (Some(hook), Some(run), Cause::HookTimeout(limit), false),
-                    None => (hook, run, Cause::Crashed(what), false),
-                };
-                let f = job.failure(unit.index, unit.attempt, hook, run, cause);
-                if last || unit.attempt >= f.lives {
-                    unit.answer(Err(Error::Process(Box::new(f))), Duration::ZERO);
-                } else {
-                    unit.attempt += 1;
-                    units.push_front(unit);
-                }
-                if !units.is_empty() {
-                    retry.push_back(Flight::Items { job, units });
-                }
+        // The replacement starts before anyone hears of the loss, so the
+        // pool keeps its size even when nothing is left to run; if it cannot
+        // start, the next task tries again (and fails with the reason if it
+        // still cannot).
+        let _ = self.worker();
+        if charge {
+            let rest = flights
+                .pop_front()
+                .and_then(|head| charge_head(head, overrun, hook, run, what));
+            if let Some(rest) = rest {
+                flights.push_front(rest);
             }
-            Some(Flight::Calls(mut c)) => {
-                c.tries += 1;
-                if c.tries >= CALL_TRIES {
-                    let mut f = c.job.failure(
-                        c.start,
-                        c.tries,
-                        Some(Hook::Run),
-                        None,
-                        Cause::Crashed(what),
-                    );
-                    f.process = format!("{} items #{}..{}", c.job.name, c.start, c.start + c.count);
-                    c.answer(Err(Error::Process(Box::new(f))));
-                } else {
-                    retry.push_back(Flight::Calls(c));
-                }
-            }
-            None => {}
         }
-        retry.extend(flights);
-        for flight in retry {
+        for flight in flights {
             if !flight_job(&flight).is_cancelled() {
                 self.send(flight);
             }
+        }
+    }
+}
+
+/// Charges the head of a lost worker's queue a life (a try, for calls):
+/// answers it if that was its last, and returns what of its task is left to
+/// run again.
+fn charge_head(
+    head: Flight,
+    overrun: Option<Overrun>,
+    hook: Option<Hook>,
+    run: Option<u64>,
+    what: String,
+) -> Option<Flight> {
+    match head {
+        Flight::Items { job, mut units } => {
+            let mut unit = units.pop_front().expect("an items flight is never empty");
+            let (hook, run, cause, last) = match overrun {
+                Some(Overrun::Join(limit)) => (hook, run, Cause::JoinTimeout(limit), true),
+                Some(Overrun::Hook {
+                    hook, run, limit, ..
+                }) => (Some(hook), Some(run), Cause::HookTimeout(limit), false),
+                None => (hook, run, Cause::Crashed(what), false),
+            };
+            let f = job.failure(unit.index, unit.attempt, hook, run, cause);
+            if last || unit.attempt >= f.lives {
+                unit.answer(Err(Error::Process(Box::new(f))), Duration::ZERO);
+            } else {
+                unit.attempt += 1;
+                units.push_front(unit);
+            }
+            (!units.is_empty()).then_some(Flight::Items { job, units })
+        }
+        Flight::Calls(mut c) => {
+            c.tries += 1;
+            if c.tries < CALL_TRIES {
+                return Some(Flight::Calls(c));
+            }
+            let cause = Cause::Crashed(what);
+            let mut f = c
+                .job
+                .failure(c.start, c.tries, Some(Hook::Run), None, cause);
+            f.process = format!("{} items #{}..{}", c.job.name, c.start, c.start + c.count);
+            c.answer(Err(Error::Process(Box::new(f))));
+            None
         }
     }
 }

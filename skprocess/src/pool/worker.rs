@@ -11,7 +11,7 @@
 
 use super::batch::{self, Parts};
 use crate::error::{Cause, Failure};
-use crate::runtime::{self, Ctx, Link, Plan, STATUS_HOOK, STATUS_RUN, STATUS_WORDS};
+use crate::runtime::{self, Ctx, Link, Plan, STATUS_BEGUN, STATUS_HOOK, STATUS_RUN, STATUS_WORDS};
 use crate::spawn::{self, RunArgs};
 use crate::sys::{self, mem::SharedWords};
 use crate::wire::{kind, Frame};
@@ -32,7 +32,7 @@ pub(crate) fn serve(link: &Arc<Link>, mut fds: Vec<OwnedFd>) -> i32 {
     while let Ok(frame) = link.others.recv() {
         let done = match frame.kind {
             kind::POOL_ITEMS => run_items(link, &status, frame),
-            kind::POOL_CALLS => run_calls(link, frame),
+            kind::POOL_CALLS => run_calls(link, &status, frame),
             other => Err(format!("unknown frame kind {other}")),
         };
         if let Err(msg) = done {
@@ -61,6 +61,7 @@ fn run_items(link: &Arc<Link>, status: &SharedWords, frame: Frame) -> Result<(),
         let words = status.words();
         words[STATUS_HOOK].store(0, Ordering::Relaxed);
         words[STATUS_RUN].store(0, Ordering::Relaxed);
+        begin(status);
         let outcome = match entry {
             Some(entry) => {
                 let mut ctx = Ctx::new(link.clone(), &plan);
@@ -91,8 +92,15 @@ fn run_items(link: &Arc<Link>, status: &SharedWords, frame: Frame) -> Result<(),
     Ok(())
 }
 
-fn run_calls(link: &Arc<Link>, frame: Frame) -> Result<(), String> {
+/// Counts one more item or batch begun: if this worker dies, the parent
+/// knows whether the one it was waiting for had started.
+fn begin(status: &SharedWords) {
+    status.words()[STATUS_BEGUN].fetch_add(1, Ordering::Relaxed);
+}
+
+fn run_calls(link: &Arc<Link>, status: &SharedWords, frame: Frame) -> Result<(), String> {
     let (offset, input) = batch::split_u64(&frame.payload).map_err(|e| e.to_string())?;
+    begin(status);
     let call = sys::code::entry_at(offset);
     // The first 8 bytes become the time the batch took.
     let mut out = vec![0u8; 8];
