@@ -527,3 +527,6 @@ where
         (have, if more { None } else { Some(have) })
     }
 }
+
+#[cfg(test)]
+mod test;
