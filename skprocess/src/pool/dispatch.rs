@@ -295,6 +295,9 @@ pub(crate) struct Args<I> {
     next: usize,
     scratch: Vec<u8>,
     carry: Option<(usize, Vec<u8>, Vec<OwnedFd>)>,
+    /// Encoded bytes per item so far, to size a task's buffer up front
+    /// (growing a large buffer remaps it, which is costly with threads).
+    bytes_per_item: usize,
 }
 
 impl<I> Args<I> {
@@ -305,6 +308,7 @@ impl<I> Args<I> {
             next: 0,
             scratch: Vec::new(),
             carry: None,
+            bytes_per_item: 16,
         }
     }
 }
@@ -315,7 +319,12 @@ where
     I::Item: Serialize,
 {
     fn next_task(&mut self, job: &Arc<Job>, size: usize, early: &mut VecDeque<Reply>) -> Step {
-        let mut payload = self.entry.to_le_bytes().to_vec();
+        let mut payload = Vec::with_capacity(
+            8 + size
+                .saturating_mul(self.bytes_per_item)
+                .min(MAX_BYTES + 1024),
+        );
+        payload.extend_from_slice(&self.entry.to_le_bytes());
         let mut fds: Vec<OwnedFd> = Vec::new();
         let mut start = None;
         let mut count = 0;
@@ -356,6 +365,7 @@ where
         }
         match start {
             Some(start) => {
+                self.bytes_per_item = (payload.len() - 8).div_ceil(count.max(1)).max(1);
                 let calls = Calls::new(
                     job.clone(),
                     start,

@@ -234,8 +234,9 @@ impl Pool {
         P: Process,
         I: IntoIterator<Item = P>,
     {
-        let mut run = self.start_items::<P, _>(items.into_iter());
-        let mut out: Vec<Option<P>> = Vec::new();
+        let items = items.into_iter();
+        let mut out: Vec<Option<P>> = Vec::with_capacity(items.size_hint().0);
+        let mut run = self.start_items::<P, _>(items);
         let mut first_err: Option<(usize, Error)> = None;
         while let Some(reply) = run.next_reply() {
             let (index, result) = decode_item::<P>(reply);
@@ -379,8 +380,9 @@ impl Pool {
         let _ = f;
         let entry = sys::code::entry_offset(batch::call_batch::<A, R, F>);
         let name = format!("map_fn({})", std::any::type_name::<F>());
-        let mut run = self.start(name, JobKind::Calls, Args::new(items.into_iter(), entry));
-        let mut out: Vec<Option<R>> = Vec::new();
+        let items = items.into_iter();
+        let mut out: Vec<Option<R>> = Vec::with_capacity(items.size_hint().0);
+        let mut run = self.start(name, JobKind::Calls, Args::new(items, entry));
         let mut first_err: Option<(usize, Error)> = None;
         let mut fail = |index: usize, e: Error| {
             if first_err.as_ref().map_or(true, |(i, _)| index < *i) {

@@ -103,7 +103,8 @@ fn run_calls(link: &Arc<Link>, status: &SharedWords, frame: Frame) -> Result<(),
     begin(status);
     let call = sys::code::entry_at(offset);
     // The first 8 bytes become the time the batch took.
-    let mut out = vec![0u8; 8];
+    let mut out = Vec::with_capacity(8 + input.len() + input.len() / 2);
+    out.extend_from_slice(&[0u8; 8]);
     let mut out_fds = Vec::new();
     let t0 = Instant::now();
     call(input, frame.fds, &mut out, &mut out_fds);
