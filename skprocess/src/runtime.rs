@@ -428,18 +428,15 @@ pub(crate) fn child_main(control: OwnedFd) -> ! {
             let outcome = match spawn::find(&type_id) {
                 Some(entry) => {
                     let mut ctx = Ctx::new(link.clone(), &plan);
-                    (entry.run)(RunArgs { ctx: &mut ctx, plan: &plan, status: &status, state: &state, fds })
+                    (entry.run)(RunArgs {
+                        ctx: &mut ctx,
+                        plan: &plan,
+                        status: &status,
+                        state: &state,
+                        fds,
+                    })
                 }
-                None => Err(Failure {
-                    process: type_id.split('@').next().unwrap_or(&type_id).to_string(),
-                    hook: None,
-                    run: None,
-                    attempt: plan.attempt,
-                    lives: plan.lives,
-                    cause: Cause::Codec(
-                        "the child binary has no such process type registered (was the binary replaced?)".into(),
-                    ),
-                }),
+                None => Err(unregistered(&type_id, &plan)),
             };
             send_outcome(&link, outcome)
         }
@@ -448,6 +445,21 @@ pub(crate) fn child_main(control: OwnedFd) -> ! {
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     std::process::exit(code)
+}
+
+/// The failure of a value whose type this binary does not have.
+pub(crate) fn unregistered(type_id: &str, plan: &Plan) -> Failure {
+    Failure {
+        process: type_id.split('@').next().unwrap_or(type_id).to_string(),
+        hook: None,
+        run: None,
+        attempt: plan.attempt,
+        lives: plan.lives,
+        cause: Cause::Codec(
+            "the child binary has no such process type registered (was the binary replaced?)"
+                .into(),
+        ),
+    }
 }
 
 /// Sends the final state (`DONE`) or the failure (`FAILED`); returns the

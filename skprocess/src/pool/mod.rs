@@ -235,31 +235,13 @@ impl Pool {
         I: IntoIterator<Item = P>,
     {
         let items = items.into_iter();
-        let mut out: Vec<Option<P>> = Vec::with_capacity(items.size_hint().0);
+        let mut out = InOrder::with_capacity(items.size_hint().0);
         let mut run = self.start_items::<P, _>(items);
-        let mut first_err: Option<(usize, Error)> = None;
         while let Some(reply) = run.next_reply() {
             let (index, result) = decode_item::<P>(reply);
-            match result {
-                Ok(p) => {
-                    if out.len() <= index {
-                        out.resize_with(index + 1, || None);
-                    }
-                    out[index] = Some(p);
-                }
-                Err(e) => {
-                    if first_err.as_ref().map_or(true, |(i, _)| index < *i) {
-                        first_err = Some((index, e));
-                    }
-                }
-            }
+            out.put(index, result);
         }
-        if let Some((_, e)) = first_err {
-            return Err(e);
-        }
-        out.into_iter()
-            .collect::<Option<Vec<P>>>()
-            .ok_or_else(|| Error::Wire("a pool item was never answered".into()))
+        out.finish()
     }
 
     /// Like [`map`](Pool::map), but returns the final states in the order
@@ -381,52 +363,78 @@ impl Pool {
         let entry = sys::code::entry_offset(batch::call_batch::<A, R, F>);
         let name = format!("map_fn({})", std::any::type_name::<F>());
         let items = items.into_iter();
-        let mut out: Vec<Option<R>> = Vec::with_capacity(items.size_hint().0);
+        let mut out = InOrder::with_capacity(items.size_hint().0);
         let mut run = self.start(name, JobKind::Calls, Args::new(items, entry));
-        let mut first_err: Option<(usize, Error)> = None;
-        let mut fail = |index: usize, e: Error| {
-            if first_err.as_ref().map_or(true, |(i, _)| index < *i) {
-                first_err = Some((index, e));
-            }
-        };
         while let Some(reply) = run.next_reply() {
             match reply {
                 Reply::Item { index, result, .. } => {
-                    if let Err(e) = result {
-                        fail(index, e);
-                    }
+                    // Only arguments that could not be encoded come back so.
+                    let e = result.err().unwrap_or_else(|| {
+                        Error::Wire("a map_fn item was answered as a process item".into())
+                    });
+                    out.put(index, Err(e));
                 }
                 Reply::Calls {
                     start,
                     count,
                     result,
                 } => {
-                    let results = result.and_then(|payload| {
+                    match result.and_then(|payload| {
                         dispatch::results::<R>(run.job(), start, count, payload)
-                    });
-                    match results {
+                    }) {
                         Ok(results) => {
-                            if out.len() < start + count {
-                                out.resize_with(start + count, || None);
-                            }
                             for (i, r) in results.into_iter().enumerate() {
-                                match r {
-                                    Ok(v) => out[start + i] = Some(v),
-                                    Err(e) => fail(start + i, e),
-                                }
+                                out.put(start + i, r);
                             }
                         }
-                        Err(e) => fail(start, e),
+                        Err(e) => out.put(start, Err(e)),
                     }
                 }
             }
         }
-        if let Some((_, e)) = first_err {
+        out.finish()
+    }
+}
+
+/// Results gathered into input order, keeping the error of the first item
+/// (in input order) that failed.
+struct InOrder<T> {
+    out: Vec<Option<T>>,
+    first_err: Option<(usize, Error)>,
+}
+
+impl<T> InOrder<T> {
+    fn with_capacity(n: usize) -> Self {
+        InOrder {
+            out: Vec::with_capacity(n),
+            first_err: None,
+        }
+    }
+
+    fn put(&mut self, index: usize, result: Result<T>) {
+        match result {
+            Ok(v) => {
+                if self.out.len() <= index {
+                    self.out.resize_with(index + 1, || None);
+                }
+                self.out[index] = Some(v);
+            }
+            Err(e) => {
+                if self.first_err.as_ref().map_or(true, |(i, _)| index < *i) {
+                    self.first_err = Some((index, e));
+                }
+            }
+        }
+    }
+
+    fn finish(self) -> Result<Vec<T>> {
+        if let Some((_, e)) = self.first_err {
             return Err(e);
         }
-        out.into_iter()
-            .collect::<Option<Vec<R>>>()
-            .ok_or_else(|| Error::Wire("a map_fn item was never answered".into()))
+        self.out
+            .into_iter()
+            .collect::<Option<Vec<T>>>()
+            .ok_or_else(|| Error::Wire("a pool item was never answered".into()))
     }
 }
 

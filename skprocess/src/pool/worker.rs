@@ -10,7 +10,6 @@
 //! (the control thread exits), whatever it is doing.
 
 use super::batch::{self, Parts};
-use crate::error::{Cause, Failure};
 use crate::runtime::{self, Ctx, Link, Plan, STATUS_BEGUN, STATUS_HOOK, STATUS_RUN, STATUS_WORDS};
 use crate::spawn::{self, RunArgs};
 use crate::sys::{self, mem::SharedWords};
@@ -73,19 +72,7 @@ fn run_items(link: &Arc<Link>, status: &SharedWords, frame: Frame) -> Result<(),
                     fds: part.fds,
                 })
             }
-            None => Err(Failure {
-                process: head
-                    .type_id
-                    .split('@')
-                    .next()
-                    .unwrap_or(&head.type_id)
-                    .to_string(),
-                hook: None,
-                run: None,
-                attempt: plan.attempt,
-                lives: plan.lives,
-                cause: Cause::Codec("the worker binary has no such process type registered".into()),
-            }),
+            None => Err(runtime::unregistered(&head.type_id, &plan)),
         };
         runtime::send_outcome(link, outcome);
     }
