@@ -633,3 +633,49 @@ fn a_pool_needs_a_worker() {
     let err = Pool::new(0).unwrap_err();
     assert!(matches!(err, Error::Usage(_)), "{err:?}");
 }
+
+#[derive(Process, Serialize, Deserialize, Clone, Debug)]
+#[process(runs = 1)]
+struct Big {
+    data: Vec<u8>,
+    sum: u64,
+}
+
+impl Process for Big {
+    fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        self.sum = self.data.iter().map(|&b| b as u64).sum();
+        self.data.reverse();
+        Ok(())
+    }
+}
+
+#[test]
+fn large_items_travel_whole() {
+    watchdog();
+    let pool = Pool::new(2).unwrap();
+    let items: Vec<Big> = (0..4u8)
+        .map(|i| Big {
+            data: (0..12 << 20).map(|j: u32| (j as u8) ^ i).collect(),
+            sum: 0,
+        })
+        .collect();
+    let sums: Vec<u64> = items
+        .iter()
+        .map(|b| b.data.iter().map(|&x| x as u64).sum())
+        .collect();
+    let done = pool.map(items).unwrap();
+    for (i, (d, s)) in done.iter().zip(&sums).enumerate() {
+        assert_eq!(d.sum, *s);
+        assert_eq!(d.data.len(), 12 << 20);
+        // Reversed in the worker: the last byte of the input comes first.
+        assert_eq!(d.data[0], ((12u32 << 20) - 1) as u8 ^ i as u8);
+    }
+    let v: Vec<Vec<u8>> = pool
+        .map_fn(
+            |v: Vec<u8>| v.into_iter().rev().collect(),
+            vec![vec![1u8; 9 << 20], vec![2u8, 3]],
+        )
+        .unwrap();
+    assert_eq!(v[0].len(), 9 << 20);
+    assert_eq!(v[1], [3, 2]);
+}
