@@ -11,9 +11,10 @@
 //!
 //! Hook timeouts are armed from the worker's `HOOK_START` / `HOOK_END` marks,
 //! as a process handle does ([`Deadlines`]). When the worker overruns, dies,
-//! or breaks the protocol, the manager kills and reaps it, charges the head
-//! a life (or a try, for `map_fn` calls), hands the rest of the queue
-//! unchanged to a fresh worker, and goes on.
+//! or breaks the protocol, the manager kills and reaps it, starts a fresh
+//! one, charges the head a life (a try, for `map_fn` calls) if the worker
+//! had begun it (it counts what it begins in its status page), and hands the
+//! rest of the queue unchanged to the fresh worker.
 
 use super::batch::{self, ItemsHead};
 use super::task::{Calls, Job, JobKind, Task, Unit, CALL_TRIES};

@@ -51,6 +51,21 @@ const CAPTURING_CLOSURE: &str =
 /// Every method takes `&self`: a pool can be shared between threads, and
 /// several maps may run on it at once.
 ///
+/// # Items in a pool
+///
+/// Each item runs its whole lifecycle in a worker with a fresh [`Ctx`](crate::Ctx),
+/// as in a child of its own: `runs`, `lives`, hook timeouts and `join_in`
+/// come from its type's `#[process(...)]`. A lost life restarts the item
+/// from its initial state: in the same worker after a hook returned `Err`
+/// or panicked, in a fresh worker after a crash or a timeout. Nobody
+/// listens to a pool item: what it `tell`s is dropped and `listen` never
+/// receives anything.
+///
+/// While items are short, a worker holds the next task while it runs one,
+/// so it never waits for work; an item that then turns out to run long
+/// keeps that one task waiting (at most one, and only until it ends or
+/// times out).
+///
 /// # Examples
 ///
 /// ```
