@@ -273,3 +273,46 @@ fn a_task_never_holds_more_descriptors_than_a_frame_can_carry() {
     );
     assert!(early.is_empty());
 }
+
+#[test]
+fn a_worker_answering_the_wrong_number_of_results_is_an_error() {
+    use super::dispatch::results;
+    use super::task::{Job, JobKind};
+    let (replies, _rx) = crossbeam_channel::unbounded();
+    let job = Job {
+        name: "map_fn(test)".into(),
+        kind: JobKind::Calls,
+        replies,
+        cancelled: Default::default(),
+    };
+    let mut payload = 0u64.to_le_bytes().to_vec();
+    let mut scratch = Vec::new();
+    batch::encode_reusing(&mut scratch, &7u32).unwrap();
+    batch::push_part(&mut payload, batch::TAG_OK, &scratch, 0);
+    batch::push_part(&mut payload, batch::TAG_PANICKED, b"boom", 0);
+    let enc = |bytes: &[u8]| crate::wire::Encoded {
+        bytes: bytes.to_vec(),
+        fds: vec![],
+    };
+
+    let r = results::<u32>(&job, 10, 2, enc(&payload)).unwrap();
+    assert_eq!(*r[0].as_ref().unwrap(), 7);
+    let e = r[1].as_ref().unwrap_err();
+    assert!(e.is_panic() && e.to_string().contains("item #11"), "{e}");
+
+    for (count, bytes) in [
+        (3, &payload[..]),
+        (1, &payload[..]),
+        (2, &payload[..payload.len() - 1]),
+        (2, &payload[..4]),
+    ] {
+        assert!(
+            results::<u32>(&job, 0, count, enc(bytes)).is_err(),
+            "{count} {}",
+            bytes.len()
+        );
+    }
+    // A result that does not decode as the asked type fails that item only.
+    let r = results::<String>(&job, 0, 2, enc(&payload)).unwrap();
+    assert!(r[0].is_err());
+}
