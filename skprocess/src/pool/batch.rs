@@ -48,9 +48,11 @@ pub(crate) struct ItemsHead {
 /// Appends one part to a batch.
 pub(crate) fn push_part(out: &mut Vec<u8>, tag: u8, bytes: &[u8], nfds: usize) {
     debug_assert!(nfds <= sys::sock::MAX_FDS);
-    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-    out.push(tag);
-    out.push(nfds as u8);
+    let mut head = [0u8; PART_HEADER];
+    head[..4].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+    head[4] = tag;
+    head[5] = nfds as u8;
+    out.extend_from_slice(&head);
     out.extend_from_slice(bytes);
 }
 
@@ -105,36 +107,41 @@ impl<'a> Iterator for Parts<'a> {
         if self.bytes.is_empty() {
             return None;
         }
-        let r = (|| {
-            let head = self
-                .bytes
-                .get(..PART_HEADER)
-                .ok_or_else(|| Error::Wire("a batch ends in the middle of a part header".into()))?;
-            let len = u32::from_le_bytes(head[..4].try_into().expect("four bytes")) as usize;
-            let (tag, nfds) = (head[4], head[5] as usize);
-            let bytes = self
-                .bytes
-                .get(PART_HEADER..PART_HEADER + len)
-                .ok_or_else(|| {
-                    Error::Wire(format!(
-                        "a batch part of {len} bytes runs past the end of its frame"
-                    ))
-                })?;
-            if self.fds.len() < nfds {
-                return Err(Error::Wire(format!(
-                    "a batch part needs {nfds} descriptors but only {} are left",
-                    self.fds.len()
-                )));
-            }
-            let fds = self.fds.by_ref().take(nfds).collect();
-            self.bytes = &self.bytes[PART_HEADER + len..];
-            Ok(Part { tag, bytes, fds })
-        })();
+        let r = self.read_part();
         if r.is_err() {
             // Stop at the first malformed part.
             self.bytes = &[];
         }
         Some(r)
+    }
+}
+
+impl<'a> Parts<'a> {
+    fn read_part(&mut self) -> Result<Part<'a>> {
+        let Some(head) = self.bytes.first_chunk::<PART_HEADER>() else {
+            return Err(Error::Wire(
+                "a batch ends in the middle of a part header".into(),
+            ));
+        };
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let (tag, nfds) = (head[4], head[5] as usize);
+        let Some(bytes) = self.bytes.get(PART_HEADER..PART_HEADER + len) else {
+            return Err(Error::Wire(format!(
+                "a batch part of {len} bytes runs past the end of its frame"
+            )));
+        };
+        let fds = match nfds {
+            0 => Vec::new(),
+            n if n <= self.fds.len() => self.fds.by_ref().take(n).collect(),
+            n => {
+                return Err(Error::Wire(format!(
+                    "a batch part needs {n} descriptors but only {} are left",
+                    self.fds.len()
+                )))
+            }
+        };
+        self.bytes = &self.bytes[PART_HEADER + len..];
+        Ok(Part { tag, bytes, fds })
     }
 }
 
