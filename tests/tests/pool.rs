@@ -679,3 +679,66 @@ fn large_items_travel_whole() {
     assert_eq!(v[0].len(), 9 << 20);
     assert_eq!(v[1], [3, 2]);
 }
+
+#[derive(Process, Serialize, Deserialize, Clone)]
+#[process(
+    runs = 5,
+    lives = 3,
+    timeout(run = "30s", prerun = "500ms"),
+    join_in = "10m"
+)]
+struct Squarer {
+    x: u64,
+    total: u64,
+    seen: Vec<String>,
+}
+
+impl Process for Squarer {
+    fn prerun(&mut self, ctx: &mut Ctx) -> HookResult {
+        self.seen.push(format!("prerun {}", ctx.run_index()));
+        Ok(())
+    }
+    fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        self.total += self.x * self.x;
+        Ok(())
+    }
+    fn onfinish(&mut self, _ctx: &mut Ctx) -> HookResult {
+        self.seen.push("onfinish".into());
+        Ok(())
+    }
+}
+
+/// API.md §6, as written there.
+#[test]
+fn api_section_6_as_written() -> skprocess::Result<()> {
+    watchdog();
+    let items = || {
+        (0..8).map(|x| Squarer {
+            x,
+            total: 0,
+            seen: vec![],
+        })
+    };
+    let pool = Pool::new(4)?; // Pool::default(): one worker per core
+    let done: Vec<Squarer> = pool.map(items())?; // items: IntoIterator<Item = P: Process>; input order
+    assert_eq!(
+        done.iter().map(|s| s.total).collect::<Vec<_>>(),
+        (0..8).map(|x| 5 * x * x).collect::<Vec<_>>()
+    );
+    assert_eq!(done[0].seen.len(), 6);
+    let done: Vec<Squarer> = pool.unordered_map(items())?; // completion order
+    assert_eq!(done.len(), 8);
+    let mut n = 0;
+    for r in pool.imap(items()) {
+        let p: Squarer = r?;
+        assert_eq!(p.total, 5 * n * n);
+        n += 1;
+    }
+    for r in pool.unordered_imap(items()) {
+        let p: Squarer = r?;
+        assert_eq!(p.total, 5 * p.x * p.x);
+    }
+    let doubled: Vec<u64> = pool.map_fn(|x: u64| x * 2, 0..10_000u64)?; // fn or non-capturing closure
+    assert_eq!(doubled[9_999], 19_998);
+    Ok(())
+}
