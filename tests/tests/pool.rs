@@ -742,3 +742,44 @@ fn api_section_6_as_written() -> skprocess::Result<()> {
     assert_eq!(doubled[9_999], 19_998);
     Ok(())
 }
+
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1)]
+struct Printer;
+
+impl Process for Printer {
+    fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        print!("printed by a pool item, with no newline");
+        Ok(())
+    }
+}
+
+/// Run in a copy of this test binary (so its standard output can be read):
+/// what an item printed must be written out even though the worker is
+/// ended without running its exit handlers.
+#[test]
+fn what_an_item_prints_is_written_out() {
+    const ENV: &str = "SKPROCESS_TEST_POOL_PRINTER";
+    if std::env::var_os(ENV).is_some() {
+        let pool = Pool::new(1).unwrap();
+        pool.map(vec![Printer]).unwrap();
+        return;
+    }
+    watchdog();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "what_an_item_prints_is_written_out",
+            "--test-threads",
+            "1",
+        ])
+        .env(ENV, "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("printed by a pool item, with no newline"),
+        "{stdout}"
+    );
+}

@@ -14,6 +14,7 @@ use crate::runtime::{self, Ctx, Link, Plan, STATUS_BEGUN, STATUS_HOOK, STATUS_RU
 use crate::spawn::{self, RunArgs};
 use crate::sys::{self, mem::SharedWords};
 use crate::wire::{kind, Frame};
+use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -74,9 +75,17 @@ fn run_items(link: &Arc<Link>, status: &SharedWords, frame: Frame) -> Result<(),
             }
             None => Err(runtime::unregistered(&head.type_id, &plan)),
         };
+        flush_output();
         runtime::send_outcome(link, outcome);
     }
     Ok(())
+}
+
+/// Writes out what the item printed: the worker may be ended at any moment
+/// after it answers (the pool closing), without running `exit` handlers.
+fn flush_output() {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
 }
 
 /// Counts one more item or batch begun: if this worker dies, the parent
@@ -99,6 +108,7 @@ fn run_calls(link: &Arc<Link>, status: &SharedWords, frame: Frame) -> Result<(),
     out[..8].copy_from_slice(&ns.to_le_bytes());
     let raw: Vec<_> = out_fds.iter().map(|f| f.as_raw_fd()).collect();
     // A parent that is gone ends this process through the control thread.
+    flush_output();
     let _ = link.writer.send(kind::POOL_RESULTS, &out, &raw);
     Ok(())
 }
