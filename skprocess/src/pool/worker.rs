@@ -107,8 +107,8 @@ fn run_calls(link: &Arc<Link>, status: &SharedWords, frame: Frame) -> Result<(),
     let ns = t0.elapsed().as_nanos().min(u64::MAX as u128) as u64;
     out[..8].copy_from_slice(&ns.to_le_bytes());
     let raw: Vec<_> = out_fds.iter().map(|f| f.as_raw_fd()).collect();
-    // A parent that is gone ends this process through the control thread.
     flush_output();
+    // A parent that is gone ends this process through the control thread.
     let _ = link.writer.send(kind::POOL_RESULTS, &out, &raw);
     Ok(())
 }
