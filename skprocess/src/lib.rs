@@ -77,6 +77,7 @@ mod error;
 mod handle;
 mod process;
 mod runtime;
+mod share;
 mod spawn;
 #[allow(unsafe_code)]
 mod sys;
@@ -88,6 +89,7 @@ pub use error::{BoxError, Cause, Error, Failure, HookResult, Result};
 pub use handle::Handle;
 pub use process::Process;
 pub use runtime::Ctx;
+pub use share::{Share, ShareGuard};
 pub use skprocess_derive::Process;
 pub use spawn::is_child;
 pub use timers::{Timer, Timers};
@@ -96,7 +98,8 @@ pub use wire::Json;
 /// `use skprocess::prelude::*;` brings in everything a process needs.
 pub mod prelude {
     pub use crate::{
-        BoxError, Config, Ctx, Error, Handle, Hook, HookResult, Process, Result, Timer, Timers,
+        BoxError, Config, Ctx, Error, Handle, Hook, HookResult, Process, Result, Share, Timer,
+        Timers,
     };
 }
 

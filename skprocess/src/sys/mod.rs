@@ -12,6 +12,7 @@
 pub(crate) mod boot;
 pub(crate) mod mem;
 pub(crate) mod proc;
+pub(crate) mod shm;
 pub(crate) mod sock;
 pub(crate) mod spawn;
 pub(crate) mod zst;
