@@ -137,17 +137,44 @@ fn sys_error(e: io::Error) -> Error {
     }
 }
 
+/// postcard output into a `Vec`, one `extend_from_slice` per chunk (its own
+/// `Extend` flavor goes byte by byte without optimisations).
+struct VecFlavor(Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for VecFlavor {
+    type Output = Vec<u8>;
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.0)
+    }
+}
+
 /// Encodes `value` into `buf` (cleared first).
 fn encode<T: Serialize>(value: &T, mut buf: Vec<u8>) -> Result<Vec<u8>> {
     buf.clear();
-    let enc = wire::encode_into(value, buf)?;
-    if !enc.fds.is_empty() {
-        return Err(Error::Usage(format!(
-            "cannot store a {} in a Share: it holds a Share or a pipe endpoint, which cannot live in shared memory",
-            std::any::type_name::<T>()
-        )));
+    match postcard::serialize_with_flavor(value, VecFlavor(buf)) {
+        Ok(bytes) => Ok(bytes),
+        Err(first) => {
+            // Encode again the way messages are, for its explanation of
+            // postcard's limits and to spot handles inside the value.
+            let enc = wire::encode(value)?;
+            if !enc.fds.is_empty() {
+                return Err(Error::Usage(format!(
+                    "cannot store a {} in a Share: it holds a Share or a pipe endpoint, which cannot live in \
+                     shared memory",
+                    std::any::type_name::<T>()
+                )));
+            }
+            Err(Error::Encode { type_name: std::any::type_name::<T>(), reason: first.to_string() })
+        }
     }
-    Ok(enc.bytes)
 }
 
 impl<T: Serialize + DeserializeOwned + Send + 'static> Share<T> {
