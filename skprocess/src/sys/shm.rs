@@ -48,7 +48,6 @@ use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// `b"SKSHARE1"` as a little-endian word.
@@ -206,9 +205,20 @@ struct Local<L> {
 pub(crate) struct Segment<L> {
     header: memmap2::MmapRaw,
     data_off: u64,
-    local: Mutex<Local<L>>,
+    /// Reached only through a [`Held`], that is by the one thread that
+    /// holds the segment's mutex.
+    local: UnsafeCell<Local<L>>,
     fd: OwnedFd,
 }
+
+// SAFETY: the header is shared memory accessed through atomics and pthread
+// calls, which are thread-safe; `local` is reached only through `Held`,
+// which exists only while its thread holds the process-shared mutex, so at
+// most one thread at a time touches it (moving `L` between threads needs
+// `L: Send`).
+unsafe impl<L: Send> Sync for Segment<L> {}
+// SAFETY: as above; nothing in a Segment is tied to the thread that made it.
+unsafe impl<L: Send> Send for Segment<L> {}
 
 impl<L> std::fmt::Debug for Segment<L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -236,7 +246,12 @@ impl<L> Segment<L> {
         // SAFETY: F_ADD_SEALS takes an int argument; no pointers involved.
         super::cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) })?;
         let header = memmap2::MmapOptions::new().len(page as usize).map_raw(fd.as_raw_fd())?;
-        let seg = Segment { header, data_off: page, local: Mutex::new(Local { data: None, user }), fd };
+        let mut seg = Segment { header, data_off: page, local: UnsafeCell::new(Local { data: None, user }), fd };
+        let data = map_data(seg.fd.as_fd(), page, size)?;
+        // SAFETY: slot 0's region [0, cap) lies inside the new mapping and no
+        // other process has the descriptor yet.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), data.as_mut_ptr(), bytes.len()) };
+        seg.local.get_mut().data = Some(data);
         let h = seg.header();
         // The file is fresh and zero-filled, and no other process has it yet.
         // SAFETY: the mutex lies inside the mapping, is not yet initialised
@@ -265,15 +280,7 @@ impl<L> Segment<L> {
             s.cap.store(cap, Ordering::Relaxed);
         }
         h.generation.store(0, Ordering::Relaxed);
-        {
-            let mut local = seg.local.lock().unwrap_or_else(|p| p.into_inner());
-            let data = map_data(seg.fd.as_fd(), page, size)?;
-            // SAFETY: slot 0's region [0, cap) lies inside the new mapping
-            // and no other process has the descriptor yet.
-            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), data.as_mut_ptr(), bytes.len()) };
-            h.slots[0].len.store(bytes.len() as u64, Ordering::Relaxed);
-            local.data = Some(data);
-        }
+        h.slots[0].len.store(bytes.len() as u64, Ordering::Relaxed);
         // Published last: a segment without the magic is refused.
         h.magic.store(MAGIC, Ordering::Release);
         Ok(seg)
@@ -303,7 +310,7 @@ impl<L> Segment<L> {
             return Err(corrupt("bad header size"));
         }
         let header = memmap2::MmapOptions::new().len(data_off as usize).map_raw(fd.as_raw_fd())?;
-        Ok(Segment { header, data_off, local: Mutex::new(Local { data: None, user }), fd })
+        Ok(Segment { header, data_off, local: UnsafeCell::new(Local { data: None, user }), fd })
     }
 
     fn header(&self) -> &Header {
@@ -373,11 +380,7 @@ impl<L> Segment<L> {
             libc::ENOTRECOVERABLE => return Err(corrupt("its lock is unrecoverable")),
             e => return Err(io::Error::from_raw_os_error(e)),
         };
-        let unlock = Unlock { m, _not_send: PhantomData };
-        // Every thread of this process takes `local` only while holding the
-        // pthread mutex, so this never waits.
-        let local = self.local.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(Some(Held { seg: self, local, recovered, _unlock: unlock }))
+        Ok(Some(Held { seg: self, recovered, _not_send: PhantomData }))
     }
 }
 
@@ -398,29 +401,21 @@ fn map_data(fd: BorrowedFd<'_>, data_off: u64, size: u64) -> io::Result<memmap2:
     memmap2::MmapOptions::new().offset(data_off).len(len).map_raw(fd.as_raw_fd())
 }
 
-/// Unlocks the pthread mutex when dropped. Declared last in [`Held`] so the
-/// process-local guard is released first.
-struct Unlock {
-    m: *mut libc::pthread_mutex_t,
+/// The segment's lock, held by this thread; released on drop. Not `Send`.
+pub(crate) struct Held<'a, L> {
+    seg: &'a Segment<L>,
+    recovered: bool,
     // A robust mutex must be unlocked by the thread that locked it.
     _not_send: PhantomData<*mut ()>,
 }
 
-impl Drop for Unlock {
+impl<L> Drop for Held<'_, L> {
     fn drop(&mut self) {
-        // SAFETY: this thread locked the mutex (the value exists only after a
+        // SAFETY: this thread locked the mutex (a Held exists only after a
         // successful lock and cannot leave the thread), and the header
-        // mapping outlives `Held`, which borrows the segment.
-        unsafe { libc::pthread_mutex_unlock(self.m) };
+        // mapping outlives the borrow of the segment.
+        unsafe { libc::pthread_mutex_unlock(self.seg.mutex()) };
     }
-}
-
-/// The segment's lock, held by this thread; released on drop. Not `Send`.
-pub(crate) struct Held<'a, L> {
-    seg: &'a Segment<L>,
-    local: MutexGuard<'a, Local<L>>,
-    recovered: bool,
-    _unlock: Unlock,
 }
 
 impl<L> std::fmt::Debug for Held<'_, L> {
@@ -441,9 +436,17 @@ impl<L> Held<'_, L> {
         self.seg.header().generation.load(Ordering::Acquire)
     }
 
+    fn state(&mut self) -> &mut Local<L> {
+        // SAFETY: this thread holds the segment's mutex for as long as `self`
+        // lives, and `local` is reached only through a `Held` (see the Sync
+        // impl), so this is the only reference to it; the borrow of `self`
+        // bounds the reference's life.
+        unsafe { &mut *self.seg.local.get() }
+    }
+
     /// The caller's process-local state.
     pub(crate) fn local(&mut self) -> &mut L {
-        &mut self.local.user
+        &mut self.state().user
     }
 
     /// Makes the data mapping cover the header's `size`, remapping if the
@@ -452,7 +455,7 @@ impl<L> Held<'_, L> {
         let h = self.seg.header();
         let size = h.size.load(Ordering::Acquire);
         let off = self.seg.data_off;
-        let mapped = self.local.data.as_ref().map_or(0, |d| d.len() as u64);
+        let mapped = self.state().data.as_ref().map_or(0, |d| d.len() as u64);
         if size < off || size - off != mapped {
             if size < off || size - off < mapped {
                 // The size only ever grows.
@@ -462,7 +465,7 @@ impl<L> Held<'_, L> {
                 return Err(corrupt("its size is beyond the end of its file"));
             }
             let data = map_data(self.seg.fd(), off, size)?;
-            self.local.data = Some(data);
+            self.state().data = Some(data);
         }
         Ok(size - off)
     }
@@ -484,7 +487,7 @@ impl<L> Held<'_, L> {
         let mapped = self.sync_mapping()?;
         let active = (self.generation() & 1) as usize;
         let (off, _, len) = self.slot(active, mapped)?;
-        let local = &mut *self.local;
+        let local = self.state();
         let data = local.data.as_ref().ok_or_else(|| corrupt("no data mapping"))?;
         // SAFETY: [off, off + len) lies inside the data mapping (checked by
         // `slot`), which lives as long as the returned borrow of `self`. The
@@ -539,7 +542,7 @@ impl<L> Held<'_, L> {
             }
         }
         let (off, _, _) = self.slot(target, mapped)?;
-        let data = self.local.data.as_ref().ok_or_else(|| corrupt("no data mapping"))?;
+        let data = self.state().data.as_ref().ok_or_else(|| corrupt("no data mapping"))?;
         // SAFETY: [off, off + need) lies inside the data mapping (`slot`
         // checked off + cap <= mapped, and need <= cap after growth); the
         // inactive slot is read and written only under the lock this thread
