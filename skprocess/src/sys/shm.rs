@@ -127,17 +127,20 @@ fn monotonic_now() -> libc::timespec {
 
 /// `now + d` as a normalised timespec (`0 <= tv_nsec < 1e9`), saturating at
 /// the largest representable time instead of overflowing.
+// The `i64::from`s are identities on 64-bit targets but not where `time_t`
+// or `c_long` is 32 bits.
+#[allow(clippy::useless_conversion)]
 pub(crate) fn timespec_after(now: libc::timespec, d: Duration) -> libc::timespec {
     const NANOS: i64 = 1_000_000_000;
     let max = libc::timespec { tv_sec: libc::time_t::MAX, tv_nsec: (NANOS - 1) as _ };
-    let mut nsec = now.tv_nsec as i64 + i64::from(d.subsec_nanos());
+    let mut nsec = i64::from(now.tv_nsec) + i64::from(d.subsec_nanos());
     let mut carry = 0i64;
     if nsec >= NANOS {
         nsec -= NANOS;
         carry = 1;
     }
     let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-    let Some(sec) = (now.tv_sec as i64).checked_add(secs).and_then(|s| s.checked_add(carry)) else {
+    let Some(sec) = i64::from(now.tv_sec).checked_add(secs).and_then(|s| s.checked_add(carry)) else {
         return max;
     };
     match libc::time_t::try_from(sec) {
@@ -293,6 +296,14 @@ impl<L> Segment<L> {
         if file < MIN_PAGE as u64 {
             return Err(corrupt("the descriptor is not a shared value (too small)"));
         }
+        // Only a segment sealed against shrinking is safe to map: otherwise
+        // another process could cut the file under this one's mapping.
+        // SAFETY: F_GET_SEALS takes no argument; it fails on anything but a
+        // memfd.
+        let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+        if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+            return Err(corrupt("the descriptor is not a sealed shared-memory file"));
+        }
         let h_peek = memmap2::MmapOptions::new().len(MIN_PAGE).map_raw(fd.as_raw_fd())?;
         // SAFETY: the mapping is page-aligned and MIN_PAGE bytes long, which
         // holds a Header (checked at compile time); the fields read here are
@@ -353,10 +364,10 @@ impl<L> Segment<L> {
     /// thread that holds it is an error, not a deadlock.
     pub(crate) fn lock(&self, deadline: Option<Instant>) -> io::Result<Option<Held<'_, L>>> {
         let m = self.mutex();
-        // SAFETY: the mutex was initialised by the segment's creator before
-        // the magic was published, is process-shared, and the header
-        // mapping outlives the call.
         let r = match deadline {
+            // SAFETY: the mutex was initialised by the segment's creator
+            // before the magic was published, is process-shared, and the
+            // header mapping outlives the call.
             None => unsafe { libc::pthread_mutex_lock(m) },
             // SAFETY: as above.
             Some(d) => unsafe { lock_until(m, d) },
@@ -620,6 +631,35 @@ mod test {
         drop(h);
         let mut h = seg.lock(None).unwrap().unwrap();
         assert_eq!(h.read().unwrap().0, &big[..]);
+    }
+
+    #[test]
+    fn a_corrupt_header_is_an_error_not_a_crash() {
+        let seg = Segment::create(c"t", 7, b"abc", 0, ()).unwrap();
+        let h = seg.header();
+        let slot = &h.slots[0];
+        let good = (slot.off.load(Ordering::Relaxed), slot.len.load(Ordering::Relaxed));
+        for (off, len) in [(u64::MAX - 1, 3), (good.0, u64::MAX), (1 << 40, 3), (good.0, 1 << 20)] {
+            slot.off.store(off, Ordering::Relaxed);
+            slot.len.store(len, Ordering::Relaxed);
+            let mut held = seg.lock(None).unwrap().unwrap();
+            assert!(held.read().is_err(), "off {off} len {len}");
+        }
+        slot.off.store(good.0, Ordering::Relaxed);
+        slot.len.store(good.1, Ordering::Relaxed);
+        assert_eq!(seg.lock(None).unwrap().unwrap().read().unwrap().0, b"abc");
+        // A size beyond the end of the file, or going backwards.
+        let size = h.size.load(Ordering::Relaxed);
+        for bad in [size + (1 << 30), 10] {
+            h.size.store(bad, Ordering::Relaxed);
+            assert!(seg.lock(None).unwrap().unwrap().read().is_err(), "size {bad}");
+            assert!(seg.lock(None).unwrap().unwrap().publish(b"x").is_err(), "size {bad}");
+        }
+        h.size.store(size, Ordering::Relaxed);
+        assert_eq!(seg.lock(None).unwrap().unwrap().read().unwrap().0, b"abc");
+        // A bad header page size is refused on attach.
+        h.data_off.store(12_345, Ordering::Relaxed);
+        assert!(Segment::<()>::open(seg.fd().try_clone_to_owned().unwrap(), 7, ()).is_err());
     }
 
     #[test]
