@@ -9,6 +9,7 @@
 use criterion::{criterion_group, Criterion};
 use serde::{Deserialize, Serialize};
 use skprocess::prelude::*;
+use skprocess_benches::{median_per_call, report, report_rate};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -31,7 +32,8 @@ struct Incrementer {
 impl Process for Incrementer {
     fn run(&mut self, ctx: &mut Ctx) -> HookResult {
         ctx.tell("ready")?;
-        ctx.listen::<String>(Duration::from_secs(60))?.ok_or("no go")?;
+        ctx.listen::<String>(Duration::from_secs(60))?
+            .ok_or("no go")?;
         let t = Instant::now();
         for _ in 0..self.n {
             self.share.lock()?.counter += 1;
@@ -44,7 +46,13 @@ impl Process for Incrementer {
 /// Increments per second from this process and one child, `n` each.
 fn share_two_processes(n: u64) -> f64 {
     let share = Share::new(Stats::default()).expect("share");
-    let mut h = Incrementer { share: share.clone(), n, elapsed: Duration::ZERO }.start().expect("start");
+    let mut h = Incrementer {
+        share: share.clone(),
+        n,
+        elapsed: Duration::ZERO,
+    }
+    .start()
+    .expect("start");
     let ready: Option<String> = h.listen(Duration::from_secs(60)).expect("listen");
     assert_eq!(ready.as_deref(), Some("ready"));
     let t = Instant::now();
@@ -75,7 +83,14 @@ impl SharedAtomics {
             let fd = libc::memfd_create(c"bench-atomic".as_ptr(), libc::MFD_CLOEXEC);
             assert!(fd >= 0);
             assert_eq!(libc::ftruncate(fd, 4096), 0);
-            let p = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0);
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            );
             assert_ne!(p, libc::MAP_FAILED);
             libc::close(fd);
             SharedAtomics { ptr: p.cast() }
@@ -130,14 +145,20 @@ fn uncontended(c: &mut Criterion) {
     let mut g = c.benchmark_group("share");
     g.sample_size(30).measurement_time(Duration::from_secs(3));
     let share = Share::new(Stats::default()).expect("share");
-    g.bench_function("lock()+=1, one process, uncontended", |b| b.iter(|| share.lock().expect("lock").counter += 1));
-    g.bench_function("lock() read only, one process", |b| b.iter(|| black_box(share.lock().expect("lock").counter)));
+    g.bench_function("lock()+=1, one process, uncontended", |b| {
+        b.iter(|| share.lock().expect("lock").counter += 1)
+    });
+    g.bench_function("lock() read only, one process", |b| {
+        b.iter(|| black_box(share.lock().expect("lock").counter))
+    });
     let word = AtomicU64::new(0);
-    g.bench_function("bare fetch_add, one thread", |b| b.iter(|| black_box(&word).fetch_add(1, Ordering::SeqCst)));
+    g.bench_function("bare fetch_add, one thread", |b| {
+        b.iter(|| black_box(&word).fetch_add(1, Ordering::SeqCst))
+    });
     g.finish();
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+fn median_rate(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -151,14 +172,36 @@ fn summary() {
         ours.push(share_two_processes(n));
         bare.push(atomic_two_processes(20 * n));
     }
-    let (ours, bare) = (median(ours), median(bare));
-    println!(
-        "SUMMARY {:<40} {:>12} | {:<34} {:>12} | {:.1}x slower; target >= 1 M/s",
-        "share lock()+=1, 2 processes",
-        format!("{:.2} M/s", ours / 1e6),
+    report_rate(
+        "share lock()+=1, 2 processes (>= 1M/s)",
+        median_rate(ours),
         "bare fetch_add, 2 processes",
-        format!("{:.1} M/s", bare / 1e6),
-        bare / ours
+        median_rate(bare),
+        "/s",
+    );
+
+    // Uncontended, one process.
+    let share = Share::new(Stats::default()).expect("share");
+    let word = AtomicU64::new(0);
+    let per_batch = 100_000;
+    let write = median_per_call(15, per_batch, || share.lock().expect("lock").counter += 1);
+    let read = median_per_call(15, per_batch, || {
+        black_box(share.lock().expect("lock").counter);
+    });
+    let atomic = median_per_call(15, per_batch, || {
+        black_box(&word).fetch_add(1, Ordering::SeqCst);
+    });
+    report(
+        "share lock()+=1, 1 process",
+        write,
+        "bare fetch_add, 1 thread",
+        atomic,
+    );
+    report(
+        "share lock() read only, 1 process",
+        read,
+        "bare fetch_add, 1 thread",
+        atomic,
     );
 }
 

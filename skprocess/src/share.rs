@@ -77,7 +77,10 @@ struct Cache<T> {
 
 impl<T> Cache<T> {
     fn empty() -> Self {
-        Cache { value: None, scratch: Vec::new() }
+        Cache {
+            value: None,
+            scratch: Vec::new(),
+        }
     }
 }
 
@@ -125,14 +128,16 @@ fn tag<T>() -> u64 {
     // FNV-1a.
     std::any::type_name::<T>()
         .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
 }
 
 /// Turns an error from the shared-memory layer into the crate's error.
 fn sys_error(e: io::Error) -> Error {
     match e.kind() {
         io::ErrorKind::InvalidData => Error::Wire(e.to_string()),
-        io::ErrorKind::WouldBlock => Error::Usage(e.to_string()),
+        io::ErrorKind::WouldBlock => Error::usage(e.to_string()),
         _ => Error::Io(e),
     }
 }
@@ -166,13 +171,16 @@ fn encode<T: Serialize>(value: &T, mut buf: Vec<u8>) -> Result<Vec<u8>> {
             // postcard's limits and to spot handles inside the value.
             let enc = wire::encode(value)?;
             if !enc.fds.is_empty() {
-                return Err(Error::Usage(format!(
+                return Err(Error::usage(format!(
                     "cannot store a {} in a Share: it holds a Share or a pipe endpoint, which cannot live in \
                      shared memory",
                     std::any::type_name::<T>()
                 )));
             }
-            Err(Error::Encode { type_name: std::any::type_name::<T>(), reason: first.to_string() })
+            Err(Error::Encode {
+                type_name: std::any::type_name::<T>(),
+                reason: first.to_string(),
+            })
         }
     }
 }
@@ -201,8 +209,12 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Share<T> {
         // rather than in the first process that locks it.
         let value: T = wire::decode(&bytes, Vec::new())?;
         let capacity = bytes.len().saturating_add(bytes.len() / 2);
-        let cache = Cache { value: Some((0, value)), scratch: Vec::new() };
-        let seg = Segment::create(c"skprocess-share", tag::<T>(), &bytes, capacity, cache).map_err(sys_error)?;
+        let cache = Cache {
+            value: Some((0, value)),
+            scratch: Vec::new(),
+        };
+        let seg = Segment::create(c"skprocess-share", tag::<T>(), &bytes, capacity, cache)
+            .map_err(sys_error)?;
         Ok(Share { seg: Arc::new(seg) })
     }
 
@@ -231,7 +243,10 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Share<T> {
 
     fn held(&self) -> Result<Held<'_, Cache<T>>> {
         // Without a deadline the lock is taken or fails; it never times out.
-        self.seg.lock(None).map_err(sys_error)?.ok_or_else(|| Error::Usage("a lock without deadline timed out".into()))
+        self.seg
+            .lock(None)
+            .map_err(sys_error)?
+            .ok_or_else(|| Error::usage("a lock without deadline timed out"))
     }
 
     /// Like [`lock`](Share::lock), giving up after `timeout`: `Ok(None)` if
@@ -374,7 +389,9 @@ fn write_back<T: Serialize>(held: &mut Held<'_, Cache<T>>, value: T) -> Result<(
 impl<T> Clone for Share<T> {
     /// Another handle to the same shared value (the mapping is shared too).
     fn clone(&self) -> Self {
-        Share { seg: Arc::clone(&self.seg) }
+        Share {
+            seg: Arc::clone(&self.seg),
+        }
     }
 }
 
@@ -406,7 +423,10 @@ impl<'de, T> Deserialize<'de> for Share<T> {
         let FdIndex(index) = FdIndex::deserialize(d)?;
         let fd = wire::take_fd(index).map_err(serde::de::Error::custom)?;
         let seg = Segment::open(fd, tag::<T>(), Cache::empty()).map_err(|e| {
-            serde::de::Error::custom(format_args!("cannot attach to Share<{}>: {e}", std::any::type_name::<T>()))
+            serde::de::Error::custom(format_args!(
+                "cannot attach to Share<{}>: {e}",
+                std::any::type_name::<T>()
+            ))
         })?;
         Ok(Share { seg: Arc::new(seg) })
     }
@@ -441,7 +461,12 @@ impl<'a, T: Serialize + DeserializeOwned + Send + 'static> ShareGuard<'a, T> {
                 wire::decode(bytes, Vec::new())?
             }
         };
-        Ok(ShareGuard { held, value: Some(value), generation, changed: false })
+        Ok(ShareGuard {
+            held,
+            value: Some(value),
+            generation,
+            changed: false,
+        })
     }
 
     /// Whether the previous holder of the lock died holding it (its
@@ -513,7 +538,9 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Drop for ShareGuard<'_, T
     }
 }
 
-impl<T: Serialize + DeserializeOwned + Send + 'static + fmt::Debug> fmt::Debug for ShareGuard<'_, T> {
+impl<T: Serialize + DeserializeOwned + Send + 'static + fmt::Debug> fmt::Debug
+    for ShareGuard<'_, T>
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ShareGuard")
             .field("value", self.value())

@@ -3,6 +3,7 @@
 //! growing from any process, surviving a holder killed with the lock, and
 //! leaving no descriptor, mapping or /dev/shm file behind.
 
+mod support;
 mod support_share;
 
 use serde::{Deserialize, Serialize};
@@ -10,7 +11,7 @@ use skprocess::prelude::*;
 use skprocess::{Json, ShareGuard};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use support_share::{assert_no_shm_files, finish, DEADLINE};
+use support::{assert_no_shm_files, finish, DEADLINE};
 
 #[derive(Serialize, Deserialize, Default, Debug, Clone, PartialEq)]
 struct Stats {
@@ -155,14 +156,21 @@ struct LeakCheck {
 }
 
 fn counts() -> (usize, usize, usize) {
-    (support_share::open_fds(), support_share::share_fds(), support_share::share_mappings())
+    (
+        support::open_fds(),
+        support_share::share_fds(),
+        support_share::share_mappings(),
+    )
 }
 
 impl Process for LeakCheck {
     fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
         self.before = counts();
         for i in 0..300u64 {
-            let s = Share::new(Stats { counter: i, log: vec![] })?;
+            let s = Share::new(Stats {
+                counter: i,
+                log: vec![],
+            })?;
             let c = s.clone();
             c.lock()?.counter += 1;
             if i % 3 == 0 {
@@ -172,7 +180,11 @@ impl Process for LeakCheck {
             }
             assert_eq!(c.get()?.counter, i + 1);
             if i % 100 == 0 {
-                let mut h = Incrementer { share: s.clone(), times: 10 }.start()?;
+                let mut h = Incrementer {
+                    share: s.clone(),
+                    times: 10,
+                }
+                .start()?;
                 finish(&mut h)?;
                 assert_eq!(s.get()?.counter, i + 11);
             }
@@ -189,7 +201,9 @@ struct Receiver;
 
 impl Process for Receiver {
     fn run(&mut self, ctx: &mut Ctx) -> HookResult {
-        let share: Share<Stats> = ctx.listen(Duration::from_secs(60))?.ok_or("no share arrived")?;
+        let share: Share<Stats> = ctx
+            .listen(Duration::from_secs(60))?
+            .ok_or("no share arrived")?;
         share.update(|s| s.counter += 100)?;
         ctx.tell("done")?;
         Ok(())
@@ -206,7 +220,12 @@ struct Maker {
 impl Process for Maker {
     fn run(&mut self, ctx: &mut Ctx) -> HookResult {
         match &self.made {
-            None => self.made = Some(Share::new(Stats { counter: 1, log: vec![format!("made by {}", ctx.pid())] })?),
+            None => {
+                self.made = Some(Share::new(Stats {
+                    counter: 1,
+                    log: vec![format!("made by {}", ctx.pid())],
+                })?)
+            }
             Some(s) => s.lock()?.counter += 1,
         }
         Ok(())
@@ -232,7 +251,13 @@ fn api_example_in_one_process() -> skprocess::Result<()> {
     })?;
     assert_eq!(n, 3);
     let snapshot: Stats = share.get()?;
-    assert_eq!(snapshot, Stats { counter: 3, log: vec!["2".into()] });
+    assert_eq!(
+        snapshot,
+        Stats {
+            counter: 3,
+            log: vec!["2".into()]
+        }
+    );
     share.set(Stats::default())?;
     let other = share.clone();
     assert_eq!(other.get()?, Stats::default());
@@ -244,8 +269,14 @@ fn api_example_in_one_process() -> skprocess::Result<()> {
 #[test]
 fn seed_example_counts_to_100_with_the_log_in_order() -> skprocess::Result<()> {
     let share = Share::new(Stats::default())?;
-    let mut handles: Vec<_> =
-        (0..10).map(|_| ShareCounter { share: share.clone() }.start()).collect::<skprocess::Result<_>>()?;
+    let mut handles: Vec<_> = (0..10)
+        .map(|_| {
+            ShareCounter {
+                share: share.clone(),
+            }
+            .start()
+        })
+        .collect::<skprocess::Result<_>>()?;
     for h in &mut handles {
         finish(h)?;
     }
@@ -257,12 +288,19 @@ fn seed_example_counts_to_100_with_the_log_in_order() -> skprocess::Result<()> {
 }
 
 #[test]
-fn counts_are_exact_under_contention_from_several_processes_and_the_parent() -> skprocess::Result<()> {
+fn counts_are_exact_under_contention_from_several_processes_and_the_parent() -> skprocess::Result<()>
+{
     const PER: u64 = 20_000;
     const CHILDREN: u64 = 3;
     let share = Share::new(Stats::default())?;
     let mut handles: Vec<_> = (0..CHILDREN)
-        .map(|_| Incrementer { share: share.clone(), times: PER }.start())
+        .map(|_| {
+            Incrementer {
+                share: share.clone(),
+                times: PER,
+            }
+            .start()
+        })
         .collect::<skprocess::Result<_>>()?;
     for _ in 0..PER {
         share.lock()?.counter += 1;
@@ -276,17 +314,37 @@ fn counts_are_exact_under_contention_from_several_processes_and_the_parent() -> 
 
 #[test]
 fn get_set_update_across_processes() -> skprocess::Result<()> {
-    let share = Share::new(Stats { counter: 40, log: vec!["start".into()] })?;
-    let mut h = Incrementer { share: share.clone(), times: 2 }.start()?;
+    let share = Share::new(Stats {
+        counter: 40,
+        log: vec!["start".into()],
+    })?;
+    let mut h = Incrementer {
+        share: share.clone(),
+        times: 2,
+    }
+    .start()?;
     finish(&mut h)?;
     // The parent's cached copy is stale now: it must see the child's write.
     assert_eq!(share.get()?.counter, 42);
     assert_eq!(share.lock()?.counter, 42);
     assert_eq!(share.update(|s| std::mem::take(&mut s.log))?, ["start"]);
-    share.set(Stats { counter: 1, log: vec![] })?;
-    let mut h = Incrementer { share: share.clone(), times: 1 }.start()?;
+    share.set(Stats {
+        counter: 1,
+        log: vec![],
+    })?;
+    let mut h = Incrementer {
+        share: share.clone(),
+        times: 1,
+    }
+    .start()?;
     finish(&mut h)?;
-    assert_eq!(share.get()?, Stats { counter: 2, log: vec![] });
+    assert_eq!(
+        share.get()?,
+        Stats {
+            counter: 2,
+            log: vec![]
+        }
+    );
     Ok(())
 }
 
@@ -298,7 +356,11 @@ fn a_read_only_guard_writes_nothing() -> skprocess::Result<()> {
         let g = share.lock()?;
         assert_eq!(g.counter, 0);
     }
-    assert_eq!(format!("{share:?}"), before, "a guard that was only read must not bump the version");
+    assert_eq!(
+        format!("{share:?}"),
+        before,
+        "a guard that was only read must not bump the version"
+    );
     share.lock()?.counter += 1;
     assert_ne!(format!("{share:?}"), before);
     Ok(())
@@ -335,7 +397,11 @@ fn a_value_grows_to_tens_of_mib_from_a_child_and_every_process_follows() -> skpr
     let share: Share<Vec<String>> = Share::new(vec![])?;
     // This process maps the share while it is small.
     assert!(share.get()?.is_empty());
-    let mut h = Grower { share: share.clone(), chunks: CHUNKS }.start()?;
+    let mut h = Grower {
+        share: share.clone(),
+        chunks: CHUNKS,
+    }
+    .start()?;
     finish(&mut h)?;
     {
         let v = share.lock()?;
@@ -347,10 +413,17 @@ fn a_value_grows_to_tens_of_mib_from_a_child_and_every_process_follows() -> skpr
     }
     // Grow further from the parent; a new child sees it all.
     share.lock()?.push(chunk(CHUNKS));
-    let mut h = Reader { share: share.clone(), seen: vec![] }.start()?;
+    let mut h = Reader {
+        share: share.clone(),
+        seen: vec![],
+    }
+    .start()?;
     let seen = finish(&mut h)?.seen;
     assert_eq!(seen.len(), CHUNKS + 1);
-    assert!(seen.iter().enumerate().all(|(i, &(len, b))| len == MIB && b == b'a' + (i % 26) as u8));
+    assert!(seen
+        .iter()
+        .enumerate()
+        .all(|(i, &(len, b))| len == MIB && b == b'a' + (i % 26) as u8));
     // And it shrinks back without trouble.
     share.set(vec!["small".into()])?;
     assert_eq!(share.get()?, ["small"]);
@@ -362,23 +435,44 @@ fn a_value_grows_to_tens_of_mib_from_a_child_and_every_process_follows() -> skpr
 
 #[test]
 fn a_holder_killed_with_the_lock_loses_only_its_own_update() -> skprocess::Result<()> {
-    let share = Share::new(Stats { counter: 7, log: vec!["seven".into()] })?;
-    let mut h = Holder { share: share.clone() }.start()?;
+    let share = Share::new(Stats {
+        counter: 7,
+        log: vec!["seven".into()],
+    })?;
+    let mut h = Holder {
+        share: share.clone(),
+    }
+    .start()?;
     assert_eq!(h.listen::<String>(DEADLINE)?.as_deref(), Some("holding"));
     assert!(share.try_lock()?.is_none(), "the child holds the lock");
     h.kill()?;
     assert!(finish(&mut h).err().expect("killed").is_killed());
 
     let start = Instant::now();
-    let g = share.lock_timeout(Duration::from_secs(1))?.expect("the lock is recovered within a second");
+    let g = share
+        .lock_timeout(Duration::from_secs(1))?
+        .expect("the lock is recovered within a second");
     assert!(start.elapsed() < Duration::from_secs(1));
-    assert!(g.recovered(), "the guard reports that the previous holder died");
-    assert_eq!(*g, Stats { counter: 7, log: vec!["seven".into()] });
+    assert!(
+        g.recovered(),
+        "the guard reports that the previous holder died"
+    );
+    assert_eq!(
+        *g,
+        Stats {
+            counter: 7,
+            log: vec!["seven".into()]
+        }
+    );
     drop(g);
 
     // Fully usable afterwards, from here and from a new child.
     share.lock()?.counter += 1;
-    let mut h = Incrementer { share: share.clone(), times: 10 }.start()?;
+    let mut h = Incrementer {
+        share: share.clone(),
+        times: 10,
+    }
+    .start()?;
     finish(&mut h)?;
     let g = share.lock()?;
     assert!(!g.recovered());
@@ -390,23 +484,39 @@ fn a_holder_killed_with_the_lock_loses_only_its_own_update() -> skprocess::Resul
 fn a_writer_killed_mid_write_never_tears_the_value() -> skprocess::Result<()> {
     let share: Share<String> = Share::new(scribble(0))?;
     for round in 0..16u64 {
-        let mut h = Scribbler { share: share.clone(), seed: round * 10 }.start()?;
-        let _: u64 = h.listen(DEADLINE)?.expect("the scribbler reports its first writes");
+        let mut h = Scribbler {
+            share: share.clone(),
+            seed: round * 10,
+        }
+        .start()?;
+        let _: u64 = h
+            .listen(DEADLINE)?
+            .expect("the scribbler reports its first writes");
         // Not a synchronisation: spreads the kill over the phases of a write.
         std::thread::sleep(Duration::from_micros(round * 2_500));
         h.kill()?;
         assert!(finish(&mut h).err().expect("killed").is_killed());
-        let v = share.lock_timeout(Duration::from_secs(1))?.expect("the lock is recovered within a second");
+        let v = share
+            .lock_timeout(Duration::from_secs(1))?
+            .expect("the lock is recovered within a second");
         let first = v.as_bytes()[0];
         let whole = v.len() % (2 * MIB) == 1 && v.bytes().all(|b| b == first);
-        assert!(whole, "round {round}: torn value of {} bytes starting with {:?}", v.len(), first as char);
+        assert!(
+            whole,
+            "round {round}: torn value of {} bytes starting with {:?}",
+            v.len(),
+            first as char
+        );
     }
     Ok(())
 }
 
 #[test]
 fn a_panic_while_holding_a_guard_discards_the_change() -> skprocess::Result<()> {
-    let share = Share::new(Stats { counter: 1, log: vec![] })?;
+    let share = Share::new(Stats {
+        counter: 1,
+        log: vec![],
+    })?;
     let other = share.clone();
     let r = std::thread::spawn(move || {
         let mut g = other.lock().unwrap();
@@ -436,7 +546,11 @@ fn lock_timeout_gives_up_on_time_for_sub_second_and_longer_timeouts() -> skproce
             let start = Instant::now();
             let g = other.lock_timeout(d)?;
             out.push((start.elapsed(), g.is_some()));
-            assert!(start.elapsed() >= d, "gave up after {:?}, before {d:?}", start.elapsed());
+            assert!(
+                start.elapsed() >= d,
+                "gave up after {:?}, before {d:?}",
+                start.elapsed()
+            );
         }
         assert!(other.try_lock()?.is_none());
         Ok(out)
@@ -449,9 +563,13 @@ fn lock_timeout_gives_up_on_time_for_sub_second_and_longer_timeouts() -> skproce
     }
     drop(held);
     let other = share.clone();
-    let got = std::thread::spawn(move || other.lock_timeout(Duration::from_millis(250)).map(|g| g.is_some()))
-        .join()
-        .expect("no panic")?;
+    let got = std::thread::spawn(move || {
+        other
+            .lock_timeout(Duration::from_millis(250))
+            .map(|g| g.is_some())
+    })
+    .join()
+    .expect("no panic")?;
     assert!(got);
     Ok(())
 }
@@ -459,14 +577,20 @@ fn lock_timeout_gives_up_on_time_for_sub_second_and_longer_timeouts() -> skproce
 #[test]
 fn lock_timeout_against_another_process() -> skprocess::Result<()> {
     let share = Share::new(Stats::default())?;
-    let mut h = Holder { share: share.clone() }.start()?;
+    let mut h = Holder {
+        share: share.clone(),
+    }
+    .start()?;
     assert_eq!(h.listen::<String>(DEADLINE)?.as_deref(), Some("holding"));
     let start = Instant::now();
     assert!(share.lock_timeout(Duration::from_millis(300))?.is_none());
     assert!(start.elapsed() >= Duration::from_millis(300));
     h.tell("release")?;
     let g = share.lock_timeout(DEADLINE)?.expect("released");
-    assert_eq!(g.counter, 999_999, "the holder's change was written back on release");
+    assert_eq!(
+        g.counter, 999_999,
+        "the holder's change was written back on release"
+    );
     assert!(!g.recovered());
     drop(g);
     finish(&mut h)?;
@@ -507,7 +631,11 @@ fn a_type_postcard_cannot_carry_is_refused_with_a_pointer_to_json() -> skprocess
     let text = err.to_string();
     assert!(text.contains("Json") && text.contains("Loose"), "{text}");
 
-    let err = Share::new(Flat { a: 1, rest: HashMap::from([("b".into(), 2)]) }).expect_err("flatten cannot be encoded");
+    let err = Share::new(Flat {
+        a: 1,
+        rest: HashMap::from([("b".into(), 2)]),
+    })
+    .expect_err("flatten cannot be encoded");
     let text = err.to_string();
     assert!(text.contains("Json") && text.contains("Flat"), "{text}");
 
@@ -522,11 +650,22 @@ fn a_type_postcard_cannot_carry_is_refused_with_a_pointer_to_json() -> skprocess
 fn a_share_cannot_hold_a_handle() -> skprocess::Result<()> {
     let inner = Share::new(1u64)?;
     let err = Share::new(vec![inner.clone()]).expect_err("a handle cannot live in shared memory");
-    assert!(err.to_string().contains("cannot live in shared memory"), "{err}");
+    assert!(
+        err.to_string().contains("cannot live in shared memory"),
+        "{err}"
+    );
     let outer: Share<Vec<Share<u64>>> = Share::new(vec![])?;
-    let err = outer.update(|v| v.push(inner.clone())).expect_err("nor be written into one");
-    assert!(err.to_string().contains("cannot live in shared memory"), "{err}");
-    assert!(outer.get()?.is_empty(), "the failed write left the value as it was");
+    let err = outer
+        .update(|v| v.push(inner.clone()))
+        .expect_err("nor be written into one");
+    assert!(
+        err.to_string().contains("cannot live in shared memory"),
+        "{err}"
+    );
+    assert!(
+        outer.get()?.is_empty(),
+        "the failed write left the value as it was"
+    );
     Ok(())
 }
 
@@ -537,7 +676,10 @@ fn a_share_cannot_hold_a_handle() -> skprocess::Result<()> {
 fn no_descriptor_mapping_or_shm_file_is_left_behind() -> skprocess::Result<()> {
     let mut h = LeakCheck::default().start()?;
     let done = finish(&mut h)?;
-    assert_eq!(done.after, done.before, "(open fds, share fds, share mappings) before and after");
+    assert_eq!(
+        done.after, done.before,
+        "(open fds, share fds, share mappings) before and after"
+    );
     assert_eq!(done.before.1, 0);
     assert_no_shm_files();
     Ok(())
@@ -556,6 +698,9 @@ impl<T: ?Sized + Send> AmbiguousIfSend<u8> for T {}
 #[test]
 fn the_guard_is_not_send_and_the_handle_is_send_sync_clone() {
     <ShareGuard<'static, Stats> as AmbiguousIfSend<_>>::check();
-    fn handle<T: Send + Sync + Clone + std::fmt::Debug + Serialize + serde::de::DeserializeOwned>() {}
+    fn handle<
+        T: Send + Sync + Clone + std::fmt::Debug + Serialize + serde::de::DeserializeOwned,
+    >() {
+    }
     handle::<Share<Stats>>();
 }

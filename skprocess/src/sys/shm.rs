@@ -96,7 +96,10 @@ fn page_size() -> usize {
 }
 
 fn corrupt(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("shared value's memory segment is corrupt: {what}"))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("shared value's memory segment is corrupt: {what}"),
+    )
 }
 
 fn round_up(n: u64, to: u64) -> Option<u64> {
@@ -112,14 +115,18 @@ fn fstat_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
 }
 
 fn set_size(fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
-    let size = libc::off_t::try_from(size).map_err(|_| io::Error::other("shared value is too large"))?;
+    let size =
+        libc::off_t::try_from(size).map_err(|_| io::Error::other("shared value is too large"))?;
     // SAFETY: ftruncate has no memory-safety preconditions.
     super::cvt_retry(|| unsafe { libc::ftruncate(fd.as_raw_fd(), size) }).map(drop)
 }
 
 /// The current `CLOCK_MONOTONIC` time (the clock `Instant` uses on Linux).
 fn monotonic_now() -> libc::timespec {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts
@@ -132,7 +139,10 @@ fn monotonic_now() -> libc::timespec {
 #[allow(clippy::useless_conversion)]
 pub(crate) fn timespec_after(now: libc::timespec, d: Duration) -> libc::timespec {
     const NANOS: i64 = 1_000_000_000;
-    let max = libc::timespec { tv_sec: libc::time_t::MAX, tv_nsec: (NANOS - 1) as _ };
+    let max = libc::timespec {
+        tv_sec: libc::time_t::MAX,
+        tv_nsec: (NANOS - 1) as _,
+    };
     let mut nsec = i64::from(now.tv_nsec) + i64::from(d.subsec_nanos());
     let mut carry = 0i64;
     if nsec >= NANOS {
@@ -140,11 +150,17 @@ pub(crate) fn timespec_after(now: libc::timespec, d: Duration) -> libc::timespec
         carry = 1;
     }
     let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-    let Some(sec) = i64::from(now.tv_sec).checked_add(secs).and_then(|s| s.checked_add(carry)) else {
+    let Some(sec) = i64::from(now.tv_sec)
+        .checked_add(secs)
+        .and_then(|s| s.checked_add(carry))
+    else {
         return max;
     };
     match libc::time_t::try_from(sec) {
-        Ok(tv_sec) => libc::timespec { tv_sec, tv_nsec: nsec as _ },
+        Ok(tv_sec) => libc::timespec {
+            tv_sec,
+            tv_nsec: nsec as _,
+        },
         Err(_) => max,
     }
 }
@@ -185,7 +201,10 @@ unsafe fn lock_until(m: *mut libc::pthread_mutex_t, deadline: Instant) -> libc::
     }
     #[cfg(not(all(target_env = "gnu", target_pointer_width = "64")))]
     {
-        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: `now` is a valid out-pointer.
         unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
         let ts = timespec_after(now, left);
@@ -236,20 +255,38 @@ impl<L> std::fmt::Debug for Segment<L> {
 impl<L> Segment<L> {
     /// Creates a segment holding `bytes`, with room for `capacity` bytes per
     /// slot, tagged with the value type's fingerprint `tag`.
-    pub(crate) fn create(name: &CStr, tag: u64, bytes: &[u8], capacity: usize, user: L) -> io::Result<Self> {
+    pub(crate) fn create(
+        name: &CStr,
+        tag: u64,
+        bytes: &[u8],
+        capacity: usize,
+        user: L,
+    ) -> io::Result<Self> {
         let page = page_size() as u64;
-        let cap = round_up((capacity.max(bytes.len()).max(1)) as u64, page).ok_or_else(too_large)?;
-        let size = page.checked_add(cap.checked_mul(2).ok_or_else(too_large)?).ok_or_else(too_large)?;
+        let cap =
+            round_up((capacity.max(bytes.len()).max(1)) as u64, page).ok_or_else(too_large)?;
+        let size = page
+            .checked_add(cap.checked_mul(2).ok_or_else(too_large)?)
+            .ok_or_else(too_large)?;
         // SAFETY: `name` is a valid NUL-terminated string for the call.
-        let fd = super::cvt(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) })?;
+        let fd = super::cvt(unsafe {
+            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        })?;
         // SAFETY: the kernel just returned this fd; nothing else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         set_size(fd.as_fd(), size)?;
         // Nobody may shrink the file under another process's mapping.
         // SAFETY: F_ADD_SEALS takes an int argument; no pointers involved.
         super::cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) })?;
-        let header = memmap2::MmapOptions::new().len(page as usize).map_raw(fd.as_raw_fd())?;
-        let mut seg = Segment { header, data_off: page, local: UnsafeCell::new(Local { data: None, user }), fd };
+        let header = memmap2::MmapOptions::new()
+            .len(page as usize)
+            .map_raw(fd.as_raw_fd())?;
+        let mut seg = Segment {
+            header,
+            data_off: page,
+            local: UnsafeCell::new(Local { data: None, user }),
+            fd,
+        };
         let data = map_data(seg.fd.as_fd(), page, size)?;
         // SAFETY: slot 0's region [0, cap) lies inside the new mapping and no
         // other process has the descriptor yet.
@@ -265,11 +302,20 @@ impl<L> Segment<L> {
             check(libc::pthread_mutexattr_init(attr.as_mut_ptr()))?;
             let a = attr.as_mut_ptr();
             let r = (|| {
-                check(libc::pthread_mutexattr_setpshared(a, libc::PTHREAD_PROCESS_SHARED))?;
-                check(libc::pthread_mutexattr_setrobust(a, libc::PTHREAD_MUTEX_ROBUST))?;
+                check(libc::pthread_mutexattr_setpshared(
+                    a,
+                    libc::PTHREAD_PROCESS_SHARED,
+                ))?;
+                check(libc::pthread_mutexattr_setrobust(
+                    a,
+                    libc::PTHREAD_MUTEX_ROBUST,
+                ))?;
                 // Relocking from the owning thread is reported (EDEADLK)
                 // instead of hanging.
-                check(libc::pthread_mutexattr_settype(a, libc::PTHREAD_MUTEX_ERRORCHECK))?;
+                check(libc::pthread_mutexattr_settype(
+                    a,
+                    libc::PTHREAD_MUTEX_ERRORCHECK,
+                ))?;
                 check(libc::pthread_mutex_init(h.mutex.get(), a))
             })();
             libc::pthread_mutexattr_destroy(a);
@@ -304,7 +350,9 @@ impl<L> Segment<L> {
         if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
             return Err(corrupt("the descriptor is not a sealed shared-memory file"));
         }
-        let h_peek = memmap2::MmapOptions::new().len(MIN_PAGE).map_raw(fd.as_raw_fd())?;
+        let h_peek = memmap2::MmapOptions::new()
+            .len(MIN_PAGE)
+            .map_raw(fd.as_raw_fd())?;
         // SAFETY: the mapping is page-aligned and MIN_PAGE bytes long, which
         // holds a Header (checked at compile time); the fields read here are
         // atomics, valid for any bit pattern.
@@ -313,15 +361,25 @@ impl<L> Segment<L> {
             return Err(corrupt("the descriptor is not a shared value"));
         }
         if peek.tag.load(Ordering::Relaxed) != tag {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "the shared value was created for another type"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the shared value was created for another type",
+            ));
         }
         let data_off = peek.data_off.load(Ordering::Relaxed);
         drop(h_peek);
         if data_off % page_size() as u64 != 0 || data_off < MIN_PAGE as u64 || data_off > file {
             return Err(corrupt("bad header size"));
         }
-        let header = memmap2::MmapOptions::new().len(data_off as usize).map_raw(fd.as_raw_fd())?;
-        Ok(Segment { header, data_off, local: UnsafeCell::new(Local { data: None, user }), fd })
+        let header = memmap2::MmapOptions::new()
+            .len(data_off as usize)
+            .map_raw(fd.as_raw_fd())?;
+        Ok(Segment {
+            header,
+            data_off,
+            local: UnsafeCell::new(Local { data: None, user }),
+            fd,
+        })
     }
 
     fn header(&self) -> &Header {
@@ -350,7 +408,9 @@ impl<L> Segment<L> {
     /// only).
     pub(crate) fn len(&self) -> u64 {
         let h = self.header();
-        h.slots[(h.generation.load(Ordering::Relaxed) & 1) as usize].len.load(Ordering::Relaxed)
+        h.slots[(h.generation.load(Ordering::Relaxed) & 1) as usize]
+            .len
+            .load(Ordering::Relaxed)
     }
 
     /// Total bytes of the file in use, read without the lock.
@@ -382,16 +442,18 @@ impl<L> Segment<L> {
                 true
             }
             libc::ETIMEDOUT | libc::EBUSY => return Ok(None),
-            libc::EDEADLK => {
-                return Err(io::Error::new(
-                    io::ErrorKind::WouldBlock,
-                    "this thread already holds the lock of this shared value; drop that guard first",
-                ))
-            }
+            libc::EDEADLK => return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "this thread already holds the lock of this shared value; drop that guard first",
+            )),
             libc::ENOTRECOVERABLE => return Err(corrupt("its lock is unrecoverable")),
             e => return Err(io::Error::from_raw_os_error(e)),
         };
-        Ok(Some(Held { seg: self, recovered, _not_send: PhantomData }))
+        Ok(Some(Held {
+            seg: self,
+            recovered,
+            _not_send: PhantomData,
+        }))
     }
 }
 
@@ -409,7 +471,10 @@ fn check(r: libc::c_int) -> io::Result<()> {
 
 fn map_data(fd: BorrowedFd<'_>, data_off: u64, size: u64) -> io::Result<memmap2::MmapRaw> {
     let len = usize::try_from(size - data_off).map_err(|_| too_large())?;
-    memmap2::MmapOptions::new().offset(data_off).len(len).map_raw(fd.as_raw_fd())
+    memmap2::MmapOptions::new()
+        .offset(data_off)
+        .len(len)
+        .map_raw(fd.as_raw_fd())
 }
 
 /// The segment's lock, held by this thread; released on drop. Not `Send`.
@@ -431,7 +496,10 @@ impl<L> Drop for Held<'_, L> {
 
 impl<L> std::fmt::Debug for Held<'_, L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Held").field("segment", self.seg).field("recovered", &self.recovered).finish()
+        f.debug_struct("Held")
+            .field("segment", self.seg)
+            .field("recovered", &self.recovered)
+            .finish()
     }
 }
 
@@ -485,8 +553,11 @@ impl<L> Held<'_, L> {
     /// `(off, cap, len)`.
     fn slot(&self, i: usize, mapped: u64) -> io::Result<(u64, u64, u64)> {
         let s = &self.seg.header().slots[i];
-        let (off, cap, len) =
-            (s.off.load(Ordering::Relaxed), s.cap.load(Ordering::Relaxed), s.len.load(Ordering::Relaxed));
+        let (off, cap, len) = (
+            s.off.load(Ordering::Relaxed),
+            s.cap.load(Ordering::Relaxed),
+            s.len.load(Ordering::Relaxed),
+        );
         match off.checked_add(cap) {
             Some(end) if end <= mapped && len <= cap => Ok((off, cap, len)),
             _ => Err(corrupt("a slot lies outside the file")),
@@ -499,13 +570,17 @@ impl<L> Held<'_, L> {
         let active = (self.generation() & 1) as usize;
         let (off, _, len) = self.slot(active, mapped)?;
         let local = self.state();
-        let data = local.data.as_ref().ok_or_else(|| corrupt("no data mapping"))?;
+        let data = local
+            .data
+            .as_ref()
+            .ok_or_else(|| corrupt("no data mapping"))?;
         // SAFETY: [off, off + len) lies inside the data mapping (checked by
         // `slot`), which lives as long as the returned borrow of `self`. The
         // bytes are written only by a process holding the lock, which this
         // thread does until `self` drops, so they do not change under the
         // borrow.
-        let bytes = unsafe { std::slice::from_raw_parts(data.as_ptr().add(off as usize), len as usize) };
+        let bytes =
+            unsafe { std::slice::from_raw_parts(data.as_ptr().add(off as usize), len as usize) };
         Ok((bytes, &mut local.user))
     }
 
@@ -523,12 +598,18 @@ impl<L> Held<'_, L> {
             let (_, other_cap, _) = self.slot(1 - target, mapped)?;
             let page = page_size() as u64;
             // Room to grow: twice the larger slot, or the value plus half.
-            let want = need.saturating_add(need / 2).max(other_cap.saturating_mul(2)).max(cap.saturating_mul(2));
+            let want = need
+                .saturating_add(need / 2)
+                .max(other_cap.saturating_mul(2))
+                .max(cap.saturating_mul(2));
             let new_cap = round_up(want, page).ok_or_else(too_large)?;
             // A writer that died mid-growth may have extended the file
             // without recording it; start after whatever is there.
-            let end =
-                round_up(fstat_size(self.seg.fd())?.max(h.size.load(Ordering::Relaxed)), page).ok_or_else(too_large)?;
+            let end = round_up(
+                fstat_size(self.seg.fd())?.max(h.size.load(Ordering::Relaxed)),
+                page,
+            )
+            .ok_or_else(too_large)?;
             let new_size = end.checked_add(new_cap).ok_or_else(too_large)?;
             set_size(self.seg.fd(), new_size)?;
             h.size.store(new_size, Ordering::Release);
@@ -553,12 +634,22 @@ impl<L> Held<'_, L> {
             }
         }
         let (off, _, _) = self.slot(target, mapped)?;
-        let data = self.state().data.as_ref().ok_or_else(|| corrupt("no data mapping"))?;
+        let data = self
+            .state()
+            .data
+            .as_ref()
+            .ok_or_else(|| corrupt("no data mapping"))?;
         // SAFETY: [off, off + need) lies inside the data mapping (`slot`
         // checked off + cap <= mapped, and need <= cap after growth); the
         // inactive slot is read and written only under the lock this thread
         // holds; `bytes` is local memory, so the ranges do not overlap.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), data.as_mut_ptr().add(off as usize), bytes.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                data.as_mut_ptr().add(off as usize),
+                bytes.len(),
+            )
+        };
         h.slots[target].len.store(need, Ordering::Relaxed);
         // The commit point: one store flips the active slot.
         h.generation.store(gen + 1, Ordering::Release);
@@ -571,7 +662,10 @@ mod test {
     use super::*;
 
     fn ts(sec: i64, nsec: i64) -> libc::timespec {
-        libc::timespec { tv_sec: sec as _, tv_nsec: nsec as _ }
+        libc::timespec {
+            tv_sec: sec as _,
+            tv_nsec: nsec as _,
+        }
     }
 
     #[test]
@@ -602,7 +696,10 @@ mod test {
         let (timed_out, took) = t.join().unwrap();
         drop(held);
         assert!(timed_out);
-        assert!(took >= Duration::from_millis(140) && took < Duration::from_secs(5), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(140) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
     }
 
     #[test]
@@ -638,8 +735,16 @@ mod test {
         let seg = Segment::create(c"t", 7, b"abc", 0, ()).unwrap();
         let h = seg.header();
         let slot = &h.slots[0];
-        let good = (slot.off.load(Ordering::Relaxed), slot.len.load(Ordering::Relaxed));
-        for (off, len) in [(u64::MAX - 1, 3), (good.0, u64::MAX), (1 << 40, 3), (good.0, 1 << 20)] {
+        let good = (
+            slot.off.load(Ordering::Relaxed),
+            slot.len.load(Ordering::Relaxed),
+        );
+        for (off, len) in [
+            (u64::MAX - 1, 3),
+            (good.0, u64::MAX),
+            (1 << 40, 3),
+            (good.0, 1 << 20),
+        ] {
             slot.off.store(off, Ordering::Relaxed);
             slot.len.store(len, Ordering::Relaxed);
             let mut held = seg.lock(None).unwrap().unwrap();
@@ -652,8 +757,14 @@ mod test {
         let size = h.size.load(Ordering::Relaxed);
         for bad in [size + (1 << 30), 10] {
             h.size.store(bad, Ordering::Relaxed);
-            assert!(seg.lock(None).unwrap().unwrap().read().is_err(), "size {bad}");
-            assert!(seg.lock(None).unwrap().unwrap().publish(b"x").is_err(), "size {bad}");
+            assert!(
+                seg.lock(None).unwrap().unwrap().read().is_err(),
+                "size {bad}"
+            );
+            assert!(
+                seg.lock(None).unwrap().unwrap().publish(b"x").is_err(),
+                "size {bad}"
+            );
         }
         h.size.store(size, Ordering::Relaxed);
         assert_eq!(seg.lock(None).unwrap().unwrap().read().unwrap().0, b"abc");
