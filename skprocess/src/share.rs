@@ -8,7 +8,7 @@
 //! size — and two slots for the postcard-encoded value. The handle is the
 //! file's descriptor: it travels to a child as a field of a process, a
 //! message or a pool item, and each process maps the file once, however many
-//! clones it holds.
+//! clones it holds and however many times the handle arrives.
 //!
 //! [`lock`](Share::lock) takes the mutex and decodes the value only if
 //! another process wrote it since this process last decoded it; otherwise
@@ -57,14 +57,17 @@
 //!   `Err`, not a deadlock.
 
 use crate::error::{Error, Result};
-use crate::sys::shm::{Held, Segment};
+use crate::sys::shm::{self, Held, Segment};
 use crate::wire;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::any::Any;
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::ops::{Deref, DerefMut};
-use std::sync::Arc;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 /// What this process keeps beside its mapping of a share.
@@ -215,7 +218,9 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Share<T> {
         };
         let seg = Segment::create(c"skprocess-share", tag::<T>(), &bytes, capacity, cache)
             .map_err(sys_error)?;
-        Ok(Share { seg: Arc::new(seg) })
+        let seg = Arc::new(seg);
+        remember(&seg).map_err(sys_error)?;
+        Ok(Share { seg })
     }
 
     /// Locks the value, waiting as long as it takes, and returns a guard
@@ -418,18 +423,64 @@ impl<T> Serialize for Share<T> {
     }
 }
 
-impl<'de, T> Deserialize<'de> for Share<T> {
+impl<'de, T: Send + 'static> Deserialize<'de> for Share<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let FdIndex(index) = FdIndex::deserialize(d)?;
         let fd = wire::take_fd(index).map_err(serde::de::Error::custom)?;
-        let seg = Segment::open(fd, tag::<T>(), Cache::empty()).map_err(|e| {
+        let seg = attach(fd).map_err(|e| {
             serde::de::Error::custom(format_args!(
                 "cannot attach to Share<{}>: {e}",
                 std::any::type_name::<T>()
             ))
         })?;
-        Ok(Share { seg: Arc::new(seg) })
+        Ok(Share { seg })
     }
+}
+
+/// The segments this process has mapped, by file identity, so a share that
+/// arrives again (back from a child, in every pool item, in several
+/// messages) reuses the mapping and the decoded copy it already has instead
+/// of mapping the file once more.
+#[derive(Default)]
+struct Attached {
+    by_file: HashMap<(u64, u64), Weak<dyn Any + Send + Sync>>,
+    prune_at: usize,
+}
+
+fn attached() -> MutexGuard<'static, Attached> {
+    static ATTACHED: OnceLock<Mutex<Attached>> = OnceLock::new();
+    ATTACHED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Remembers `seg` as this process's mapping of its file.
+fn remember<T: Send + 'static>(seg: &Arc<Segment<Cache<T>>>) -> io::Result<()> {
+    let id = shm::file_id(seg.fd())?;
+    let weak: Weak<dyn Any + Send + Sync> = Arc::downgrade(seg) as Weak<dyn Any + Send + Sync>;
+    let mut map = attached();
+    map.by_file.insert(id, weak);
+    if map.by_file.len() > map.prune_at {
+        map.by_file.retain(|_, w| w.strong_count() > 0);
+        map.prune_at = (2 * map.by_file.len()).max(64);
+    }
+    Ok(())
+}
+
+/// This process's mapping of the share file `fd`, made now if there is none.
+fn attach<T: Send + 'static>(fd: OwnedFd) -> io::Result<Arc<Segment<Cache<T>>>> {
+    let id = shm::file_id(fd.as_fd())?;
+    let known = attached().by_file.get(&id).and_then(Weak::upgrade);
+    if let Some(any) = known {
+        if let Ok(seg) = any.downcast::<Segment<Cache<T>>>() {
+            // `fd` closes here; the mapping's own descriptor stays.
+            return Ok(seg);
+        }
+    }
+    let seg = Arc::new(Segment::open(fd, tag::<T>(), Cache::empty())?);
+    remember(&seg)?;
+    Ok(seg)
 }
 
 /// The locked value of a [`Share`]: dereferences to `T`. The lock is held

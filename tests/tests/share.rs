@@ -194,6 +194,34 @@ impl Process for LeakCheck {
     }
 }
 
+/// Sends a share to a grandchild and gets it back in the grandchild's final
+/// state: the returning handle must reuse this process's mapping.
+#[derive(Process, Serialize, Deserialize, Default)]
+#[process(runs = 1)]
+struct MapsOnce {
+    before: (usize, usize),
+    after: (usize, usize),
+    counter: u64,
+}
+
+impl Process for MapsOnce {
+    fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        let s = Share::new(Stats::default())?;
+        s.lock()?.counter += 1;
+        self.before = (support_share::share_fds(), support_share::share_mappings());
+        let mut h = Incrementer {
+            share: s.clone(),
+            times: 5,
+        }
+        .start()?;
+        let back = finish(&mut h)?.share;
+        back.lock()?.counter += 1;
+        self.after = (support_share::share_fds(), support_share::share_mappings());
+        self.counter = s.get()?.counter;
+        Ok(())
+    }
+}
+
 /// Receives a share as a message, bumps it, and says so.
 #[derive(Process, Serialize, Deserialize)]
 #[process(runs = 1)]
@@ -682,6 +710,19 @@ fn no_descriptor_mapping_or_shm_file_is_left_behind() -> skprocess::Result<()> {
     );
     assert_eq!(done.before.1, 0);
     assert_no_shm_files();
+    Ok(())
+}
+
+#[test]
+fn a_share_that_comes_back_reuses_the_mapping_it_already_has() -> skprocess::Result<()> {
+    let mut h = MapsOnce::default().start()?;
+    let done = finish(&mut h)?;
+    assert_eq!(done.counter, 7);
+    assert_eq!(
+        done.after, done.before,
+        "(share fds, share mappings) before and after the round trip"
+    );
+    assert_eq!(done.before.0, 1);
     Ok(())
 }
 

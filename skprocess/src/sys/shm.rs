@@ -106,12 +106,23 @@ fn round_up(n: u64, to: u64) -> Option<u64> {
     n.checked_add(to - 1).map(|v| v / to * to)
 }
 
-fn fstat_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
+fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
     // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `st` is a valid out-pointer for the duration of the call.
     super::cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
-    Ok(st.st_size as u64)
+    Ok(st)
+}
+
+fn fstat_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    Ok(fstat(fd)?.st_size as u64)
+}
+
+/// The identity of the file behind `fd` (device, inode): equal for every
+/// descriptor of one memfd, and unique among files that are open.
+pub(crate) fn file_id(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let st = fstat(fd)?;
+    Ok((st.st_dev, st.st_ino))
 }
 
 fn set_size(fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
