@@ -9,7 +9,7 @@
 use criterion::{criterion_group, Criterion};
 use serde::{Deserialize, Serialize};
 use skprocess::prelude::*;
-use skprocess_benches::{median_per_call, report, report_rate};
+use skprocess_benches::report_rate;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -180,29 +180,45 @@ fn summary() {
         "/s",
     );
 
-    // Uncontended, one process.
+    // Uncontended, one process: calls per second, median of 7 batches.
     let share = Share::new(Stats::default()).expect("share");
     let word = AtomicU64::new(0);
-    let per_batch = 100_000;
-    let write = median_per_call(15, per_batch, || share.lock().expect("lock").counter += 1);
-    let read = median_per_call(15, per_batch, || {
+    let write = rate(|| share.lock().expect("lock").counter += 1);
+    let read = rate(|| {
         black_box(share.lock().expect("lock").counter);
     });
-    let atomic = median_per_call(15, per_batch, || {
+    let atomic = rate(|| {
         black_box(&word).fetch_add(1, Ordering::SeqCst);
     });
-    report(
+    report_rate(
         "share lock()+=1, 1 process",
         write,
         "bare fetch_add, 1 thread",
         atomic,
+        "/s",
     );
-    report(
+    report_rate(
         "share lock() read only, 1 process",
         read,
         "bare fetch_add, 1 thread",
         atomic,
+        "/s",
     );
+}
+
+/// Calls of `f` per second: the median of 7 batches of 1 M calls.
+fn rate(mut f: impl FnMut()) -> f64 {
+    const BATCH: u32 = 1_000_000;
+    let samples = (0..7)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..BATCH {
+                f();
+            }
+            f64::from(BATCH) / t.elapsed().as_secs_f64()
+        })
+        .collect();
+    median_rate(samples)
 }
 
 criterion_group!(benches, uncontended);
