@@ -606,13 +606,10 @@ impl<L> Held<'_, L> {
         let (mut off, cap, _) = self.slot(target, mapped)?;
         let need = bytes.len() as u64;
         if need > cap {
-            let (_, other_cap, _) = self.slot(1 - target, mapped)?;
             let page = page_size() as u64;
-            // Room to grow: twice the larger slot, or the value plus half.
-            let want = need
-                .saturating_add(need / 2)
-                .max(other_cap.saturating_mul(2))
-                .max(cap.saturating_mul(2));
+            // Room to grow: the value plus half, and at least twice the old
+            // region, so a value that keeps growing moves O(log n) times.
+            let want = need.saturating_add(need / 2).max(cap.saturating_mul(2));
             let new_cap = round_up(want, page).ok_or_else(too_large)?;
             // A writer that died mid-growth may have extended the file
             // without recording it; start after whatever is there.
@@ -739,6 +736,26 @@ mod test {
         drop(h);
         let mut h = seg.lock(None).unwrap().unwrap();
         assert_eq!(h.read().unwrap().0, &big[..]);
+        drop(h);
+        // Two slots of 1.5 times the value, plus the header and the first,
+        // small slot regions.
+        assert!(
+            seg.size() <= 3 * big.len() as u64 + (64 << 10),
+            "{}",
+            seg.size()
+        );
+        // Many small growth steps move each slot only a few times; the file
+        // (mostly holes) stays within a small multiple of the value.
+        let before = seg.size();
+        let mut h = seg.lock(None).unwrap().unwrap();
+        for n in (3_000_000..12_000_000).step_by(100_000) {
+            h.publish(&vec![7u8; n]).unwrap();
+        }
+        assert!(
+            h.seg.size() - before <= 5 * 12_000_000,
+            "{}",
+            h.seg.size() - before
+        );
     }
 
     #[test]
