@@ -1,60 +1,8 @@
 //! [`Share<T>`]: one value shared by every process that holds a clone of the
-//! handle, read and changed under a cross-process lock.
-//!
-//! # How it works
-//!
-//! A share is an anonymous shared-memory file (a memfd) holding a small
-//! header — a robust, process-shared mutex, a generation counter, the file's
-//! size — and two slots for the postcard-encoded value. The handle is the
-//! file's descriptor: it travels to a child as a field of a process, a
-//! message or a pool item, and each process maps the file once, however many
-//! clones it holds and however many times the handle arrives.
-//!
-//! [`lock`](Share::lock) takes the mutex and decodes the value only if
-//! another process wrote it since this process last decoded it; otherwise
-//! it reuses its own decoded copy, so a lock with no change in between costs
-//! a mutex and a compare. Dropping a guard that was written through
-//! ([`DerefMut`]) encodes the value into the inactive slot, then flips the
-//! active slot with one store; a guard that was only read writes nothing.
-//!
-//! # What survives a crash
-//!
-//! - **A process killed while it holds the lock** (`SIGKILL`, a hook
-//!   timeout, `abort`) loses only its own unfinished update. The value stays
-//!   the last one written back, and the next [`lock`](Share::lock) anywhere
-//!   succeeds at once: the kernel hands the lock over (`EOWNERDEAD`) and it
-//!   is marked consistent.
-//! - **A process killed in the middle of writing back** never tears the
-//!   value: it was writing the inactive slot, and the switch to it is a
-//!   single store made only once the bytes are complete.
-//! - **A thread that panics while holding a guard** discards its changes
-//!   too, the same rule as a killed process (a retried process must not
-//!   apply its update twice).
-//! - **The memory itself** belongs to no file system: nothing ever appears
-//!   in `/dev/shm`, and the kernel frees it when the last process holding a
-//!   handle ends, however it ends.
-//!
-//! What is not protected: a change made through a guard that is then leaked
-//! with [`std::mem::forget`] is lost and the lock stays held until the
-//! thread ends; and a value that fails to encode when a guard drops is not
-//! written (the error is logged; use [`ShareGuard::commit`] to get it).
-//!
-//! # Growth
-//!
-//! The value may grow far beyond its first size, from any process: the
-//! writer extends the same file and every other process remaps it the next
-//! time it takes the lock, so no handle ever goes stale.
-//!
-//! # Limits
-//!
-//! - The value is encoded with postcard: a type postcard cannot describe
-//!   (`#[serde(flatten)]`, `#[serde(untagged)]`) is refused by
-//!   [`Share::new`] with an error naming [`Json`](crate::Json), the escape
-//!   hatch.
-//! - A shared value cannot itself hold a `Share` or a pipe endpoint.
-//! - A guard is not `Send`: the lock belongs to the thread that took it.
-//! - Locking a share again from the thread that holds its guard is an
-//!   `Err`, not a deadlock.
+//! handle, read and changed under a cross-process lock. The guarantees
+//! (what survives a crash, growth, limits) are documented on [`Share`],
+//! where users see them; the memory layout and the crash-safety argument are
+//! in `sys::shm`.
 
 use crate::error::{Error, Result};
 use crate::sys::shm::{self, Held, Segment};
@@ -94,8 +42,65 @@ impl<T> Cache<T> {
 /// [`set`](Share::set) are atomic across processes: a read-modify-write under
 /// one guard never interleaves with another process's. The handle is cheap
 /// to clone and is `Serialize + Deserialize`, so it can be a field of a
-/// process or a message; see the [module docs](self) for the crash
-/// guarantees.
+/// process or a message.
+///
+/// # How it works
+///
+/// A share is an anonymous shared-memory file (a memfd) holding a small
+/// header — a robust, process-shared mutex, a generation counter, the file's
+/// size — and two slots for the postcard-encoded value. The handle is the
+/// file's descriptor: it travels to a child as a field of a process, a
+/// message or a pool item, and each process maps the file once, however many
+/// clones it holds and however many times the handle arrives.
+///
+/// [`lock`](Share::lock) takes the mutex and decodes the value only if
+/// another process wrote it since this process last decoded it; otherwise
+/// it reuses its own decoded copy, so a lock with no change in between costs
+/// a mutex and a compare. Dropping a guard that was written through
+/// ([`DerefMut`]) encodes the value into the inactive slot, then flips the
+/// active slot with one store; a guard that was only read writes nothing.
+///
+/// # What survives a crash
+///
+/// - **A process killed while it holds the lock** (`SIGKILL`, a hook
+///   timeout, `abort`) loses only its own unfinished update. The value stays
+///   the last one written back, and the next [`lock`](Share::lock) anywhere
+///   succeeds at once: the kernel hands the lock over (`EOWNERDEAD`) and it
+///   is marked consistent.
+/// - **A process killed in the middle of writing back** never tears the
+///   value: it was writing the inactive slot, and the switch to it is a
+///   single store made only once the bytes are complete.
+/// - **A thread that panics while holding a guard** discards its changes
+///   too, the same rule as a killed process (a retried process must not
+///   apply its update twice).
+/// - **The memory itself** belongs to no file system: nothing ever appears
+///   in `/dev/shm`, and the kernel frees it when the last process holding a
+///   handle ends, however it ends.
+///
+/// What is not protected: a change made through a guard that is then leaked
+/// with [`std::mem::forget`] is lost and the lock stays held until the
+/// thread ends; and a value that fails to encode when a guard drops is not
+/// written (the error is logged; use [`ShareGuard::commit`] to get it).
+///
+/// # Growth
+///
+/// The value may grow far beyond its first size, from any process: the
+/// writer extends the same file and every other process remaps it the next
+/// time it takes the lock, so no handle ever goes stale.
+///
+/// # Limits
+///
+/// - The value is encoded with postcard: a type postcard cannot describe
+///   (`#[serde(flatten)]`, `#[serde(untagged)]`) is refused by
+///   [`Share::new`] with an error naming [`Json`](crate::Json), the escape
+///   hatch.
+/// - A shared value cannot itself hold a `Share` or a pipe endpoint.
+/// - A guard is not `Send`: the lock belongs to the thread that took it.
+/// - Locking a share again from the thread that holds its guard is an
+///   `Err`, not a deadlock.
+/// - A holder that is alive but stuck (in an endless loop, or stopped)
+///   keeps every other process waiting in [`lock`](Share::lock); use
+///   [`lock_timeout`](Share::lock_timeout) where a wait must be bounded.
 ///
 /// # Examples
 ///
