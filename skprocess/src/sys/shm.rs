@@ -46,6 +46,7 @@ use std::cell::UnsafeCell;
 use std::ffi::CStr;
 use std::io;
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -236,7 +237,9 @@ struct Local<L> {
 /// `L` is process-local state the caller keeps beside the mapping (a decoded
 /// copy, a scratch buffer); it is reachable only through a [`Held`] lock.
 pub(crate) struct Segment<L> {
-    header: memmap2::MmapRaw,
+    /// Unmapped on drop unless a thread of this process still holds the
+    /// mutex (see the `Drop` impl).
+    header: ManuallyDrop<memmap2::MmapRaw>,
     data_off: u64,
     /// Reached only through a [`Held`], that is by the one thread that
     /// holds the segment's mutex.
@@ -263,7 +266,37 @@ impl<L> std::fmt::Debug for Segment<L> {
     }
 }
 
+impl<L> Drop for Segment<L> {
+    fn drop(&mut self) {
+        // A guard leaked with `mem::forget` leaves the mutex locked by a
+        // thread of this process, and that thread's robust list (which
+        // glibc edits on every robust lock and unlock, and the kernel walks
+        // when the thread ends) still links through the mutex. Unmapping
+        // the header would leave the list pointing at nothing, so in that
+        // case the page stays mapped for the life of the process.
+        if !self.locked_here() {
+            // SAFETY: `header` is not used after this; no Held exists (it
+            // would borrow `self`), and no thread of this process holds the
+            // mutex, so nothing refers to the mapping any more.
+            unsafe { ManuallyDrop::drop(&mut self.header) };
+        }
+    }
+}
+
 impl<L> Segment<L> {
+    /// Whether a thread of this process holds the mutex now. Reads glibc's
+    /// robust mutex word (the first `int` of `pthread_mutex_t`), which holds
+    /// the owner's thread id.
+    fn locked_here(&self) -> bool {
+        // SAFETY: the mutex is 4-byte aligned inside the mapped header and
+        // its first word is only ever changed atomically (it is a futex).
+        let word = unsafe { &*self.mutex().cast::<std::sync::atomic::AtomicU32>() };
+        let tid = word.load(Ordering::Relaxed) & libc::FUTEX_TID_MASK;
+        // Thread ids are unique across the system while the thread lives; a
+        // false positive only keeps one page mapped.
+        tid != 0 && std::path::Path::new(&format!("/proc/self/task/{tid}")).exists()
+    }
+
     /// Creates a segment holding `bytes`, with room for `capacity` bytes per
     /// slot, tagged with the value type's fingerprint `tag`.
     pub(crate) fn create(
@@ -293,7 +326,7 @@ impl<L> Segment<L> {
             .len(page as usize)
             .map_raw(fd.as_raw_fd())?;
         let mut seg = Segment {
-            header,
+            header: ManuallyDrop::new(header),
             data_off: page,
             local: UnsafeCell::new(Local { data: None, user }),
             fd,
@@ -386,7 +419,7 @@ impl<L> Segment<L> {
             .len(data_off as usize)
             .map_raw(fd.as_raw_fd())?;
         Ok(Segment {
-            header,
+            header: ManuallyDrop::new(header),
             data_off,
             local: UnsafeCell::new(Local { data: None, user }),
             fd,
@@ -809,5 +842,24 @@ mod test {
         assert!(Segment::<()>::open(a, 7, ()).is_err());
         let words = super::super::mem::SharedWords::new(c"w", 1024).unwrap();
         assert!(Segment::<()>::open(words.fd().try_clone().unwrap(), 7, ()).is_err());
+    }
+
+    #[test]
+    fn a_leaked_lock_keeps_its_page_so_other_locks_still_work() {
+        // The leaked guard stays in this thread's robust list; unmapping
+        // its page would make the next robust lock write into nothing.
+        let a = Segment::create(c"t", 1, b"a", 0, ()).unwrap();
+        std::mem::forget(a.lock(None).unwrap().unwrap());
+        drop(a);
+        // Map other things where `a` was, so a dangling list entry faults.
+        let filler: Vec<_> = (0..8)
+            .map(|_| memmap2::MmapMut::map_anon(4096).unwrap())
+            .collect();
+        let b = Segment::create(c"t", 1, b"b", 0, ()).unwrap();
+        drop(filler);
+        for _ in 0..3 {
+            let h = b.lock(None).unwrap().unwrap();
+            drop(h);
+        }
     }
 }
