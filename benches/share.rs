@@ -31,6 +31,7 @@ struct Incrementer {
 
 impl Process for Incrementer {
     fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+        pin_to_cpu(1);
         ctx.tell("ready")?;
         ctx.listen::<String>(Duration::from_secs(60))?
             .ok_or("no go")?;
@@ -40,6 +41,33 @@ impl Process for Incrementer {
         }
         self.elapsed = t.elapsed();
         Ok(())
+    }
+}
+
+/// Pins the calling thread to `cpu` (modulo the CPUs there are), so the two
+/// sides of a run contend from two cores rather than taking turns on one.
+/// Returns the previous mask.
+fn pin_to_cpu(cpu: usize) -> Option<libc::cpu_set_t> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        return None;
+    }
+    // SAFETY: cpu_set_t is a plain bit mask; all-zero is a valid value, and
+    // the calls get valid pointers to it with its size.
+    unsafe {
+        let mut old: libc::cpu_set_t = std::mem::zeroed();
+        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut old);
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu % cpus, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        Some(old)
+    }
+}
+
+fn unpin(old: Option<libc::cpu_set_t>) {
+    if let Some(old) = old {
+        // SAFETY: as in `pin_to_cpu`.
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &old) };
     }
 }
 
@@ -63,6 +91,7 @@ fn share_two_processes(n: u64) -> Run {
     .expect("start");
     let ready: Option<String> = h.listen(Duration::from_secs(60)).expect("listen");
     assert_eq!(ready.as_deref(), Some("ready"));
+    let restore = pin_to_cpu(0);
     let t = Instant::now();
     h.tell("go").expect("tell");
     let (mut last, mut handovers) = (0, 0u64);
@@ -74,6 +103,7 @@ fn share_two_processes(n: u64) -> Run {
     }
     h.wait().expect("wait");
     let wall = t.elapsed();
+    unpin(restore);
     assert_eq!(share.get().expect("get").counter, 2 * n, "exact count");
     Run {
         rate: (2 * n) as f64 / wall.as_secs_f64(),
@@ -127,6 +157,7 @@ fn atomic_two_processes(n: u64) -> Run {
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0);
     if pid == 0 {
+        pin_to_cpu(1);
         ready.store(1, Ordering::SeqCst);
         while go.load(Ordering::SeqCst) == 0 {
             std::hint::spin_loop();
@@ -140,6 +171,7 @@ fn atomic_two_processes(n: u64) -> Run {
     while ready.load(Ordering::SeqCst) == 0 {
         std::hint::spin_loop();
     }
+    let restore = pin_to_cpu(0);
     let t = Instant::now();
     go.store(1, Ordering::SeqCst);
     let (mut last, mut handovers) = (0, 0u64);
@@ -152,6 +184,7 @@ fn atomic_two_processes(n: u64) -> Run {
     // SAFETY: waits for the child forked above.
     unsafe { libc::waitpid(pid, &mut status, 0) };
     let wall = t.elapsed();
+    unpin(restore);
     assert_eq!(counter.load(Ordering::SeqCst), 2 * n);
     Run {
         rate: (2 * n) as f64 / wall.as_secs_f64(),
