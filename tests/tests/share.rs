@@ -222,6 +222,28 @@ impl Process for MapsOnce {
     }
 }
 
+/// On its first attempt takes the lock, changes the value and hangs until
+/// its hook timeout kills it; the second attempt adds one.
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1, lives = 2, timeout(run = "300ms"))]
+struct HangsOnce {
+    share: Share<Stats>,
+    recovered: bool,
+}
+
+impl Process for HangsOnce {
+    fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+        let mut s = self.share.lock()?;
+        if ctx.attempt() == 1 {
+            s.counter = 999_999;
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        self.recovered = s.recovered();
+        s.counter += 1;
+        Ok(())
+    }
+}
+
 /// Receives a share as a message, bumps it, and says so.
 #[derive(Process, Serialize, Deserialize)]
 #[process(runs = 1)]
@@ -505,6 +527,27 @@ fn a_holder_killed_with_the_lock_loses_only_its_own_update() -> skprocess::Resul
     let g = share.lock()?;
     assert!(!g.recovered());
     assert_eq!(g.counter, 18);
+    Ok(())
+}
+
+#[test]
+fn a_hook_timed_out_with_the_lock_costs_a_life_and_the_retry_sees_the_old_value(
+) -> skprocess::Result<()> {
+    let share = Share::new(Stats {
+        counter: 41,
+        log: vec![],
+    })?;
+    let mut h = HangsOnce {
+        share: share.clone(),
+        recovered: false,
+    }
+    .start()?;
+    let done = finish(&mut h)?;
+    assert!(
+        done.recovered,
+        "the second attempt took over a lock whose holder died"
+    );
+    assert_eq!(share.get()?.counter, 42);
     Ok(())
 }
 
