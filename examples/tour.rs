@@ -79,7 +79,65 @@ fn chapter_1() -> skprocess::Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------
+// Chapter 3: Share, one value seen and changed by every process.
+
+#[derive(Serialize, Deserialize, Default)]
+struct Stats {
+    counter: u64,
+    log: Vec<String>,
+}
+
+/// Bumps the shared counter ten times, appending each value to the log.
+#[derive(Process, Serialize, Deserialize, Clone)]
+#[process(runs = 10)]
+struct ShareCounter {
+    share: Share<Stats>,
+}
+
+impl Process for ShareCounter {
+    fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        let mut s = self.share.lock()?; // atomic across processes
+        s.counter += 1;
+        let n = s.counter;
+        s.log.push(n.to_string());
+        Ok(()) // written back when `s` drops
+    }
+}
+
+fn chapter_3() -> skprocess::Result<()> {
+    println!("== 3. Share: one value, every process");
+    let share = Share::new(Stats::default())?;
+    let mut handles = (0..4)
+        .map(|_| {
+            ShareCounter {
+                share: share.clone(),
+            }
+            .start()
+        })
+        .collect::<skprocess::Result<Vec<_>>>()?;
+    for h in &mut handles {
+        h.wait()?;
+    }
+    let s = share.get()?;
+    println!("4 processes x 10 runs: counter = {}", s.counter);
+    let in_order = s
+        .log
+        .iter()
+        .enumerate()
+        .all(|(i, n)| *n == (i + 1).to_string());
+    println!("every increment saw the one before it: {in_order}");
+    let n = share.update(|s| {
+        s.counter += 1;
+        s.counter
+    })?;
+    println!("one more from the parent: {n}");
+    println!();
+    Ok(())
+}
+
 fn main() -> skprocess::Result<()> {
     chapter_1()?;
+    chapter_3()?;
     Ok(())
 }

@@ -18,10 +18,15 @@ import multiprocessing as mp
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
 from suitkaise.processing import Pipe, Pool, Share, Skprocess
+
+import peer_work
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 REPS = 5
 WORKERS = os.cpu_count() or 2
@@ -64,16 +69,18 @@ def report_rate(name, ours, base_name, base, unit):
     line(name, f"{human(ours)} {unit}", base_name, f"{human(base)} {unit}", ours / base)
 
 
-def report_na(name, reason, base_name, base_fig):
-    print(f"PEER {name:<40} {'n/a':>12} | {base_name:<34} {base_fig:>12} | n/a ({reason})",
-          flush=True)
-
-
-def median_of_batches(batch):
-    """`batch()` returns one figure (seconds per op, or a rate); the first
-    call is a warm-up."""
-    batch()
-    return statistics.median(batch() for _ in range(REPS))
+def interleaved(*batches):
+    """Medians of several batch functions. A batch returns one figure
+    (seconds per op, or a rate). After one warm-up call each, they run in
+    turn (a, b, c, a, b, c, ...) so that a change in the machine's load hits
+    them all alike."""
+    for batch in batches:
+        batch()
+    figures = [[] for _ in batches]
+    for _ in range(REPS):
+        for batch, out in zip(batches, figures):
+            out.append(batch())
+    return [statistics.median(out) for out in figures]
 
 
 def per_op(n, op):
@@ -104,31 +111,23 @@ def sk_spawn_result():
     assert NoopProcess().run() == 1
 
 
-def _mp_noop(q):
-    q.put(1)
-
-
-def mp_spawn_result(ctx):
-    def op():
-        q = ctx.Queue()
-        p = ctx.Process(target=_mp_noop, args=(q,))
-        p.start()
-        assert q.get() == 1
-        p.join()
-    return op
-
-
 def bench_spawn():
     n = 8
-    sk = median_of_batches(per_op(n, sk_spawn_result))
     default = mp.get_start_method()
-    base = median_of_batches(per_op(n, mp_spawn_result(mp.get_context())))
+    ctx = mp.get_context()
+    sk, base = interleaved(per_op(n, sk_spawn_result),
+                           per_op(n, lambda: peer_work.spawn_result_once(ctx)))
     report_time("spawn+result: no-op Skprocess.run()", sk,
                 f"mp.Process+Queue ({default}, default)", base)
     if default != "spawn":
-        spawn = median_of_batches(per_op(n, mp_spawn_result(mp.get_context("spawn"))))
+        # in a fresh interpreter that never imports suitkaise, so the spawned
+        # children re-import only the small stdlib-only module
+        out = subprocess.run(
+            [sys.executable, os.path.join(HERE, "peer_work.py"), "spawn", str(n), str(REPS)],
+            check=True, capture_output=True, text=True,
+        ).stdout
         report_time("spawn+result: no-op Skprocess.run()", sk,
-                    "mp.Process+Queue (spawn)", spawn)
+                    "mp.Process+Queue (spawn)", float(out))
 
 
 # ------------------------------------------------ 2. int round trip
@@ -234,12 +233,14 @@ def mp_pipe_rt(n):
 
 
 def bench_round_trip():
-    base = median_of_batches(mp_pipe_rt(2000))
-    tl = median_of_batches(sk_tell_listen_rt(TellListenEcho, 500))
+    base, tl, lc, sp = interleaved(
+        mp_pipe_rt(2000),
+        sk_tell_listen_rt(TellListenEcho, 500),
+        sk_tell_listen_rt(LifecycleEcho, 200),
+        sk_pipe_rt(2000),
+    )
     report_time("int round trip: tell/listen", tl, "mp.Pipe ping-pong", base)
-    lc = median_of_batches(sk_tell_listen_rt(LifecycleEcho, 200))
     report_time("int rt: tell/listen, 1 per lifecycle", lc, "mp.Pipe ping-pong", base)
-    sp = median_of_batches(sk_pipe_rt(1000))
     report_time("int round trip: suitkaise Pipe", sp, "mp.Pipe ping-pong", base)
 
 
@@ -351,12 +352,14 @@ def bench_shared_counter():
     share = Share()
     share.counter = 0
     try:
-        sk = median_of_batches(sk_share_counter(share, n_share, sk_finals))
+        with mp.Manager() as manager:
+            sk, ns, value = interleaved(
+                sk_share_counter(share, n_share, sk_finals),
+                mp_namespace_counter(manager, n_ns, ns_finals),
+                mp_value_counter(n_value, value_finals),
+            )
     finally:
         share.stop()
-    with mp.Manager() as manager:
-        ns = median_of_batches(mp_namespace_counter(manager, n_ns, ns_finals))
-    value = median_of_batches(mp_value_counter(n_value, value_finals))
 
     report_rate("shared counter: Share, 2 procs", sk,
                 "Manager().Namespace + Manager Lock", ns, "inc/s")
@@ -378,12 +381,16 @@ def bench_shared_counter():
 # ------------------------------------------------ 4. Pool.map
 
 
+# The same two functions as in peer_work, defined here in `__main__` too:
+# suitkaise serializes a function from `__main__` by value, one from an
+# importable module by reference, and the Pool workers rebuild it per item.
+
+
 def double(x):
     return x * 2
 
 
 def burn(k):
-    """A pure-Python loop; `k` iterations take about 1 ms (calibrated)."""
     acc = 0
     for i in range(k):
         acc = (acc + i * i) % 1_000_003
@@ -391,9 +398,10 @@ def burn(k):
 
 
 def calibrate_burn(target=1e-3):
+    """Loop count for which peer_work.burn takes about `target` seconds."""
     k = 10_000
-    burn(k)
-    t = min(_timed(burn, k) for _ in range(5))
+    peer_work.burn(k)
+    t = min(_timed(peer_work.burn, k) for _ in range(5))
     return max(1, int(k * target / t))
 
 
@@ -418,22 +426,31 @@ def bench_pool():
     tiny_expect = [double(x) for x in tiny]
     k = calibrate_burn()
     cpu = [k] * 200
-    cpu_expect = [burn(k)] * len(cpu)
+    cpu_expect = [peer_work.burn(k)] * len(cpu)
 
     sk_pool = Pool(workers=WORKERS)
+    mp_pool = mp.Pool(processes=WORKERS)
     try:
-        sk_tiny = median_of_batches(map_batch(sk_pool, double, tiny, tiny_expect))
-        sk_cpu = median_of_batches(map_batch(sk_pool, burn, cpu, cpu_expect))
+        sk_tiny, sk_tiny_main, mp_tiny = interleaved(
+            map_batch(sk_pool, peer_work.double, tiny, tiny_expect),
+            map_batch(sk_pool, double, tiny, tiny_expect),
+            map_batch(mp_pool, peer_work.double, tiny, tiny_expect),
+        )
+        sk_cpu, sk_cpu_main, mp_cpu = interleaved(
+            map_batch(sk_pool, peer_work.burn, cpu, cpu_expect),
+            map_batch(sk_pool, burn, cpu, cpu_expect),
+            map_batch(mp_pool, peer_work.burn, cpu, cpu_expect),
+        )
     finally:
         sk_pool.close()
-    with mp.Pool(processes=WORKERS) as mp_pool:
-        mp_tiny = median_of_batches(map_batch(mp_pool, double, tiny, tiny_expect))
-        mp_cpu = median_of_batches(map_batch(mp_pool, burn, cpu, cpu_expect))
+        mp_pool.close()
+        mp_pool.join()
 
-    report_time("Pool.map 10k tiny items (x*2)", sk_tiny,
-                f"mp.Pool({WORKERS}).map", mp_tiny)
-    report_time("Pool.map 200 CPU items (~1 ms each)", sk_cpu,
-                f"mp.Pool({WORKERS}).map", mp_cpu)
+    base = f"mp.Pool({WORKERS}).map"
+    report_time("Pool.map 10k tiny (x*2), fn in module", sk_tiny, base, mp_tiny)
+    report_time("Pool.map 10k tiny (x*2), fn in __main__", sk_tiny_main, base, mp_tiny)
+    report_time("Pool.map 200 x ~1 ms CPU, fn in module", sk_cpu, base, mp_cpu)
+    report_time("Pool.map 200 x ~1 ms CPU, fn in __main__", sk_cpu_main, base, mp_cpu)
 
 
 # ------------------------------------------------ 5. 1 MiB pipe throughput
@@ -498,8 +515,7 @@ def mp_pipe_throughput(n, payload):
 def bench_throughput():
     payload = os.urandom(MIB)
     n = 64
-    sk = median_of_batches(sk_pipe_throughput(n, payload))
-    base = median_of_batches(mp_pipe_throughput(n, payload))
+    sk, base = interleaved(sk_pipe_throughput(n, payload), mp_pipe_throughput(n, payload))
     report_rate("1 MiB pipe throughput: suitkaise Pipe", sk,
                 "mp.Pipe send_bytes/recv_bytes", base, "MiB/s")
 
@@ -546,7 +562,6 @@ class _Hooks:
 
 def bench_lifecycle():
     n = 2000
-    sk = median_of_batches(lambda: EmptyLifecycle(n).run())
     hooks = _Hooks()
 
     def plain():
@@ -557,12 +572,23 @@ def bench_lifecycle():
             hooks.postrun()
         return (time.perf_counter() - t) / 100_000
 
-    base = median_of_batches(plain)
+    sk, base = interleaved(lambda: EmptyLifecycle(n).run(), plain)
     report_time("lifecycle overhead per iteration", sk,
                 "plain loop calling 3 empty methods", base)
 
 
 # ----------------------------------------------------------------- main
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for row in f:
+                if row.startswith("model name"):
+                    return row.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown cpu"
 
 
 def main():
@@ -571,10 +597,11 @@ def main():
     except AttributeError:
         nproc = os.cpu_count()
     import importlib.metadata as md
-    print(f"machine: nproc={nproc} cpu_count={os.cpu_count()} "
-          f"python={platform.python_version()} ({platform.python_implementation()}) "
-          f"{platform.system()} {platform.machine()} "
-          f"suitkaise={md.version('suitkaise')} mp start method={mp.get_start_method()}",
+    print(f"machine: nproc={nproc} cpu_count={os.cpu_count()} ({cpu_model()}), "
+          f"{platform.system()} {platform.machine()}", flush=True)
+    print(f"python {platform.python_version()} ({platform.python_implementation()}), "
+          f"suitkaise {md.version('suitkaise')}, "
+          f"multiprocessing start method {mp.get_start_method()}, pool workers {WORKERS}",
           flush=True)
     print(f"each figure: median of {REPS} batches after one warm-up batch", flush=True)
 

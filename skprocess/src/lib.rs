@@ -78,6 +78,7 @@ mod handle;
 mod pool;
 mod process;
 mod runtime;
+mod share;
 mod spawn;
 #[allow(unsafe_code)]
 mod sys;
@@ -91,6 +92,7 @@ pub use handle::Handle;
 pub use pool::{Imap, Pool};
 pub use process::Process;
 pub use runtime::Ctx;
+pub use share::{Share, ShareGuard};
 pub use skprocess_derive::Process;
 pub use spawn::is_child;
 pub use timers::{Timer, Timers};
@@ -99,8 +101,8 @@ pub use wire::Json;
 /// `use skprocess::prelude::*;` brings in everything a process needs.
 pub mod prelude {
     pub use crate::{
-        BoxError, Config, Ctx, Error, Handle, Hook, HookResult, Pool, Process, Result, Timer,
-        Timers,
+        BoxError, Config, Ctx, Error, Handle, Hook, HookResult, Pool, Process, Result, Share,
+        Timer, Timers,
     };
 }
 

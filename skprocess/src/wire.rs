@@ -140,12 +140,15 @@ pub(crate) struct Reader {
 }
 
 const READ_CHUNK: usize = 256 * 1024;
+/// A reader starts small (a live handle should cost little memory) and grows
+/// to fit the frames it meets.
+const INITIAL_BUFFER: usize = 16 * 1024;
 
 impl Reader {
     pub(crate) fn new(fd: OwnedFd) -> Self {
         Reader {
             sock: Arc::new(fd),
-            buf: vec![0; 64 * 1024],
+            buf: vec![0; INITIAL_BUFFER],
             start: 0,
             end: 0,
             fds: VecDeque::new(),
@@ -265,7 +268,7 @@ impl Reader {
         let payload = self.buf[self.start + HEADER..self.start + need].to_vec();
         self.start += need;
         if self.start == self.end && self.buf.len() > 4 * READ_CHUNK {
-            self.buf = vec![0; 64 * 1024];
+            self.buf = vec![0; INITIAL_BUFFER];
             self.start = 0;
             self.end = 0;
         }

@@ -13,6 +13,7 @@ pub(crate) mod boot;
 pub(crate) mod code;
 pub(crate) mod mem;
 pub(crate) mod proc;
+pub(crate) mod shm;
 pub(crate) mod sock;
 pub(crate) mod spawn;
 pub(crate) mod zst;
