@@ -783,3 +783,48 @@ fn what_an_item_prints_is_written_out() {
         "{stdout}"
     );
 }
+
+#[derive(Serialize, Deserialize, Default)]
+struct Stats {
+    counter: u64,
+    log: Vec<String>,
+}
+
+#[derive(Process, Serialize, Deserialize, Clone)]
+#[process(runs = 10)]
+struct ShareCounter {
+    share: Share<Stats>,
+}
+
+impl Process for ShareCounter {
+    fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        let mut s = self.share.lock()?;
+        s.counter += 1;
+        let n = s.counter;
+        s.log.push(n.to_string());
+        Ok(())
+    }
+}
+
+/// API.md §5's seed example: items that carry a `Share`.
+#[test]
+fn share_seed_example_through_a_pool() -> skprocess::Result<()> {
+    watchdog();
+    let share = Share::new(Stats::default())?;
+    let pool = Pool::new(4)?;
+    pool.map(vec![
+        ShareCounter {
+            share: share.clone()
+        };
+        10
+    ])?;
+    assert_eq!(share.get()?.counter, 100);
+    let expected: Vec<String> = (1..=100).map(|i| i.to_string()).collect();
+    assert_eq!(share.get()?.log, expected);
+    let v: Vec<u64> = pool.map_fn(
+        |s: Share<Stats>| s.get().unwrap().counter,
+        vec![share.clone(); 300],
+    )?;
+    assert!(v.iter().all(|&c| c == 100));
+    Ok(())
+}
