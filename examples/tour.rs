@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use skprocess::prelude::*;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------
 // Chapter 1: a process with hooks, lives, a timeout and timers.
@@ -136,8 +136,112 @@ fn chapter_3() -> skprocess::Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------
+// Chapter 4: a pool of workers.
+
+/// Counts the primes below `n`: a CPU-bound item. An item with
+/// `crash_once` set crashes its worker on its first attempt; the pool
+/// replaces the worker and the item's second life succeeds.
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1, lives = 2, timeout(run = "10s"))]
+struct PrimeCount {
+    n: u64,
+    crash_once: bool,
+    count: usize,
+    attempt: u32,
+}
+
+impl Process for PrimeCount {
+    fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+        if self.crash_once && ctx.attempt() == 1 {
+            std::process::abort();
+        }
+        self.count = (0..self.n).filter(|&k| is_prime(k)).count();
+        self.attempt = ctx.attempt();
+        Ok(())
+    }
+}
+
+fn is_prime(k: u64) -> bool {
+    k >= 2 && !(2..).take_while(|d| d * d <= k).any(|d| k % d == 0)
+}
+
+fn chapter_4() -> skprocess::Result<()> {
+    println!("== 4. a pool of workers");
+    let pool = Pool::new(4)?; // Pool::default(): one worker per core
+    println!("workers: {:?}", pool.pids());
+
+    // map: every item runs its lifecycle in a worker; final states come
+    // back in input order.
+    let items = (1..=20).map(|i| PrimeCount {
+        n: i * 5_000,
+        crash_once: [5, 10, 15, 20].contains(&i),
+        count: 0,
+        attempt: 0,
+    });
+    let done = pool.map(items)?;
+    let retried = done.iter().filter(|p| p.attempt == 2).count();
+    println!("primes below {}: {}", done[19].n, done[19].count);
+    println!("{retried} items crashed their worker once; the pool replaced it and retried them");
+    println!("workers now: {:?}", pool.pids());
+
+    // The speed-up over one process, on the same CPU-bound items.
+    let work = || {
+        (0..8).map(|_| PrimeCount {
+            n: 300_000,
+            crash_once: false,
+            count: 0,
+            attempt: 0,
+        })
+    };
+    let t = Instant::now();
+    for p in work() {
+        let mut p = p;
+        p.count = (0..p.n).filter(|&k| is_prime(k)).count();
+    }
+    let serial = t.elapsed();
+    let t = Instant::now();
+    pool.map(work())?;
+    let pooled = t.elapsed();
+    println!(
+        "8 CPU-bound items: {serial:.0?} in this process, {pooled:.0?} on the pool ({:.1}x on {} cores)",
+        serial.as_secs_f64() / pooled.as_secs_f64(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+
+    // unordered_imap: each result as soon as it is done.
+    let items = [400_000, 10_000, 200_000].map(|n| PrimeCount {
+        n,
+        crash_once: false,
+        count: 0,
+        attempt: 0,
+    });
+    for r in pool.unordered_imap(items) {
+        let p = r?;
+        println!("  finished: {} primes below {}", p.count, p.n);
+    }
+
+    // map_fn: a plain function; tiny items are batched so IPC stays cheap.
+    let t = Instant::now();
+    let flags = pool.map_fn(is_prime, 0..1_000_000u64)?;
+    let n = flags.iter().filter(|&&b| b).count();
+    println!(
+        "{n} primes below a million through map_fn in {:?}",
+        t.elapsed()
+    );
+
+    // A closure that captures state is refused: state goes in the items.
+    let limit = 10;
+    if let Err(e) = pool.map_fn(move |x: u64| x < limit, 0..3u64) {
+        println!("refused: {e}");
+    }
+    println!();
+    Ok(())
+}
+
 fn main() -> skprocess::Result<()> {
     chapter_1()?;
     chapter_3()?;
+    chapter_4()?;
     Ok(())
 }

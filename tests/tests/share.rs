@@ -4,6 +4,7 @@
 //! leaving no descriptor, mapping or /dev/shm file behind.
 
 mod support;
+#[path = "support/share.rs"]
 mod support_share;
 
 use serde::{Deserialize, Serialize};
