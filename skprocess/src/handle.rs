@@ -14,6 +14,7 @@
 
 use crate::config::{Config, Hook};
 use crate::error::{Cause, Error, Failure, Result};
+use crate::log;
 use crate::runtime::{self, HookMark, Init, Plan, STATUS_HOOK, STATUS_RUN, STATUS_WORDS};
 use crate::spawn::{self, Spawned};
 use crate::sys::{self, mem::SharedWords, proc::ExitStatus};
@@ -132,7 +133,8 @@ impl<P: Process> Handle<P> {
     pub(crate) fn start(value: P, config: Config) -> Result<Self> {
         let encoded = wire::encode(&value)?;
         drop(value);
-        let child = spawn::spawn_child()?;
+        let origin = log::Origin::capture();
+        let child = spawn::spawn_child_with(spawn_options(&config))?;
         let (inbox_tx, inbox) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared {
             name: P::NAME,
@@ -151,6 +153,7 @@ impl<P: Process> Handle<P> {
             config,
             inbox: inbox_tx,
             started: Instant::now(),
+            origin,
         };
         let first = sup.attach(child, 1)?;
         let thread = std::thread::Builder::new()
@@ -328,6 +331,12 @@ struct Supervisor {
     config: Config,
     inbox: Sender<Frame>,
     started: Instant,
+    /// Where the children's `tracing` events go.
+    origin: log::Origin,
+}
+
+fn spawn_options(config: &Config) -> spawn::SpawnOptions {
+    spawn::SpawnOptions { capture_output: config.capture_output }
 }
 
 /// A child being watched.
@@ -336,6 +345,8 @@ struct Child {
     pidfd: Arc<OwnedFd>,
     reader: Reader,
     status: Arc<SharedWords>,
+    log: Arc<log::Forwarder>,
+    capture: Option<log::Capture>,
 }
 
 /// How one attempt ended.
@@ -364,6 +375,10 @@ impl Supervisor {
         let status = Arc::new(SharedWords::new(c"skprocess-status", STATUS_WORDS).map_err(Error::Spawn)?);
         let (reader, writer) = wire::split(s.socket)?;
         let pidfd = Arc::new(s.pidfd);
+        let log_dir = self.config.log_dir.as_deref();
+        let forwarder = self.origin.forwarder(self.shared.name, s.pid, log_dir)?;
+        let capture = log::Capture::start(forwarder.clone(), s.stdout, s.stderr, pidfd.clone());
+        let _ = writer.send(kind::LOG_SETUP, &log::setup_payload(&self.origin, log_dir.is_some()), &[]);
         {
             let mut c = self.shared.current();
             *c = Current {
@@ -398,7 +413,7 @@ impl Supervisor {
         // sees end of file and reports the crash with its exit status.
         let _ = writer.send(kind::INIT, &bytes, &fds);
         drop(value.fds);
-        Ok(Child { pid: s.pid, pidfd, reader, status })
+        Ok(Child { pid: s.pid, pidfd, reader, status, log: forwarder, capture })
     }
 
     fn supervise(mut self, first: Child) -> Result<Encoded> {
@@ -407,7 +422,7 @@ impl Supervisor {
         let mut child = first;
         loop {
             let end = self.watch(&mut child, attempt, join_deadline);
-            self.retire(&child);
+            self.retire(&mut child);
             let killed = self.shared.killed.load(Ordering::SeqCst);
             let failure = match end {
                 End::Done(enc) => return Ok(enc),
@@ -420,7 +435,7 @@ impl Supervisor {
                 return Err(Error::Process(Box::new(failure)));
             }
             attempt += 1;
-            child = match spawn::spawn_child().and_then(|s| self.attach(s, attempt)) {
+            child = match spawn::spawn_child_with(spawn_options(&self.config)).and_then(|s| self.attach(s, attempt)) {
                 Ok(c) => c,
                 Err(e) => return Err(e),
             };
@@ -428,7 +443,10 @@ impl Supervisor {
     }
 
     /// Folds the ended child's timers into the totals and clears it.
-    fn retire(&self, child: &Child) {
+    fn retire(&self, child: &mut Child) {
+        if let Some(c) = child.capture.take() {
+            c.finish();
+        }
         let t = status_timers(&child.status);
         let mut c = self.shared.current();
         self.shared.past_timers.lock().unwrap_or_else(|p| p.into_inner()).merge(&t);
@@ -473,6 +491,7 @@ impl Supervisor {
                         }
                     }
                     kind::HOOK_END => hook_deadline = None,
+                    kind::LOG => child.log.emit(&frame.payload),
                     kind::DONE => outcome = Some(End::Done(Encoded { bytes: frame.payload, fds: frame.fds })),
                     kind::FAILED => {
                         let f = frame.decode::<Failure>().unwrap_or_else(|e| {

@@ -75,6 +75,7 @@
 mod config;
 mod error;
 mod handle;
+mod log;
 mod process;
 mod runtime;
 mod spawn;

@@ -98,6 +98,8 @@ impl Ctx {
     /// If the value cannot be encoded, or the parent is gone.
     pub fn tell<T: Serialize + ?Sized>(&self, msg: &T) -> Result<()> {
         let enc = wire::encode_message(msg)?;
+        // Events logged before a message reach the parent before it.
+        crate::log::flush();
         self.link.writer.send(kind::TELL, &enc.bytes, &enc.raw_fds())
     }
 
@@ -338,15 +340,20 @@ fn spawn_control_thread(mut reader: Reader, inbox: Sender<Frame>, others: Sender
 pub(crate) fn child_main(control: OwnedFd) -> ! {
     install_panic_hook();
     let Ok((mut reader, writer)) = wire::split(control) else { sys::proc::exit_now(74) };
-    let init = match reader.read(None) {
-        Ok(Some(f)) if f.kind == kind::INIT => f,
-        // The parent went away before sending anything.
-        _ => sys::proc::exit_now(0),
+    let mut log_setup = None;
+    let init = loop {
+        match reader.read(None) {
+            Ok(Some(f)) if f.kind == kind::INIT => break f,
+            Ok(Some(f)) if f.kind == kind::LOG_SETUP => log_setup = Some(f.payload),
+            // The parent went away before sending anything.
+            _ => sys::proc::exit_now(0),
+        }
     };
     let Ok(msg) = init.decode::<Init>() else { sys::proc::exit_now(75) };
     let mut fds = init.fds;
     let (inbox_tx, inbox) = crossbeam_channel::unbounded();
     let (others_tx, others) = crossbeam_channel::unbounded();
+    crate::log::install_child(log_setup.as_deref(), writer.clone());
     let link = Arc::new(Link { writer, inbox, others, stop: AtomicBool::new(false) });
     spawn_control_thread(reader, inbox_tx, others_tx, link.clone());
 
@@ -378,6 +385,7 @@ pub(crate) fn child_main(control: OwnedFd) -> ! {
             send_outcome(&link, outcome)
         }
     };
+    crate::log::flush();
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     std::process::exit(code)
@@ -386,6 +394,7 @@ pub(crate) fn child_main(control: OwnedFd) -> ! {
 /// Sends the final state (`DONE`) or the failure (`FAILED`); returns the
 /// exit code to use.
 pub(crate) fn send_outcome(link: &Link, outcome: Result<wire::Encoded, Failure>) -> i32 {
+    crate::log::flush();
     match outcome {
         Ok(enc) => match link.writer.send(kind::DONE, &enc.bytes, &enc.raw_fds()) {
             Ok(()) => 0,

@@ -46,6 +46,11 @@ pub(crate) mod kind {
     pub(crate) const DONE: u8 = 18;
     /// Child → parent: a hook failed (`Failure`).
     pub(crate) const FAILED: u8 = 19;
+    /// Child → parent: a batch of `tracing` events (`log::Entry` after
+    /// `log::Entry`).
+    pub(crate) const LOG: u8 = 64;
+    /// Parent → child, before `INIT`: how to log (`log::Setup`).
+    pub(crate) const LOG_SETUP: u8 = 65;
 }
 
 /// One frame read off a socket.
