@@ -372,11 +372,18 @@ impl Supervisor {
     /// Sends the value to a freshly spawned child and publishes it as the
     /// handle's current child.
     fn attach(&mut self, s: Spawned, attempt: u32) -> Result<Child> {
+        let log_dir = self.config.log_dir.as_deref();
+        let forwarder = match self.origin.forwarder(self.shared.name, s.pid, log_dir) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = sys::proc::pidfd_signal(&s.pidfd, libc::SIGKILL);
+                let _ = sys::proc::wait(s.pid);
+                return Err(e);
+            }
+        };
         let status = Arc::new(SharedWords::new(c"skprocess-status", STATUS_WORDS).map_err(Error::Spawn)?);
         let (reader, writer) = wire::split(s.socket)?;
         let pidfd = Arc::new(s.pidfd);
-        let log_dir = self.config.log_dir.as_deref();
-        let forwarder = self.origin.forwarder(self.shared.name, s.pid, log_dir)?;
         let capture = log::Capture::start(forwarder.clone(), s.stdout, s.stderr, pidfd.clone());
         let _ = writer.send(kind::LOG_SETUP, &log::setup_payload(&self.origin, log_dir.is_some()), &[]);
         {

@@ -158,7 +158,7 @@ impl Forwarder {
         let path = dir.join(format!("{}-{}.log", file_stem(&self.label), self.pid));
         let opened = std::fs::create_dir_all(dir).and_then(|()| File::options().create(true).append(true).open(&path));
         let file = opened.map_err(|e| {
-            Error::Io(std::io::Error::new(e.kind(), format!("cannot open the log file {}: {e}", path.display())))
+            Error::Io(std::io::Error::new(e.kind(), format!("cannot open the log file {}: {e} (Config::log_dir must name a writable directory)", path.display())))
         })?;
         self.file = Some((path, Mutex::new(BufWriter::new(file))));
         Ok(self)
