@@ -16,7 +16,9 @@ use crate::wire::{kind, Writer};
 use serde::ser::{SerializeSeq, Serializer};
 use serde::Serialize;
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing_core::field::{Field, Visit};
@@ -32,13 +34,14 @@ pub(crate) struct Limits {
     pub(crate) batch: usize,
     /// Send at most this long after the first buffered event.
     pub(crate) latency: Duration,
-    /// Past this many buffered bytes (the parent not reading), drop and count.
+    /// Past this many buffered bytes (the parent not reading as fast),
+    /// appenders wait for room.
     pub(crate) cap: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { batch: 16 * 1024, latency: Duration::from_millis(20), cap: 8 << 20 }
+        Limits { batch: 16 * 1024, latency: Duration::from_millis(20), cap: 1 << 20 }
     }
 }
 
@@ -102,6 +105,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 // ---------------------------------------------------------------------------
 // The funnel.
 
+/// Most shapes a child numbers; more are sent inline.
+pub(crate) const MAX_SHAPES: usize = 16 * 1024;
+
+/// Entry tags, as postcard writes the variants of `super::Entry`.
+const TAG_EVENT: u8 = 0;
+const TAG_SHAPE: u8 = 1;
+const TAG_SHORT: u8 = 2;
+
 /// What the flusher thread is doing, so that appenders wake it only when
 /// it waits for them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,11 +129,18 @@ enum Flusher {
     Busy,
 }
 
+/// A callsite and which of its fields are present.
+type ShapeKey = (usize, u64);
+
 #[derive(Debug)]
 struct Pending {
     buf: Vec<u8>,
-    dropped: u64,
     flusher: Flusher,
+    /// Appenders waiting for room.
+    waiting: usize,
+    /// Shapes numbered so far; each number's definition is in an earlier
+    /// entry of the stream than any use of it.
+    shapes: HashMap<ShapeKey, u32, BuildHasherDefault<KeyHasher>>,
 }
 
 #[derive(Debug)]
@@ -138,7 +156,10 @@ struct Outbox {
 #[derive(Debug)]
 pub(crate) struct Funnel {
     pending: Mutex<Pending>,
+    /// Wakes the flusher thread.
     wake: Condvar,
+    /// Wakes appenders waiting for room.
+    room: Condvar,
     out: Mutex<Outbox>,
     limits: Limits,
 }
@@ -146,26 +167,73 @@ pub(crate) struct Funnel {
 impl Funnel {
     pub(crate) fn new(writer: Writer, limits: Limits) -> Funnel {
         Funnel {
-            pending: Mutex::new(Pending { buf: Vec::new(), dropped: 0, flusher: Flusher::Absent }),
+            pending: Mutex::new(Pending { buf: Vec::new(), flusher: Flusher::Absent, waiting: 0, shapes: HashMap::default() }),
             wake: Condvar::new(),
+            room: Condvar::new(),
             out: Mutex::new(Outbox { writer, spare: Vec::new(), broken: false }),
             limits,
         }
     }
 
-    /// Appends one encoded entry; drops it (counted) if the buffer is full.
-    pub(crate) fn push(self: &Arc<Self>, entry: &[u8]) {
-        let mut p = lock(&self.pending);
-        if !p.buf.is_empty() && p.buf.len() + entry.len() > self.limits.cap {
-            p.dropped += 1;
-            return;
+    /// Appends one event of shape `key`: `body` is its encoded [`super::Short`],
+    /// `def` encodes its [`super::ShapeDef`] (called only when the shape is
+    /// new or cannot be numbered).
+    pub(crate) fn push(self: &Arc<Self>, key: Option<ShapeKey>, def: impl Fn(&mut Vec<u8>), body: &[u8]) {
+        let mut p = self.room_for(lock(&self.pending), body.len() + 8);
+        let id = match key {
+            Some(key) => match p.shapes.get(&key) {
+                Some(&id) => Some(id),
+                None if p.shapes.len() < MAX_SHAPES => {
+                    let id = p.shapes.len() as u32;
+                    p.shapes.insert(key, id);
+                    p.buf.push(TAG_SHAPE);
+                    push_varint(&mut p.buf, id);
+                    def(&mut p.buf);
+                    Some(id)
+                }
+                None => None,
+            },
+            None => None,
+        };
+        match id {
+            Some(id) => {
+                p.buf.push(TAG_SHORT);
+                push_varint(&mut p.buf, id);
+            }
+            None => {
+                p.buf.push(TAG_EVENT);
+                def(&mut p.buf);
+            }
         }
-        if p.dropped > 0 {
-            let n = p.dropped;
-            encode_dropped(&mut p.buf, n);
-            p.dropped = 0;
+        p.buf.extend_from_slice(body);
+        self.appended(p);
+    }
+
+    /// Waits while the buffer is over its cap (back-pressure).
+    fn room_for<'a>(&'a self, mut p: MutexGuard<'a, Pending>, need: usize) -> MutexGuard<'a, Pending> {
+        while !p.buf.is_empty() && p.buf.len() + need > self.limits.cap {
+            match p.flusher {
+                Flusher::Failed | Flusher::Absent => {
+                    drop(p);
+                    self.flush();
+                    p = lock(&self.pending);
+                    continue;
+                }
+                Flusher::Idle | Flusher::Gathering => {
+                    p.flusher = Flusher::Busy;
+                    self.wake.notify_one();
+                }
+                Flusher::Busy => {}
+            }
+            p.waiting += 1;
+            p = self.room.wait(p).unwrap_or_else(|e| e.into_inner());
+            p.waiting -= 1;
         }
-        p.buf.extend_from_slice(entry);
+        p
+    }
+
+    /// After an append: wakes or starts the flusher as needed.
+    fn appended(self: &Arc<Self>, mut p: MutexGuard<'_, Pending>) {
         let full = p.buf.len() >= self.limits.batch;
         match p.flusher {
             Flusher::Absent => {
@@ -205,17 +273,19 @@ impl Funnel {
     fn flusher_loop(&self) {
         let mut p = lock(&self.pending);
         loop {
-            while p.buf.is_empty() && p.dropped == 0 {
+            while p.buf.is_empty() {
                 p.flusher = Flusher::Idle;
                 p = self.wake.wait(p).unwrap_or_else(|e| e.into_inner());
             }
+            // Gather until the batch is full, the latency is up, or an
+            // appender needs room (it sets `Busy`).
+            p.flusher = Flusher::Gathering;
             let deadline = Instant::now() + self.limits.latency;
-            while p.buf.len() < self.limits.batch {
+            while p.buf.len() < self.limits.batch && p.waiting == 0 && p.flusher == Flusher::Gathering {
                 let now = Instant::now();
                 if now >= deadline {
                     break;
                 }
-                p.flusher = Flusher::Gathering;
                 p = self.wake.wait_timeout(p, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
             }
             p.flusher = Flusher::Busy;
@@ -229,17 +299,16 @@ impl Funnel {
     pub(crate) fn flush(&self) {
         let mut out = lock(&self.out);
         let mut p = lock(&self.pending);
-        if p.dropped > 0 {
-            let n = p.dropped;
-            encode_dropped(&mut p.buf, n);
-            p.dropped = 0;
-        }
         if p.buf.is_empty() {
             return;
         }
         let out = &mut *out;
         std::mem::swap(&mut p.buf, &mut out.spare);
+        let waiting = p.waiting > 0;
         drop(p);
+        if waiting {
+            self.room.notify_all();
+        }
         if !out.broken && out.writer.send(kind::LOG, &out.spare, &[]).is_err() {
             out.broken = true;
         }
@@ -250,31 +319,54 @@ impl Funnel {
     }
 }
 
-fn encode_dropped(buf: &mut Vec<u8>, n: u64) {
-    if let Ok(b) = postcard::to_allocvec(&EntryOut::Dropped(n)) {
-        buf.extend_from_slice(&b);
+/// Appends `v` as postcard writes a `u32` (LEB128).
+fn push_varint(buf: &mut Vec<u8>, mut v: u32) {
+    while v >= 0x80 {
+        buf.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
+
+/// Hashes a [`ShapeKey`] (a callsite address and a bit mask) cheaply.
+#[derive(Debug, Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
 // ---------------------------------------------------------------------------
-// Encoding one event, with the same layout as `super::Entry`.
+// Encoding one event, with the layout of `super::ShapeDef` and `super::Short`.
 
 #[derive(Serialize)]
-enum EntryOut<'a> {
-    Event(RecordOut<'a>),
-    Dropped(u64),
-}
-
-#[derive(Serialize)]
-struct RecordOut<'a> {
+struct ShapeDefOut<'a> {
     level: u8,
     target: &'a str,
     module_path: Option<&'a str>,
     file: Option<&'a str>,
     line: Option<u32>,
+    names: NamesOut<'a>,
+}
+
+#[derive(Serialize)]
+struct ShortOut<'a> {
     time: u64,
     spans: &'a [&'static str],
-    fields: FieldsOut<'a>,
+    values: ValuesOut<'a>,
 }
 
 /// A field as visited: text values are ranges of [`Scratch::text`].
@@ -288,15 +380,27 @@ enum Slot {
     Debug(usize, usize),
 }
 
-struct FieldsOut<'a> {
+struct NamesOut<'a>(&'a [(&'static str, Slot)]);
+
+impl Serialize for NamesOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for (name, _) in self.0 {
+            seq.serialize_element(name)?;
+        }
+        seq.end()
+    }
+}
+
+struct ValuesOut<'a> {
     list: &'a [(&'static str, Slot)],
     text: &'a str,
 }
 
-impl Serialize for FieldsOut<'_> {
+impl Serialize for ValuesOut<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(self.list.len()))?;
-        for &(name, slot) in self.list {
+        for &(_, slot) in self.list {
             let v = match slot {
                 Slot::I64(v) => Value::I64(v),
                 Slot::U64(v) => Value::U64(v),
@@ -305,7 +409,7 @@ impl Serialize for FieldsOut<'_> {
                 Slot::Str(a, b) => Value::Str(&self.text[a..b]),
                 Slot::Debug(a, b) => Value::Debug(&self.text[a..b]),
             };
-            seq.serialize_element(&(name, v))?;
+            seq.serialize_element(&v)?;
         }
         seq.end()
     }
@@ -316,75 +420,113 @@ impl Serialize for FieldsOut<'_> {
 struct Scratch {
     text: String,
     fields: Vec<(&'static str, Slot)>,
+    /// Bit `i` set: field `i` of the callsite is present (indices < 64).
+    mask: u64,
+    /// A field index past 63 was seen: the shape cannot be keyed by a mask.
+    wide: bool,
     spans: Vec<&'static str>,
     bytes: Vec<u8>,
 }
 
+impl Scratch {
+    fn field(&mut self, field: &Field, slot: Slot) {
+        match 1u64.checked_shl(field.index() as u32) {
+            Some(bit) => self.mask |= bit,
+            None => self.wide = true,
+        }
+        self.fields.push((field.name(), slot));
+    }
+
+    fn text_slot(&mut self, write: impl FnOnce(&mut String)) -> (usize, usize) {
+        let a = self.text.len();
+        write(&mut self.text);
+        (a, self.text.len())
+    }
+}
+
 impl Visit for Scratch {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        let a = self.text.len();
-        let _ = write!(self.text, "{value:?}");
-        self.fields.push((field.name(), Slot::Debug(a, self.text.len())));
+        let (a, b) = self.text_slot(|t| {
+            let _ = write!(t, "{value:?}");
+        });
+        self.field(field, Slot::Debug(a, b));
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        let a = self.text.len();
-        self.text.push_str(value);
-        self.fields.push((field.name(), Slot::Str(a, self.text.len())));
+        let (a, b) = self.text_slot(|t| t.push_str(value));
+        self.field(field, Slot::Str(a, b));
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        let a = self.text.len();
-        let _ = write!(self.text, "{value}");
-        self.fields.push((field.name(), Slot::Debug(a, self.text.len())));
+        let (a, b) = self.text_slot(|t| {
+            let _ = write!(t, "{value}");
+        });
+        self.field(field, Slot::Debug(a, b));
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.fields.push((field.name(), Slot::I64(value)));
+        self.field(field, Slot::I64(value));
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.fields.push((field.name(), Slot::U64(value)));
+        self.field(field, Slot::U64(value));
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.fields.push((field.name(), Slot::F64(value)));
+        self.field(field, Slot::F64(value));
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.fields.push((field.name(), Slot::Bool(value)));
+        self.field(field, Slot::Bool(value));
     }
 }
 
 impl Scratch {
-    /// Encodes `event` (in `spans`, outermost first) into `self.bytes`.
+    /// Visits `event` (in `spans`, outermost first) and encodes what
+    /// changes from event to event into `self.bytes`.
     fn encode(&mut self, event: &Event<'_>, spans: impl Iterator<Item = &'static str>) -> bool {
         self.text.clear();
         self.fields.clear();
+        self.mask = 0;
+        self.wide = false;
         self.spans.clear();
         self.spans.extend(spans);
         self.spans.reverse();
         event.record(self);
-        let meta = event.metadata();
         let time = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-        let entry = EntryOut::Event(RecordOut {
-            level: level_code(meta.level()),
-            target: meta.target(),
-            module_path: meta.module_path(),
-            file: meta.file(),
-            line: meta.line(),
+        let short = ShortOut {
             time,
             spans: &self.spans,
-            fields: FieldsOut { list: &self.fields, text: &self.text },
-        });
+            values: ValuesOut { list: &self.fields, text: &self.text },
+        };
         let mut bytes = std::mem::take(&mut self.bytes);
         bytes.clear();
-        let ok = match postcard::to_extend(&entry, bytes) {
+        match postcard::to_extend(&short, bytes) {
             Ok(b) => {
                 self.bytes = b;
                 true
             }
             Err(_) => false,
+        }
+    }
+
+    /// Appends the encoded shape of `meta` with the fields just visited.
+    fn encode_def(&self, meta: &Metadata<'_>, out: &mut Vec<u8>) {
+        let def = ShapeDefOut {
+            level: level_code(meta.level()),
+            target: meta.target(),
+            module_path: meta.module_path(),
+            file: meta.file(),
+            line: meta.line(),
+            names: NamesOut(&self.fields),
         };
-        // Do not keep a huge message's buffers for the thread's lifetime.
+        if let Ok(b) = postcard::to_allocvec(&def) {
+            out.extend_from_slice(&b);
+        }
+    }
+
+    /// Lets go of buffers grown by a huge event.
+    fn trim(&mut self) {
         if self.text.capacity() > 1 << 20 {
             self.text = String::new();
         }
-        ok
+        if self.bytes.capacity() > 1 << 20 {
+            self.bytes = Vec::new();
+        }
     }
 }
 
@@ -413,11 +555,11 @@ impl FunnelLayer {
             None => s.encode(event, std::iter::empty()),
         };
         if ok {
-            self.funnel.push(&s.bytes);
+            let meta = event.metadata();
+            let key = (!s.wide).then(|| (meta as *const Metadata<'_> as usize, s.mask));
+            self.funnel.push(key, |out| s.encode_def(meta, out), &s.bytes);
         }
-        if s.bytes.capacity() > 1 << 20 {
-            s.bytes = Vec::new();
-        }
+        s.trim();
     }
 }
 

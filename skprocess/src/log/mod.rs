@@ -10,7 +10,9 @@
 //!   socket when it passes 16 KiB, at most 20 ms after its first event
 //!   (a small flusher thread, started on the first event), before every
 //!   `tell`, before `DONE`/`FAILED` and at exit. One buffer and one flush
-//!   lock per process keep the child's order across its threads.
+//!   lock per process keep the child's order across its threads. Each
+//!   event's static part (its *shape*: level, target, location, field
+//!   names) is sent once per child; then only a number and the values.
 //! - **Parent** ([`parent`]): `start()` captures the dispatcher and the span
 //!   current on the calling thread. The supervisor hands each `LOG` frame to
 //!   a [`Forwarder`], which re-emits every event into that dispatcher, as a
@@ -39,12 +41,12 @@
 //!
 //! # When the parent does not keep up
 //!
-//! Hooks never wait for the parent to read logs: the funnel holds up to
-//! 8 MiB of encoded events per child. Past that, new events are dropped
-//! and counted, and the parent emits one `warn` event (target
-//! `skprocess::log`) saying how many were lost, in the place they were lost.
-//! Nothing is dropped while the parent keeps up. `tell` and the final
-//! result wait for the logs before them, so they do wait.
+//! Nothing is dropped, ever. A child buffers up to 1 MiB of encoded events
+//! while a previous batch is being sent; past that, the thread that logs
+//! waits for room (back-pressure), so a child that logs faster than the
+//! parent's subscriber can take slows down to the parent's pace instead of
+//! losing lines. The parent reads `LOG` frames on the thread that watches
+//! the child, so a hook timeout still fires while a child waits.
 //!
 //! A child that is killed (timeout, `kill`, a crash) loses the events of
 //! its last 20 ms at most (or of its last 16 KiB); a child that returns or
@@ -88,32 +90,47 @@ pub(crate) fn setup_payload(origin: &Origin, to_file: bool) -> Vec<u8> {
 }
 
 /// One entry of a `LOG` frame; the payload is a sequence of entries.
+///
+/// An event's static part (level, target, location, field names) is its
+/// *shape*. A child numbers the shapes it uses, sends each definition once
+/// (`Shape`), and then only the number and the values (`Short`); a shape it
+/// cannot number travels inline (`Event`).
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) enum Entry<'a> {
-    /// An event.
-    #[serde(borrow)]
-    Event(Record<'a>),
-    /// This many events were dropped here, the parent not keeping up.
-    Dropped(u64),
+    /// An event with its shape inline.
+    Event(#[serde(borrow)] ShapeDef<'a>, #[serde(borrow)] Short<'a>),
+    /// Defines shape number `.0` (numbers go 0, 1, 2, ... per child).
+    Shape(u32, #[serde(borrow)] ShapeDef<'a>),
+    /// An event of shape number `.0`.
+    Short(u32, #[serde(borrow)] Short<'a>),
 }
 
-/// One event as it crosses from the child.
+/// What is the same for every event of one callsite (with the same fields
+/// present).
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Record<'a> {
+pub(crate) struct ShapeDef<'a> {
     /// [`level_code`].
     pub(crate) level: u8,
     pub(crate) target: &'a str,
     pub(crate) module_path: Option<&'a str>,
     pub(crate) file: Option<&'a str>,
     pub(crate) line: Option<u32>,
+    /// The field names, in the order of the event (`message` included).
+    #[serde(borrow)]
+    pub(crate) names: Vec<&'a str>,
+}
+
+/// What changes from event to event.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Short<'a> {
     /// When the child emitted it: nanoseconds since the Unix epoch.
     pub(crate) time: u64,
     /// Names of the spans the event is in, outermost first.
     #[serde(borrow)]
     pub(crate) spans: Vec<&'a str>,
-    /// The fields in the order of the event, `message` included.
+    /// One value per name of the shape.
     #[serde(borrow)]
-    pub(crate) fields: Vec<(&'a str, Value<'a>)>,
+    pub(crate) values: Vec<Value<'a>>,
 }
 
 /// A field's value, with its type kept where `tracing` records one.

@@ -12,7 +12,7 @@
 //! (target `skprocess::child`, the original target and fields as text).
 
 use super::child::filter_code;
-use super::{level_code, level_of, Entry, Record, Value};
+use super::{level_code, level_of, Entry, ShapeDef, Short, Value};
 use crate::error::{Error, Result};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
@@ -131,6 +131,10 @@ pub(crate) struct Forwarder {
     dispatch: Dispatch,
     span: Span,
     file: Option<(PathBuf, Mutex<BufWriter<File>>)>,
+    /// The shapes the child has defined, by number (`None`: unusable).
+    shapes: Mutex<Vec<Option<Known>>>,
+    /// The shapes of skprocess's own events: stdout, stderr, notices.
+    fixed: Mutex<[Known; 3]>,
 }
 
 impl fmt::Debug for Forwarder {
@@ -143,12 +147,28 @@ impl fmt::Debug for Forwarder {
     }
 }
 
+/// Most shapes one child may define.
+const MAX_SHAPES_PER_CHILD: usize = 64 * 1024;
+
 impl Forwarder {
     /// `process_label` becomes the `process` field (the type name, plus the
     /// worker index in a pool), `pid` the `pid` field; events go to
     /// `dispatch`, under `span`.
     pub(crate) fn new(process_label: String, pid: u32, dispatch: Dispatch, span: Span) -> Forwarder {
-        Forwarder { label: process_label, pid, dispatch, span, file: None }
+        let fixed = [
+            Known::fixed(Level::INFO, OUTPUT_TARGET, &["message", "stream"]),
+            Known::fixed(Level::WARN, OUTPUT_TARGET, &["message", "stream"]),
+            Known::fixed(Level::WARN, NOTICE_TARGET, &["message"]),
+        ];
+        Forwarder {
+            label: process_label,
+            pid,
+            dispatch,
+            span,
+            file: None,
+            shapes: Mutex::new(Vec::new()),
+            fixed: Mutex::new(fixed),
+        }
     }
 
     /// Also writes every event to `<dir>/<process>-<pid>.log`, creating the
@@ -158,7 +178,11 @@ impl Forwarder {
         let path = dir.join(format!("{}-{}.log", file_stem(&self.label), self.pid));
         let opened = std::fs::create_dir_all(dir).and_then(|()| File::options().create(true).append(true).open(&path));
         let file = opened.map_err(|e| {
-            Error::Io(std::io::Error::new(e.kind(), format!("cannot open the log file {}: {e} (Config::log_dir must name a writable directory)", path.display())))
+            let text = format!(
+                "cannot open the log file {}: {e} (Config::log_dir must name a writable directory)",
+                path.display()
+            );
+            Error::Io(std::io::Error::new(e.kind(), text))
         })?;
         self.file = Some((path, Mutex::new(BufWriter::new(file))));
         Ok(self)
@@ -169,35 +193,55 @@ impl Forwarder {
         self.file.as_ref().map(|f| f.0.as_path())
     }
 
-    /// Re-emits every event of one `LOG` frame, in order. A payload that
-    /// does not decode is reported as a `warn` event (target
+    /// Re-emits every event of one `LOG` frame, in order. Anything wrong
+    /// in the payload is reported as a `warn` event (target
     /// `skprocess::log`); the events before the bad bytes are kept.
     pub(crate) fn emit(&self, payload: &[u8]) {
         dispatcher::with_default(&self.dispatch, || {
             let mut file = self.file.as_ref().map(|f| lock(&f.1));
+            let mut shapes = lock(&self.shapes);
             let mut rest = payload;
             while !rest.is_empty() {
-                match postcard::take_from_bytes::<Entry<'_>>(rest) {
+                let entry = match postcard::take_from_bytes::<Entry<'_>>(rest) {
                     Ok((entry, tail)) => {
                         rest = tail;
-                        match entry {
-                            Entry::Event(r) => self.record(&r, file.as_deref_mut()),
-                            Entry::Dropped(n) => self.notice(
-                                &format!(
-                                    "{n} log events of this process were dropped: the parent did not read them \
-                                     as fast as they came"
-                                ),
-                                file.as_deref_mut(),
-                            ),
-                        }
+                        entry
                     }
                     Err(e) => {
-                        self.notice(
-                            &format!("unreadable log frame from the child ({e}): its last {} bytes are lost", rest.len()),
-                            file.as_deref_mut(),
-                        );
+                        let text = format!("unreadable log frame from the child ({e}): its last {} bytes are lost", rest.len());
+                        self.notice(&text, file.as_deref_mut());
                         break;
                     }
+                };
+                match entry {
+                    Entry::Shape(id, def) => {
+                        if id as usize != shapes.len() || shapes.len() >= MAX_SHAPES_PER_CHILD {
+                            let text = format!("the child defined log shape #{id} out of order; ignored");
+                            self.notice(&text, file.as_deref_mut());
+                            continue;
+                        }
+                        let known = Known::of(&def);
+                        if known.is_none() {
+                            let text = format!("a log event from the child had an unknown level {}", def.level);
+                            self.notice(&text, file.as_deref_mut());
+                        }
+                        shapes.push(known);
+                    }
+                    Entry::Short(id, short) => match shapes.get_mut(id as usize) {
+                        Some(Some(known)) => self.show(known, &short, file.as_deref_mut()),
+                        Some(None) => {}
+                        None => {
+                            let text = format!("a log event from the child refers to an unknown shape #{id}");
+                            self.notice(&text, file.as_deref_mut());
+                        }
+                    },
+                    Entry::Event(def, short) => match Known::of(&def) {
+                        Some(mut known) => self.show(&mut known, &short, file.as_deref_mut()),
+                        None => {
+                            let text = format!("a log event from the child had an unknown level {}", def.level);
+                            self.notice(&text, file.as_deref_mut());
+                        }
+                    },
                 }
             }
             if let Some(f) = file.as_mut() {
@@ -209,23 +253,15 @@ impl Forwarder {
     /// Re-emits a line the child wrote to `stream`: `info` for stdout,
     /// `warn` for stderr, target `skprocess::output`, field `stream`.
     pub(crate) fn emit_line(&self, stream: Stream, line: &str) {
-        let level = match stream {
-            Stream::Stdout => Level::INFO,
-            Stream::Stderr => Level::WARN,
-        };
-        let r = Record {
-            level: level_code(&level),
-            target: OUTPUT_TARGET,
-            module_path: None,
-            file: None,
-            line: None,
-            time: now_nanos(),
-            spans: Vec::new(),
-            fields: vec![("message", Value::Debug(line)), ("stream", Value::Str(stream.name()))],
-        };
+        let short = Short { time: now_nanos(), spans: Vec::new(), values: vec![Value::Debug(line), Value::Str(stream.name())] };
         dispatcher::with_default(&self.dispatch, || {
             let mut file = self.file.as_ref().map(|f| lock(&f.1));
-            self.record(&r, file.as_deref_mut());
+            let mut fixed = lock(&self.fixed);
+            let known = match stream {
+                Stream::Stdout => &mut fixed[0],
+                Stream::Stderr => &mut fixed[1],
+            };
+            self.show(known, &short, file.as_deref_mut());
             if let Some(f) = file.as_mut() {
                 let _ = f.flush();
             }
@@ -234,63 +270,38 @@ impl Forwarder {
 
     /// An event of skprocess's own about this child's logs.
     fn notice(&self, text: &str, file: Option<&mut BufWriter<File>>) {
-        let r = Record {
-            level: level_code(&Level::WARN),
-            target: NOTICE_TARGET,
-            module_path: None,
-            file: None,
-            line: None,
-            time: now_nanos(),
-            spans: Vec::new(),
-            fields: vec![("message", Value::Debug(text))],
-        };
-        self.record(&r, file);
+        let short = Short { time: now_nanos(), spans: Vec::new(), values: vec![Value::Debug(text)] };
+        let mut fixed = lock(&self.fixed);
+        self.show(&mut fixed[2], &short, file);
     }
 
-    fn record(&self, r: &Record<'_>, file: Option<&mut BufWriter<File>>) {
-        let Some(level) = level_of(r.level) else {
-            self.notice(&format!("a log event from the child had an unknown level {}", r.level), file);
+    /// Writes one event to the file and the dispatcher.
+    fn show(&self, known: &mut Known, short: &Short<'_>, file: Option<&mut BufWriter<File>>) {
+        if short.values.len() != known.names.len() {
+            let text = format!(
+                "a log event from the child has {} values for its {} fields; dropped",
+                short.values.len(),
+                known.names.len()
+            );
+            // (Never one of the fixed shapes, which `notice` locks.)
+            self.notice(&text, file);
             return;
-        };
-        if let Some(f) = file {
-            let _ = write_line(f, r, &level);
         }
-        let spans = (!r.spans.is_empty()).then(|| r.spans.join(":"));
-        let shape = Shape {
-            level,
-            target: r.target,
-            module_path: r.module_path,
-            file: r.file,
-            line: r.line,
-            fields: &r.fields,
-            extra: if spans.is_some() { EXTRA_SPANS } else { EXTRA },
-        };
-        match callsite(&shape, false) {
-            Some(cs) => self.dispatch_event(cs, &r.fields, spans.as_deref()),
-            None => {
-                let (message, rest) = fold_fields(&r.fields, spans.as_deref());
-                let fields = [
-                    ("message", Value::Debug(&message)),
-                    ("child_target", Value::Str(r.target)),
-                    ("fields", Value::Debug(&rest)),
-                ];
-                let shape = Shape {
-                    level,
-                    target: FOLDED_TARGET,
-                    module_path: None,
-                    file: None,
-                    line: None,
-                    fields: &fields,
-                    extra: EXTRA,
-                };
-                if let Some(cs) = callsite(&shape, true) {
-                    self.dispatch_event(cs, &fields, None);
-                }
+        if let Some(f) = file {
+            let _ = write_line(f, known, short);
+        }
+        let spans = (!short.spans.is_empty()).then(|| short.spans.join(":"));
+        match known.site(spans.is_some()) {
+            Site::Direct(cs) => self.dispatch_event(cs, &short.values, spans.as_deref()),
+            Site::Folded(cs) => {
+                let (message, rest) = fold_fields(&known.names, &short.values, spans.as_deref());
+                let values = [Value::Debug(&message), Value::Str(&known.target), Value::Debug(&rest)];
+                self.dispatch_event(cs, &values, None);
             }
         }
     }
 
-    fn dispatch_event(&self, cs: &'static DynCallsite, fields: &[(&str, Value<'_>)], spans: Option<&str>) {
+    fn dispatch_event(&self, cs: &'static DynCallsite, values: &[Value<'_>], spans: Option<&str>) {
         let interest = cs.interest.load(Ordering::Relaxed);
         if interest == NEVER {
             return;
@@ -299,18 +310,114 @@ impl Forwarder {
         if interest != ALWAYS && !self.dispatch.enabled(meta) {
             return;
         }
-        let mut held: Vec<Held<'_>> = fields.iter().map(|(_, v)| Held::of(*v)).collect();
+        let n = values.len() + 2 + usize::from(spans.is_some());
+        let mut held: Vec<Held<'_>> = Vec::with_capacity(n);
+        held.extend(values.iter().map(|v| Held::of(*v)));
         if let Some(s) = spans {
             held.push(Held::S(s));
         }
         held.push(Held::S(&self.label));
         held.push(Held::U(u64::from(self.pid)));
-        let values: Vec<Option<&dyn tracing::Value>> = held.iter().map(|h| Some(h.as_value())).collect();
-        let set = meta.fields().value_set_all(&values);
+        const INLINE: usize = 24;
+        if n <= INLINE {
+            let mut refs: [Option<&dyn tracing::Value>; INLINE] = [None; INLINE];
+            for (r, h) in refs.iter_mut().zip(&held) {
+                *r = Some(h.as_value());
+            }
+            self.dispatch_values(meta, &refs[..n]);
+        } else {
+            let refs: Vec<Option<&dyn tracing::Value>> = held.iter().map(|h| Some(h.as_value())).collect();
+            self.dispatch_values(meta, &refs);
+        }
+    }
+
+    fn dispatch_values(&self, meta: &'static Metadata<'static>, values: &[Option<&dyn tracing::Value>]) {
+        let set = meta.fields().value_set_all(values);
         let event = Event::new_child_of(self.span.id(), meta, &set);
         self.dispatch.event(&event);
     }
 }
+
+/// A shape the parent knows, and its callsites once made.
+struct Known {
+    level: Level,
+    target: String,
+    module_path: Option<String>,
+    file: Option<String>,
+    line: Option<u32>,
+    names: Vec<String>,
+    /// The callsite without and with the `spans` field, once made.
+    sites: [Option<Site>; 2],
+}
+
+#[derive(Clone, Copy)]
+enum Site {
+    /// A callsite of this very shape.
+    Direct(&'static DynCallsite),
+    /// The shape was refused a callsite: folded into a fixed one.
+    Folded(&'static DynCallsite),
+}
+
+impl Known {
+    fn of(def: &ShapeDef<'_>) -> Option<Known> {
+        Some(Known {
+            level: level_of(def.level)?,
+            target: def.target.to_string(),
+            module_path: def.module_path.map(str::to_string),
+            file: def.file.map(str::to_string),
+            line: def.line,
+            names: def.names.iter().map(|n| n.to_string()).collect(),
+            sites: [None, None],
+        })
+    }
+
+    fn fixed(level: Level, target: &str, names: &[&str]) -> Known {
+        Known {
+            level,
+            target: target.to_string(),
+            module_path: None,
+            file: None,
+            line: None,
+            names: names.iter().map(|n| n.to_string()).collect(),
+            sites: [None, None],
+        }
+    }
+
+    fn site(&mut self, spanned: bool) -> Site {
+        if let Some(s) = self.sites[usize::from(spanned)] {
+            return s;
+        }
+        let shape = Shape {
+            level: self.level,
+            target: &self.target,
+            module_path: self.module_path.as_deref(),
+            file: self.file.as_deref(),
+            line: self.line,
+            names: &self.names,
+            extra: if spanned { EXTRA_SPANS } else { EXTRA },
+        };
+        let site = match callsite(&shape, false) {
+            Some(cs) => Site::Direct(cs),
+            None => {
+                let names = FOLDED_NAMES.map(str::to_string);
+                let folded = Shape {
+                    level: self.level,
+                    target: FOLDED_TARGET,
+                    module_path: None,
+                    file: None,
+                    line: None,
+                    names: &names,
+                    extra: EXTRA,
+                };
+                Site::Folded(callsite(&folded, true).expect("a forced callsite is always made"))
+            }
+        };
+        self.sites[usize::from(spanned)] = Some(site);
+        site
+    }
+}
+
+const FOLDED_NAMES: [&str; 3] = ["message", "child_target", "fields"];
 
 fn now_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
@@ -326,22 +433,22 @@ fn file_stem(label: &str) -> String {
 }
 
 /// One line of a log file: `time LEVEL target: spans: message k=v ...`.
-fn write_line(f: &mut impl Write, r: &Record<'_>, level: &Level) -> std::io::Result<()> {
-    let time = UNIX_EPOCH + Duration::from_nanos(r.time);
-    write!(f, "{} {:>5} {}: ", humantime::format_rfc3339_micros(time), level.as_str(), r.target)?;
-    for s in &r.spans {
+fn write_line(f: &mut impl Write, known: &Known, short: &Short<'_>) -> std::io::Result<()> {
+    let time = UNIX_EPOCH + Duration::from_nanos(short.time);
+    write!(f, "{} {:>5} {}: ", humantime::format_rfc3339_micros(time), known.level.as_str(), known.target)?;
+    for s in &short.spans {
         write!(f, "{s}:")?;
     }
-    if !r.spans.is_empty() {
+    if !short.spans.is_empty() {
         write!(f, " ")?;
     }
+    let fields = || known.names.iter().zip(&short.values);
     let mut first = true;
-    for (name, v) in r.fields.iter().filter(|(n, _)| *n == "message") {
-        let _ = name;
+    for (_, v) in fields().filter(|(n, _)| *n == "message") {
         write!(f, "{}", Shown(v, true))?;
         first = false;
     }
-    for (name, v) in r.fields.iter().filter(|(n, _)| *n != "message") {
+    for (name, v) in fields().filter(|(n, _)| *n != "message") {
         if !first {
             write!(f, " ")?;
         }
@@ -370,11 +477,11 @@ impl fmt::Display for Shown<'_> {
 }
 
 /// The message, and every other field (and the spans) as `k=v` text.
-fn fold_fields(fields: &[(&str, Value<'_>)], spans: Option<&str>) -> (String, String) {
+fn fold_fields(names: &[String], values: &[Value<'_>], spans: Option<&str>) -> (String, String) {
     let mut message = String::new();
     let mut rest = String::new();
-    for (name, v) in fields {
-        if *name == "message" && message.is_empty() {
+    for (name, v) in names.iter().zip(values) {
+        if name == "message" && message.is_empty() {
             message = Shown(v, true).to_string();
         } else {
             if !rest.is_empty() {
@@ -469,13 +576,13 @@ struct Shape<'a> {
     module_path: Option<&'a str>,
     file: Option<&'a str>,
     line: Option<u32>,
-    fields: &'a [(&'a str, Value<'a>)],
+    names: &'a [String],
     extra: &'static [&'static str],
 }
 
 impl Shape<'_> {
     fn names(&self) -> impl Iterator<Item = &str> + '_ {
-        self.fields.iter().map(|f| f.0).chain(self.extra.iter().copied())
+        self.names.iter().map(String::as_str).chain(self.extra.iter().copied())
     }
 
     fn key(&self) -> u64 {
@@ -497,7 +604,7 @@ impl Shape<'_> {
             && m.module_path() == self.module_path
             && m.file() == self.file
             && m.line() == self.line
-            && m.fields().len() == self.fields.len() + self.extra.len()
+            && m.fields().len() == self.names.len() + self.extra.len()
             && m.fields().iter().map(|f| f.name()).eq(self.names())
     }
 
@@ -505,8 +612,8 @@ impl Shape<'_> {
         self.target.len() <= MAX_TARGET
             && self.module_path.map_or(true, |m| m.len() <= MAX_TARGET)
             && self.file.map_or(true, |f| f.len() <= MAX_TARGET)
-            && self.fields.len() <= MAX_FIELDS
-            && self.fields.iter().all(|f| f.0.len() <= MAX_NAME)
+            && self.names.len() <= MAX_FIELDS
+            && self.names.iter().all(|n| n.len() <= MAX_NAME)
     }
 }
 

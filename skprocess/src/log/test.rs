@@ -1,6 +1,6 @@
 use super::child::{Funnel, FunnelLayer, Limits};
 use super::parent::{has_callsite_for, Forwarder, Stream, MAX_CALLSITES};
-use super::{Entry, Record, Value};
+use super::{Entry, ShapeDef, Short, Value};
 use crate::sys;
 use crate::wire::{self, kind, Reader, Writer};
 use std::sync::{Arc, Mutex};
@@ -109,105 +109,159 @@ fn entries(payload: &[u8]) -> Vec<Entry<'_>> {
     out
 }
 
-/// Limits under which the funnel sends only when told to.
+/// Limits under which the funnel sends only when told to (or full).
 fn manual(cap: usize) -> Limits {
     Limits { batch: usize::MAX, latency: Duration::from_secs(3600), cap }
+}
+
+fn funnel_dispatch(funnel: &Arc<Funnel>, level: LevelFilter) -> Dispatch {
+    Dispatch::new(tracing_subscriber::registry().with(FunnelLayer::new(funnel.clone(), level)))
+}
+
+/// The events of a stream of entries, shapes resolved: (shape, values).
+fn events<'a>(all: &'a [Entry<'a>]) -> Vec<(&'a ShapeDef<'a>, &'a Short<'a>)> {
+    let mut shapes = Vec::new();
+    let mut out = Vec::new();
+    for e in all {
+        match e {
+            Entry::Shape(id, def) => {
+                assert_eq!(*id as usize, shapes.len(), "shapes are numbered in order");
+                shapes.push(def);
+            }
+            Entry::Short(id, short) => out.push((shapes[*id as usize], short)),
+            Entry::Event(def, short) => out.push((def, short)),
+        }
+    }
+    out
 }
 
 #[test]
 fn an_event_crosses_with_level_target_fields_and_spans() {
     let (w, mut r) = channel();
     let funnel = Arc::new(Funnel::new(w, manual(1 << 20)));
-    let sub = tracing_subscriber::registry().with(FunnelLayer::new(funnel.clone(), LevelFilter::TRACE));
-    tracing::subscriber::with_default(sub, || {
+    tracing::dispatcher::with_default(&funnel_dispatch(&funnel, LevelFilter::TRACE), || {
         let outer = tracing::info_span!("outer");
         let _o = outer.enter();
-        tracing::info_span!("inner").in_scope(|| {
-            tracing::warn!(a = -1i64, b = 2u64, c = 0.5, d = true, e = "text", f = ?vec![1, 2], g = %"shown", "hello {}", 5);
-        });
+        for _ in 0..2 {
+            tracing::info_span!("inner").in_scope(|| {
+                tracing::warn!(a = -1i64, b = 2u64, c = 0.5, d = true, e = "text", f = ?vec![1, 2], g = %"shown", "hello {}", 5);
+            });
+        }
         tracing::error!("plain");
     });
     funnel.flush();
     let payload = read_frame(&mut r);
-    let got = entries(&payload);
-    assert_eq!(got.len(), 2);
-    let Entry::Event(e) = &got[0] else { panic!("{got:?}") };
-    assert_eq!(e.level, 3);
-    assert_eq!(e.target, module_path!());
-    assert_eq!(e.module_path, Some(module_path!()));
-    assert!(e.file.unwrap().ends_with("test.rs"));
-    assert!(e.line.is_some());
-    assert_eq!(e.spans, vec!["outer", "inner"]);
+    let all = entries(&payload);
+    // The warn's shape is sent once for its two events.
+    assert!(matches!(&all[..], [Entry::Shape(0, _), Entry::Short(0, _), Entry::Short(0, _), Entry::Shape(1, _), Entry::Short(1, _)]), "{all:?}");
+    let got = events(&all);
+    let (def, e) = got[0];
+    assert_eq!(def.level, 3);
+    assert_eq!(def.target, module_path!());
+    assert_eq!(def.module_path, Some(module_path!()));
+    assert!(def.file.unwrap().ends_with("test.rs"));
+    assert!(def.line.is_some());
+    assert_eq!(def.names, ["message", "a", "b", "c", "d", "e", "f", "g"]);
+    assert_eq!(e.spans, ["outer", "inner"]);
     assert_eq!(
-        e.fields,
-        vec![
-            ("message", Value::Debug("hello 5")),
-            ("a", Value::I64(-1)),
-            ("b", Value::U64(2)),
-            ("c", Value::F64(0.5)),
-            ("d", Value::Bool(true)),
-            ("e", Value::Str("text")),
-            ("f", Value::Debug("[1, 2]")),
-            ("g", Value::Debug("shown")),
+        e.values,
+        [
+            Value::Debug("hello 5"),
+            Value::I64(-1),
+            Value::U64(2),
+            Value::F64(0.5),
+            Value::Bool(true),
+            Value::Str("text"),
+            Value::Debug("[1, 2]"),
+            Value::Debug("shown"),
         ]
     );
-    let Entry::Event(e) = &got[1] else { panic!("{got:?}") };
-    assert_eq!((e.level, e.spans.len()), (4, 1));
+    assert!(got[1].1.time >= e.time);
+    let (def, e) = got[2];
+    assert_eq!((def.level, e.spans.len()), (4, 1));
+}
+
+#[test]
+fn absent_fields_make_another_shape() {
+    let (w, mut r) = channel();
+    let funnel = Arc::new(Funnel::new(w, manual(1 << 20)));
+    tracing::dispatcher::with_default(&funnel_dispatch(&funnel, LevelFilter::TRACE), || {
+        for x in [Some(1u64), None, Some(3)] {
+            tracing::info!(x, y = 2u64, "m");
+        }
+    });
+    funnel.flush();
+    let payload = read_frame(&mut r);
+    let all = entries(&payload);
+    let got = events(&all);
+    let names: Vec<&[&str]> = got.iter().map(|(d, _)| &d.names[..]).collect();
+    assert_eq!(names, [&["message", "x", "y"][..], &["message", "y"], &["message", "x", "y"]]);
+    assert_eq!(got[1].1.values, [Value::Debug("m"), Value::U64(2)]);
+    assert_eq!(all.iter().filter(|e| matches!(e, Entry::Shape(..))).count(), 2);
 }
 
 #[test]
 fn levels_above_the_filter_are_not_sent() {
     let (w, mut r) = channel();
     let funnel = Arc::new(Funnel::new(w, manual(1 << 20)));
-    let sub = tracing_subscriber::registry().with(FunnelLayer::new(funnel.clone(), LevelFilter::WARN));
-    tracing::subscriber::with_default(sub, || {
+    tracing::dispatcher::with_default(&funnel_dispatch(&funnel, LevelFilter::WARN), || {
         tracing::info!("no");
         tracing::debug!("no");
         tracing::warn!("yes");
     });
     funnel.flush();
     let payload = read_frame(&mut r);
-    assert_eq!(entries(&payload).len(), 1);
+    assert_eq!(events(&entries(&payload)).len(), 1);
 }
 
 #[test]
-fn a_full_buffer_drops_and_counts_then_resumes() {
+fn a_full_buffer_makes_the_logger_wait_and_nothing_is_lost() {
     let (w, mut r) = channel();
-    let funnel = Arc::new(Funnel::new(w, manual(2000)));
-    let sub = tracing_subscriber::registry().with(FunnelLayer::new(funnel.clone(), LevelFilter::TRACE));
-    tracing::subscriber::with_default(sub, || {
-        for i in 0..100 {
+    let cap = 4000;
+    let funnel = Arc::new(Funnel::new(w, manual(cap)));
+    let d = funnel_dispatch(&funnel, LevelFilter::TRACE);
+    let n = 3000i64;
+    // The reader is slow on purpose: the logger has to wait for room.
+    let reader = std::thread::spawn(move || {
+        let mut frames = Vec::new();
+        let mut seen = 0;
+        while seen < n {
+            std::thread::sleep(Duration::from_millis(1));
+            let p = read_frame(&mut r);
+            let all = entries(&p);
+            let mut next = seen;
+            for e in &all {
+                if let Entry::Short(_, s) | Entry::Event(_, s) = e {
+                    assert_eq!(s.values[1], Value::I64(next), "out of order or lost");
+                    next += 1;
+                }
+            }
+            seen = next;
+            frames.push(p.len());
+        }
+        frames
+    });
+    tracing::dispatcher::with_default(&d, || {
+        for i in 0..n {
             tracing::info!(i, "{}", "x".repeat(100));
         }
-        funnel.flush();
-        tracing::info!(i = 100, "after");
     });
     funnel.flush();
-    let first = read_frame(&mut r);
-    let first = entries(&first);
-    let kept = first.iter().filter(|e| matches!(e, Entry::Event(_))).count();
-    assert!((5..100).contains(&kept), "kept {kept}");
-    assert_eq!(first.last(), Some(&Entry::Dropped(100 - kept as u64)));
-    // Order is kept: the first events, then the notice.
-    for (i, e) in first[..kept].iter().enumerate() {
-        let Entry::Event(e) = e else { panic!() };
-        assert_eq!(e.fields[1], ("i", Value::I64(i as i64)));
-    }
-    let second = read_frame(&mut r);
-    assert!(matches!(&entries(&second)[..], [Entry::Event(e)] if e.fields[1] == ("i", Value::I64(100))));
+    let frames = reader.join().unwrap();
+    assert!(frames.len() > 10, "{frames:?}");
+    assert!(frames.iter().all(|&len| len <= cap + 200), "{frames:?}");
 }
 
 #[test]
-fn the_flusher_sends_within_the_latency_and_when_full() {
+fn the_flusher_sends_on_its_own() {
     let (w, mut r) = channel();
     let limits = Limits { batch: 4096, latency: Duration::from_millis(20), cap: 1 << 20 };
     let funnel = Arc::new(Funnel::new(w, limits));
-    let sub = tracing_subscriber::registry().with(FunnelLayer::new(funnel.clone(), LevelFilter::TRACE));
-    let d = Dispatch::new(sub);
+    let d = funnel_dispatch(&funnel, LevelFilter::TRACE);
     tracing::dispatcher::with_default(&d, || tracing::info!("one"));
     // No flush: the flusher thread sends it on its own.
     let one = read_frame(&mut r);
-    assert_eq!(entries(&one).len(), 1);
+    assert_eq!(events(&entries(&one)).len(), 1);
     tracing::dispatcher::with_default(&d, || {
         for i in 0..2000 {
             tracing::info!(i, "{}", "y".repeat(50));
@@ -217,11 +271,28 @@ fn the_flusher_sends_within_the_latency_and_when_full() {
     while seen < 2000 {
         let p = read_frame(&mut r);
         for e in entries(&p) {
-            let Entry::Event(e) = e else { panic!("{e:?}") };
-            assert_eq!(e.fields[1], ("i", Value::I64(seen)));
-            seen += 1;
+            match e {
+                Entry::Short(_, s) => {
+                    assert_eq!(s.values[1], Value::I64(seen));
+                    seen += 1;
+                }
+                Entry::Shape(..) => {}
+                Entry::Event(..) => panic!("an event was sent with its shape inline"),
+            }
         }
     }
+}
+
+fn def<'a>(level: u8, target: &'a str, names: &[&'a str]) -> ShapeDef<'a> {
+    ShapeDef { level, target, module_path: Some(target), file: Some("src/work.rs"), line: Some(12), names: names.to_vec() }
+}
+
+fn short<'a>(spans: &[&'a str], values: &[Value<'a>]) -> Short<'a> {
+    Short { time: 0, spans: spans.to_vec(), values: values.to_vec() }
+}
+
+fn encode(entries: &[Entry<'_>]) -> Vec<u8> {
+    entries.iter().flat_map(|e| postcard::to_allocvec(e).unwrap()).collect()
 }
 
 #[test]
@@ -229,29 +300,20 @@ fn the_forwarder_re_emits_with_process_pid_and_parent_span() {
     let (cap, d) = capturing();
     let span = tracing::dispatcher::with_default(&d, || tracing::info_span!("started_here"));
     let fwd = Forwarder::new("app::Job[2]".into(), 4242, d.clone(), span);
-    let rec = Record {
-        level: 3,
-        target: "app::work",
-        module_path: Some("app::work"),
-        file: Some("src/work.rs"),
-        line: Some(12),
-        time: 0,
-        spans: vec!["a", "b"],
-        fields: vec![
-            ("message", Value::Debug("hello")),
-            ("n", Value::I64(-3)),
-            ("u", Value::U64(3)),
-            ("r", Value::F64(1.5)),
-            ("ok", Value::Bool(false)),
-            ("s", Value::Str("str")),
-        ],
-    };
-    let mut payload = postcard::to_allocvec(&Entry::Event(rec)).unwrap();
-    payload.extend(postcard::to_allocvec(&Entry::Dropped(7)).unwrap());
-    fwd.emit(&payload);
+    let names = ["message", "n", "u", "r", "ok", "s"];
+    let values = [Value::Debug("hello"), Value::I64(-3), Value::U64(3), Value::F64(1.5), Value::Bool(false), Value::Str("str")];
+    fwd.emit(&encode(&[
+        Entry::Shape(0, def(3, "app::work", &names)),
+        Entry::Short(0, short(&["a", "b"], &values)),
+    ]));
+    // Shapes live as long as the child: a later frame uses shape 0 again.
+    fwd.emit(&encode(&[
+        Entry::Short(0, short(&[], &values)),
+        Entry::Event(def(4, "app::inline", &["message"]), short(&[], &[Value::Str("inline")])),
+    ]));
     fwd.emit_line(Stream::Stderr, "oops");
     let seen = cap.take();
-    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(seen.len(), 4, "{seen:?}");
     let e = &seen[0];
     assert_eq!((e.level, e.target.as_str(), e.parent.as_deref()), (tracing::Level::WARN, "app::work", Some("started_here")));
     assert_eq!(e.get("message"), Some(&Got::D("hello".into())));
@@ -263,10 +325,10 @@ fn the_forwarder_re_emits_with_process_pid_and_parent_span() {
     assert_eq!(e.get("spans"), Some(&Got::S("a:b".into())));
     assert_eq!(e.get("process"), Some(&Got::S("app::Job[2]".into())));
     assert_eq!(e.get("pid"), Some(&Got::U(4242)));
-    let n = &seen[1];
-    assert_eq!((n.level, n.target.as_str()), (tracing::Level::WARN, "skprocess::log"));
-    assert!(matches!(n.get("message"), Some(Got::D(m)) if m.starts_with("7 log events")), "{n:?}");
-    let l = &seen[2];
+    assert_eq!(seen[1].get("spans"), None);
+    assert_eq!(seen[1].get("n"), Some(&Got::I(-3)));
+    assert_eq!((seen[2].level, seen[2].target.as_str()), (tracing::Level::ERROR, "app::inline"));
+    let l = &seen[3];
     assert_eq!((l.level, l.target.as_str()), (tracing::Level::WARN, "skprocess::output"));
     assert_eq!(l.get("stream"), Some(&Got::S("stderr".into())));
     assert_eq!(l.get("message"), Some(&Got::D("oops".into())));
@@ -277,58 +339,75 @@ fn the_forwarder_re_emits_with_process_pid_and_parent_span() {
 fn garbage_is_reported_not_panicked_on() {
     let (cap, d) = capturing();
     let fwd = Forwarder::new("p".into(), 1, d, Span::none());
-    let good = postcard::to_allocvec(&Entry::Dropped(1)).unwrap();
+    let good = encode(&[Entry::Shape(0, def(2, "t", &["message"]))]);
     for bad in [
         vec![0xff; 3],
         vec![0],
-        vec![0, 9, 1, b'x'],
+        vec![2, 9, 1, b'x'],
         [good.clone(), vec![7, 7, 7]].concat(),
-        // An event with level 200.
-        postcard::to_allocvec(&Entry::Event(Record {
-            level: 200,
-            target: "t",
-            module_path: None,
-            file: None,
-            line: None,
-            time: 0,
-            spans: vec![],
-            fields: vec![],
-        }))
-        .unwrap(),
+        encode(&[Entry::Event(def(200, "t", &[]), short(&[], &[]))]),
+        encode(&[Entry::Shape(5, def(2, "t", &[]))]),
+        encode(&[Entry::Short(99, short(&[], &[]))]),
+        encode(&[Entry::Short(0, short(&[], &[Value::U64(1), Value::U64(2)]))]),
     ] {
         fwd.emit(&bad);
     }
     let seen = cap.take();
-    let notices: Vec<_> = seen.iter().filter(|s| s.target == "skprocess::log").collect();
-    assert_eq!(notices.len(), seen.len());
-    assert!(seen.len() >= 5, "{seen:?}");
-    assert!(seen.iter().any(|s| matches!(s.get("message"), Some(Got::D(m)) if m.contains("unknown level 200"))));
-    assert!(seen.iter().any(|s| matches!(s.get("message"), Some(Got::D(m)) if m.contains("unreadable log frame"))));
+    assert!(seen.iter().all(|s| s.target == "skprocess::log"), "{seen:?}");
+    let said = |what: &str| seen.iter().any(|s| matches!(s.get("message"), Some(Got::D(m)) if m.contains(what)));
+    assert!(said("unreadable log frame"), "{seen:?}");
+    assert!(said("unknown level 200"), "{seen:?}");
+    assert!(said("shape #5 out of order"), "{seen:?}");
+    assert!(said("unknown shape #99"), "{seen:?}");
+    assert!(said("2 values for its 1 fields"), "{seen:?}");
+    assert!(seen.iter().all(|s| s.get("pid") == Some(&Got::U(1))));
 }
 
 #[test]
-fn endless_new_shapes_are_folded_not_leaked() {
+fn unreasonable_shapes_are_folded_not_leaked() {
     let (cap, d) = capturing();
     let fwd = Forwarder::new("p".into(), 1, d, Span::none());
     let long_target = "t".repeat(10_000);
-    let rec = Record {
-        level: 2,
-        target: &long_target,
-        module_path: None,
-        file: None,
-        line: None,
-        time: 0,
-        spans: vec![],
-        fields: vec![("message", Value::Debug("m")), ("k", Value::U64(1))],
-    };
-    fwd.emit(&postcard::to_allocvec(&Entry::Event(rec)).unwrap());
+    fwd.emit(&encode(&[Entry::Event(
+        def(2, &long_target, &["message", "k"]),
+        short(&["s"], &[Value::Debug("m"), Value::U64(1)]),
+    )]));
     assert!(!has_callsite_for(&long_target));
     assert!(has_callsite_for("skprocess::child"));
     let seen = cap.take();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].target, "skprocess::child");
     assert_eq!(seen[0].get("child_target"), Some(&Got::S(long_target.clone())));
-    assert_eq!(seen[0].get("fields"), Some(&Got::D("k=1".into())));
+    assert_eq!(seen[0].get("fields"), Some(&Got::D("k=1 spans=s".into())));
     assert_eq!(seen[0].get("message"), Some(&Got::D("m".into())));
     assert!(MAX_CALLSITES >= 1024);
+}
+
+#[test]
+#[ignore = "a measurement, not a test: cargo test --release -p skprocess --lib log_costs -- --ignored --nocapture"]
+fn log_costs() {
+    let (w, mut r) = channel();
+    let funnel = Arc::new(Funnel::new(w, manual(1 << 30)));
+    let d = funnel_dispatch(&funnel, LevelFilter::TRACE);
+    let n = 200_000u32;
+    let t0 = Instant::now();
+    tracing::dispatcher::with_default(&d, || {
+        for i in 0..n {
+            tracing::info!(i, worker = "bench", "processed item {i} of the batch");
+        }
+    });
+    let child = t0.elapsed();
+    let reader = std::thread::spawn(move || read_frame(&mut r));
+    funnel.flush();
+    let payload = reader.join().unwrap();
+    let fwd = Forwarder::new("p".into(), 1, Dispatch::new(tracing_subscriber::registry()), Span::none());
+    let t0 = Instant::now();
+    fwd.emit(&payload);
+    let parent = t0.elapsed();
+    eprintln!(
+        "child {:?}/event, parent {:?}/event, {} bytes/event",
+        child / n,
+        parent / n,
+        payload.len() / n as usize
+    );
 }
