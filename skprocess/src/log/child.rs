@@ -167,7 +167,12 @@ pub(crate) struct Funnel {
 impl Funnel {
     pub(crate) fn new(writer: Writer, limits: Limits) -> Funnel {
         Funnel {
-            pending: Mutex::new(Pending { buf: Vec::new(), flusher: Flusher::Absent, waiting: 0, shapes: HashMap::default() }),
+            pending: Mutex::new(Pending {
+                buf: Vec::new(),
+                flusher: Flusher::Absent,
+                waiting: 0,
+                shapes: HashMap::default(),
+            }),
             wake: Condvar::new(),
             room: Condvar::new(),
             out: Mutex::new(Outbox { writer, spare: Vec::new(), broken: false }),
@@ -488,11 +493,7 @@ impl Scratch {
         self.spans.reverse();
         event.record(self);
         let time = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-        let short = ShortOut {
-            time,
-            spans: &self.spans,
-            values: ValuesOut { list: &self.fields, text: &self.text },
-        };
+        let short = ShortOut { time, spans: &self.spans, values: ValuesOut { list: &self.fields, text: &self.text } };
         let mut bytes = std::mem::take(&mut self.bytes);
         bytes.clear();
         match postcard::to_extend(&short, bytes) {
@@ -556,7 +557,7 @@ impl FunnelLayer {
         };
         if ok {
             let meta = event.metadata();
-            let key = (!s.wide).then(|| (meta as *const Metadata<'_> as usize, s.mask));
+            let key = (!s.wide).then_some((meta as *const Metadata<'_> as usize, s.mask));
             self.funnel.push(key, |out| s.encode_def(meta, out), &s.bytes);
         }
         s.trim();

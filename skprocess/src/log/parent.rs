@@ -188,11 +188,6 @@ impl Forwarder {
         Ok(self)
     }
 
-    /// The log file, if there is one.
-    pub(crate) fn log_file(&self) -> Option<&Path> {
-        self.file.as_ref().map(|f| f.0.as_path())
-    }
-
     /// Re-emits every event of one `LOG` frame, in order. Anything wrong
     /// in the payload is reported as a `warn` event (target
     /// `skprocess::log`); the events before the bad bytes are kept.
@@ -208,7 +203,10 @@ impl Forwarder {
                         entry
                     }
                     Err(e) => {
-                        let text = format!("unreadable log frame from the child ({e}): its last {} bytes are lost", rest.len());
+                        let text = format!(
+                            "unreadable log frame from the child ({e}): its last {} bytes are lost",
+                            rest.len()
+                        );
                         self.notice(&text, file.as_deref_mut());
                         break;
                     }
@@ -253,7 +251,8 @@ impl Forwarder {
     /// Re-emits a line the child wrote to `stream`: `info` for stdout,
     /// `warn` for stderr, target `skprocess::output`, field `stream`.
     pub(crate) fn emit_line(&self, stream: Stream, line: &str) {
-        let short = Short { time: now_nanos(), spans: Vec::new(), values: vec![Value::Debug(line), Value::Str(stream.name())] };
+        let short =
+            Short { time: now_nanos(), spans: Vec::new(), values: vec![Value::Debug(line), Value::Str(stream.name())] };
         dispatcher::with_default(&self.dispatch, || {
             let mut file = self.file.as_ref().map(|f| lock(&f.1));
             let mut fixed = lock(&self.fixed);

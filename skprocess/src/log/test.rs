@@ -153,7 +153,13 @@ fn an_event_crosses_with_level_target_fields_and_spans() {
     let payload = read_frame(&mut r);
     let all = entries(&payload);
     // The warn's shape is sent once for its two events.
-    assert!(matches!(&all[..], [Entry::Shape(0, _), Entry::Short(0, _), Entry::Short(0, _), Entry::Shape(1, _), Entry::Short(1, _)]), "{all:?}");
+    assert!(
+        matches!(
+            &all[..],
+            [Entry::Shape(0, _), Entry::Short(0, _), Entry::Short(0, _), Entry::Shape(1, _), Entry::Short(1, _)]
+        ),
+        "{all:?}"
+    );
     let got = events(&all);
     let (def, e) = got[0];
     assert_eq!(def.level, 3);
@@ -284,7 +290,14 @@ fn the_flusher_sends_on_its_own() {
 }
 
 fn def<'a>(level: u8, target: &'a str, names: &[&'a str]) -> ShapeDef<'a> {
-    ShapeDef { level, target, module_path: Some(target), file: Some("src/work.rs"), line: Some(12), names: names.to_vec() }
+    ShapeDef {
+        level,
+        target,
+        module_path: Some(target),
+        file: Some("src/work.rs"),
+        line: Some(12),
+        names: names.to_vec(),
+    }
 }
 
 fn short<'a>(spans: &[&'a str], values: &[Value<'a>]) -> Short<'a> {
@@ -301,11 +314,9 @@ fn the_forwarder_re_emits_with_process_pid_and_parent_span() {
     let span = tracing::dispatcher::with_default(&d, || tracing::info_span!("started_here"));
     let fwd = Forwarder::new("app::Job[2]".into(), 4242, d.clone(), span);
     let names = ["message", "n", "u", "r", "ok", "s"];
-    let values = [Value::Debug("hello"), Value::I64(-3), Value::U64(3), Value::F64(1.5), Value::Bool(false), Value::Str("str")];
-    fwd.emit(&encode(&[
-        Entry::Shape(0, def(3, "app::work", &names)),
-        Entry::Short(0, short(&["a", "b"], &values)),
-    ]));
+    let values =
+        [Value::Debug("hello"), Value::I64(-3), Value::U64(3), Value::F64(1.5), Value::Bool(false), Value::Str("str")];
+    fwd.emit(&encode(&[Entry::Shape(0, def(3, "app::work", &names)), Entry::Short(0, short(&["a", "b"], &values))]));
     // Shapes live as long as the child: a later frame uses shape 0 again.
     fwd.emit(&encode(&[
         Entry::Short(0, short(&[], &values)),
@@ -315,7 +326,10 @@ fn the_forwarder_re_emits_with_process_pid_and_parent_span() {
     let seen = cap.take();
     assert_eq!(seen.len(), 4, "{seen:?}");
     let e = &seen[0];
-    assert_eq!((e.level, e.target.as_str(), e.parent.as_deref()), (tracing::Level::WARN, "app::work", Some("started_here")));
+    assert_eq!(
+        (e.level, e.target.as_str(), e.parent.as_deref()),
+        (tracing::Level::WARN, "app::work", Some("started_here"))
+    );
     assert_eq!(e.get("message"), Some(&Got::D("hello".into())));
     assert_eq!(e.get("n"), Some(&Got::I(-3)));
     assert_eq!(e.get("u"), Some(&Got::U(3)));
@@ -404,10 +418,5 @@ fn log_costs() {
     let t0 = Instant::now();
     fwd.emit(&payload);
     let parent = t0.elapsed();
-    eprintln!(
-        "child {:?}/event, parent {:?}/event, {} bytes/event",
-        child / n,
-        parent / n,
-        payload.len() / n as usize
-    );
+    eprintln!("child {:?}/event, parent {:?}/event, {} bytes/event", child / n, parent / n, payload.len() / n as usize);
 }

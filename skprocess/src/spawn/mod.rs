@@ -148,6 +148,7 @@ pub(crate) struct SpawnOptions {
 }
 
 /// Spawns a child running this binary, connected by a new socket pair.
+#[allow(dead_code)] // for callers with no options (a pool's workers)
 pub(crate) fn spawn_child() -> Result<Spawned> {
     spawn_child_with(SpawnOptions::default())
 }
