@@ -148,7 +148,9 @@ impl fmt::Debug for Forwarder {
 }
 
 /// Most shapes one child may define.
-const MAX_SHAPES_PER_CHILD: usize = 64 * 1024;
+const MAX_SHAPES_PER_CHILD: usize = 16 * 1024;
+/// Most fields of one shape the parent keeps at all.
+const MAX_STORED_FIELDS: usize = 1024;
 
 impl Forwarder {
     /// `process_label` becomes the `process` field (the type name, plus the
@@ -345,6 +347,8 @@ struct Known {
     file: Option<String>,
     line: Option<u32>,
     names: Vec<String>,
+    /// Refused a callsite of its own (overlong strings, too many fields).
+    folded: bool,
     /// The callsite without and with the `spans` field, once made.
     sites: [Option<Site>; 2],
 }
@@ -358,14 +362,25 @@ enum Site {
 }
 
 impl Known {
+    /// `None` for an unknown level or an absurd number of fields. A shape
+    /// with overlong strings is kept clipped, and folded.
     fn of(def: &ShapeDef<'_>) -> Option<Known> {
+        if def.names.len() > MAX_STORED_FIELDS {
+            return None;
+        }
+        let folded = def.target.len() > MAX_TARGET
+            || def.module_path.is_some_and(|m| m.len() > MAX_TARGET)
+            || def.file.is_some_and(|f| f.len() > MAX_TARGET)
+            || def.names.len() > MAX_FIELDS
+            || def.names.iter().any(|n| n.len() > MAX_NAME);
         Some(Known {
             level: level_of(def.level)?,
-            target: def.target.to_string(),
-            module_path: def.module_path.map(str::to_string),
-            file: def.file.map(str::to_string),
+            target: clip(def.target, MAX_TARGET),
+            module_path: def.module_path.map(|m| clip(m, MAX_TARGET)),
+            file: def.file.map(|f| clip(f, MAX_TARGET)),
             line: def.line,
-            names: def.names.iter().map(|n| n.to_string()).collect(),
+            names: def.names.iter().map(|n| clip(n, MAX_NAME)).collect(),
+            folded,
             sites: [None, None],
         })
     }
@@ -378,6 +393,7 @@ impl Known {
             file: None,
             line: None,
             names: names.iter().map(|n| n.to_string()).collect(),
+            folded: false,
             sites: [None, None],
         }
     }
@@ -395,7 +411,8 @@ impl Known {
             names: &self.names,
             extra: if spanned { EXTRA_SPANS } else { EXTRA },
         };
-        let site = match callsite(&shape, false) {
+        let direct = if self.folded { None } else { callsite(&shape, false) };
+        let site = match direct {
             Some(cs) => Site::Direct(cs),
             None => {
                 let names = FOLDED_NAMES.map(str::to_string);
@@ -417,6 +434,15 @@ impl Known {
 }
 
 const FOLDED_NAMES: [&str; 3] = ["message", "child_target", "fields"];
+
+/// `s`, cut to at most `max` bytes (on a character boundary).
+fn clip(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
 
 fn now_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
