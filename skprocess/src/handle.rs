@@ -482,7 +482,13 @@ impl Supervisor {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            match child.reader.read(deadline) {
+            // A child that sends without pause (a hook that logs in a loop)
+            // must not keep its deadline from being checked.
+            let read = match deadline {
+                Some(d) if Instant::now() >= d => Ok(None),
+                _ => child.reader.read(deadline),
+            };
+            match read {
                 Ok(Some(frame)) => match frame.kind {
                     kind::TELL => {
                         let _ = self.inbox.send(frame);

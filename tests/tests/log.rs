@@ -595,3 +595,39 @@ fn an_unusable_log_dir_is_an_error_at_start() {
     let _ = std::fs::remove_file(&dir.0);
     support::assert_no_shm_files();
 }
+
+// ---------------------------------------------------------------------------
+// Logging does not get in the way of timeouts.
+
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1, timeout(run = "300ms"))]
+struct Babbler;
+
+impl Process for Babbler {
+    fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        let mut i = 0u64;
+        loop {
+            tracing::info!(i, "still going");
+            i += 1;
+        }
+    }
+}
+
+#[test]
+fn a_hook_that_logs_without_pause_still_times_out() -> skprocess::Result<()> {
+    support::watchdog();
+    let (cap, _g) = Captured::install();
+    let t0 = Instant::now();
+    let mut h = Babbler.start()?;
+    let err = finish(&mut h).err().expect("the hook times out");
+    assert!(err.is_timeout(), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(30), "took {:?}", t0.elapsed());
+    // What arrived is in order, with no gap.
+    let ev = cap.of(h.pid());
+    assert!(!ev.is_empty());
+    for (i, e) in ev.iter().enumerate() {
+        assert_eq!(e.int("i"), i as i64);
+    }
+    no_leftovers(&[h.pid()]);
+    Ok(())
+}
