@@ -145,7 +145,10 @@ impl Config {
     /// in the parent's subscriber: `info` for stdout, `warn` for stderr,
     /// target `skprocess::output`, with the fields `stream` (`"stdout"` or
     /// `"stderr"`), `process` and `pid`. Lines are read by the parent, so a
-    /// child that crashes still gets its last lines out.
+    /// child that crashes still gets its last lines out. If the parent has
+    /// no subscriber where the process is started, each line is written to
+    /// the parent's own stdout or stderr instead, whole: lines of several
+    /// children never mix mid-line.
     ///
     /// # Examples
     ///

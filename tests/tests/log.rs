@@ -519,6 +519,65 @@ fn output_is_inherited_unless_captured() -> skprocess::Result<()> {
     Ok(())
 }
 
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1)]
+struct LongLines {
+    id: u64,
+    n: u64,
+    width: usize,
+}
+
+impl Process for LongLines {
+    fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        let pad = "x".repeat(self.width);
+        for i in 0..self.n {
+            println!("child {} line {i} {pad}", self.id);
+        }
+        Ok(())
+    }
+}
+
+const HELPER: &str = "SKPROCESS_LOG_TEST_HELPER";
+
+/// Run by the next test in a fresh copy of this binary: children with
+/// captured output and no subscriber anywhere.
+#[test]
+#[ignore = "a helper: run by captured_lines_go_to_the_parent_s_streams_without_a_subscriber"]
+fn helper_children_print_without_subscriber() -> skprocess::Result<()> {
+    if std::env::var_os(HELPER).is_none() {
+        return Ok(());
+    }
+    let config = LongLines::config().capture_output(true);
+    let mut hs: Vec<_> =
+        (0..3).map(|id| LongLines { id, n: 50, width: 20_000 }.start_with(config.clone())).collect::<Result<_, _>>()?;
+    for h in &mut hs {
+        finish(h)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn captured_lines_go_to_the_parent_s_streams_without_a_subscriber() {
+    support::watchdog();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "helper_children_print_without_subscriber", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(HELPER, "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let pad = "x".repeat(20_000);
+    for id in 0..3 {
+        for i in 0..50 {
+            // Whole, up to its newline (the harness's own text may precede
+            // the first one on its line).
+            let want = format!("child {id} line {i} {pad}\n");
+            assert!(text.contains(&want), "line {i} of child {id} is missing or was mixed with another");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Per-process log files.
 
@@ -556,7 +615,7 @@ impl Drop for TempDir {
 #[test]
 fn each_child_writes_its_own_log_file() -> skprocess::Result<()> {
     support::watchdog();
-    // Files are written whether or not the parent has a subscriber.
+    let (_cap, _g) = Captured::install();
     let dir = TempDir::new("logs");
     let mut h = Flaky.start_with(Flaky::config().capture_output(true).log_dir(dir.0.join("nested")))?;
     finish(&mut h)?;
@@ -628,6 +687,22 @@ fn a_hook_that_logs_without_pause_still_times_out() -> skprocess::Result<()> {
     for (i, e) in ev.iter().enumerate() {
         assert_eq!(e.int("i"), i as i64);
     }
+    no_leftovers(&[h.pid()]);
+    Ok(())
+}
+
+#[test]
+fn the_log_file_gets_every_level_even_without_a_subscriber() -> skprocess::Result<()> {
+    support::watchdog();
+    let dir = TempDir::new("nosub");
+    let mut h = Fielded.start_with(Fielded::config().log_dir(&dir.0))?;
+    finish(&mut h)?;
+    let text = std::fs::read_to_string(dir.0.join(format!("log.Fielded-{}.log", h.pid()))).unwrap();
+    let levels: Vec<&str> = text.lines().map(|l| l.split_whitespace().nth(1).unwrap()).collect();
+    assert_eq!(levels, ["WARN", "ERROR", "INFO", "DEBUG", "TRACE"], "{text}");
+    assert!(text.contains(
+        "WARN log: careful now count=-3 big=18446744073709551615 ratio=0.25 ok=true name=\"bob\" list=[1, 2] shown=as display\n"
+    ), "{text}");
     no_leftovers(&[h.pid()]);
     Ok(())
 }

@@ -251,8 +251,19 @@ impl Forwarder {
     }
 
     /// Re-emits a line the child wrote to `stream`: `info` for stdout,
-    /// `warn` for stderr, target `skprocess::output`, field `stream`.
+    /// `warn` for stderr, target `skprocess::output`, field `stream`. With
+    /// no subscriber to take it, the line goes to the parent's own stream
+    /// instead, whole (lines of several children never mix mid-line).
     pub(crate) fn emit_line(&self, stream: Stream, line: &str) {
+        if self.dispatch.is::<NoSubscriber>() {
+            let mut whole = String::with_capacity(line.len() + 1);
+            whole.push_str(line);
+            whole.push('\n');
+            let _ = match stream {
+                Stream::Stdout => std::io::stdout().lock().write_all(whole.as_bytes()),
+                Stream::Stderr => std::io::stderr().lock().write_all(whole.as_bytes()),
+            };
+        }
         let short =
             Short { time: now_nanos(), spans: Vec::new(), values: vec![Value::Debug(line), Value::Str(stream.name())] };
         dispatcher::with_default(&self.dispatch, || {
