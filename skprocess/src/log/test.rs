@@ -15,6 +15,8 @@ use tracing_subscriber::registry::LookupSpan;
 struct Seen {
     level: tracing::Level,
     target: String,
+    /// Module path, file and line of the event's callsite.
+    place: (Option<String>, Option<String>, Option<u32>),
     fields: Vec<(String, Got)>,
     parent: Option<String>,
 }
@@ -66,9 +68,11 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
         let mut fields = Vec::new();
         event.record(&mut Visitor(&mut fields));
         let parent = ctx.event_span(event).map(|s| s.name().to_string());
+        let m = event.metadata();
         self.0.lock().unwrap().push(Seen {
-            level: *event.metadata().level(),
-            target: event.metadata().target().into(),
+            level: *m.level(),
+            target: m.target().into(),
+            place: (m.module_path().map(Into::into), m.file().map(Into::into), m.line()),
             fields,
             parent,
         });
@@ -330,6 +334,7 @@ fn the_forwarder_re_emits_with_process_pid_and_parent_span() {
         (e.level, e.target.as_str(), e.parent.as_deref()),
         (tracing::Level::WARN, "app::work", Some("started_here"))
     );
+    assert_eq!(e.place, (Some("app::work".into()), Some("src/work.rs".into()), Some(12)));
     assert_eq!(e.get("message"), Some(&Got::D("hello".into())));
     assert_eq!(e.get("n"), Some(&Got::I(-3)));
     assert_eq!(e.get("u"), Some(&Got::U(3)));
