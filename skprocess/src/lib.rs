@@ -89,8 +89,9 @@
 //! ```
 //!
 //! A child that logs faster than the parent's subscriber takes events
-//! slows down to its pace once its 1 MiB buffer is full; a child that is
-//! killed loses the events of its last 20 ms at most.
+//! slows down to its pace once its 1 MiB buffer is full (nothing is
+//! dropped); a child that is killed loses what it had not sent yet, its
+//! last 20 ms of events while the parent keeps up.
 //!
 //! # Platform support
 //!

@@ -41,16 +41,17 @@
 //!
 //! # When the parent does not keep up
 //!
-//! Nothing is dropped, ever. A child buffers up to 1 MiB of encoded events
-//! while a previous batch is being sent; past that, the thread that logs
-//! waits for room (back-pressure), so a child that logs faster than the
-//! parent's subscriber can take slows down to the parent's pace instead of
-//! losing lines. The parent reads `LOG` frames on the thread that watches
-//! the child, so a hook timeout still fires while a child waits.
+//! Nothing is dropped for being slow. A child buffers up to 1 MiB of
+//! encoded events while a previous batch is being sent; past that, the
+//! thread that logs waits for room (back-pressure), so a child that logs
+//! faster than the parent's subscriber takes events slows down to the
+//! parent's pace instead of losing lines. The parent reads `LOG` frames on
+//! the thread that watches the child and checks the hook deadline between
+//! frames, so a hook timeout still fires while a child logs or waits.
 //!
-//! A child that is killed (timeout, `kill`, a crash) loses the events of
-//! its last 20 ms at most (or of its last 16 KiB); a child that returns or
-//! fails normally loses none.
+//! A child that returns or fails normally loses no event. One that is
+//! killed (timeout, `kill`, a crash) loses what it had not sent yet: while
+//! the parent keeps up, the events of its last 20 ms at most.
 //!
 //! # For a pool
 //!
@@ -60,8 +61,6 @@
 //! an [`Origin`] captured where the pool was made, hand each `LOG` frame to
 //! [`Forwarder::emit`], and, for captured output, [`Capture::start`] /
 //! [`Capture::finish`] around the worker's life.
-
-#![allow(dead_code)]
 
 pub(crate) mod capture;
 pub(crate) mod child;
