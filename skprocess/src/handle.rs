@@ -442,10 +442,7 @@ impl Supervisor {
                 return Err(Error::Process(Box::new(failure)));
             }
             attempt += 1;
-            child = match spawn::spawn_child_with(spawn_options(&self.config)).and_then(|s| self.attach(s, attempt)) {
-                Ok(c) => c,
-                Err(e) => return Err(e),
-            };
+            child = spawn::spawn_child_with(spawn_options(&self.config)).and_then(|s| self.attach(s, attempt))?;
         }
     }
 
