@@ -110,6 +110,11 @@
 //!   `#[serde(flatten)]` and `#[serde(untagged)]` fail with an error naming
 //!   the type; wrap such values in [`Json`].
 //! - **SIGPIPE** is ignored in children, as `std` does for `main`.
+//! - **A child has a `tracing` subscriber already** (the one that forwards
+//!   its events), installed as the global default before the first hook
+//!   when the parent has a subscriber: `init()` of another one inside a
+//!   hook panics (`try_init()` returns an error). Set subscribers up in
+//!   `main`, which only the parent runs.
 //! - **Test harness output.** A child of a test binary never reaches the
 //!   harness, so it prints nothing of its own.
 
