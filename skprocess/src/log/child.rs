@@ -9,7 +9,13 @@
 //! [`flush`] where order with other frames matters (before `tell`, before
 //! the result, at exit). The flush lock is taken before the buffer is
 //! swapped out and held until the frame is written, so frames leave in the
-//! order their events were buffered, whichever thread sends them.
+//! order their events were buffered, whichever thread sends them. Past
+//! [`Limits::cap`] buffered bytes, appenders wait for room.
+//!
+//! An event's shape (its callsite and which of its fields are present) is
+//! numbered under the buffer lock the first time it is appended, its
+//! definition written just before it, so every use of a number follows its
+//! definition in the stream.
 
 use super::{level_code, Setup, Value};
 use crate::wire::{kind, Writer};
