@@ -14,6 +14,7 @@
 
 use crate::config::{Config, Hook};
 use crate::error::{Cause, Error, Failure, Result};
+use crate::log;
 use crate::runtime::{self, Init, Plan, STATUS_WORDS};
 use crate::spawn::{self, Spawned};
 use crate::sys::{self, mem::SharedWords};
@@ -137,7 +138,8 @@ impl<P: Process> Handle<P> {
     pub(crate) fn start(value: P, config: Config) -> Result<Self> {
         let encoded = wire::encode(&value)?;
         drop(value);
-        let child = spawn::spawn_child()?;
+        let origin = log::Origin::capture();
+        let child = spawn::spawn_child_with(spawn_options(&config))?;
         let (inbox_tx, inbox) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared {
             name: P::NAME,
@@ -156,6 +158,7 @@ impl<P: Process> Handle<P> {
             config,
             inbox: inbox_tx,
             started: Instant::now(),
+            origin,
         };
         let first = sup.attach(child, 1)?;
         let thread = std::thread::Builder::new()
@@ -361,6 +364,14 @@ struct Supervisor {
     config: Config,
     inbox: Sender<Frame>,
     started: Instant,
+    /// Where the children's `tracing` events go.
+    origin: log::Origin,
+}
+
+fn spawn_options(config: &Config) -> spawn::SpawnOptions {
+    spawn::SpawnOptions {
+        capture_output: config.capture_output,
+    }
 }
 
 /// A child being watched.
@@ -369,6 +380,8 @@ struct Child {
     pidfd: Arc<OwnedFd>,
     reader: Reader,
     status: Arc<SharedWords>,
+    log: Arc<log::Forwarder>,
+    capture: Option<log::Capture>,
 }
 
 /// How one attempt ended.
@@ -394,10 +407,25 @@ impl Supervisor {
     /// Sends the value to a freshly spawned child and publishes it as the
     /// handle's current child.
     fn attach(&mut self, s: Spawned, attempt: u32) -> Result<Child> {
+        let log_dir = self.config.log_dir.as_deref();
+        let forwarder = match self.origin.forwarder(self.shared.name, s.pid, log_dir) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = sys::proc::pidfd_signal(&s.pidfd, libc::SIGKILL);
+                let _ = sys::proc::wait(s.pid);
+                return Err(e);
+            }
+        };
         let status =
             Arc::new(SharedWords::new(c"skprocess-status", STATUS_WORDS).map_err(Error::Spawn)?);
         let (reader, writer) = wire::split(s.socket)?;
         let pidfd = Arc::new(s.pidfd);
+        let capture = log::Capture::start(forwarder.clone(), s.stdout, s.stderr, pidfd.clone());
+        let _ = writer.send(
+            kind::LOG_SETUP,
+            &log::setup_payload(&self.origin, log_dir.is_some()),
+            &[],
+        );
         {
             let mut c = self.shared.current();
             *c = Current {
@@ -441,6 +469,8 @@ impl Supervisor {
             pidfd,
             reader,
             status,
+            log: forwarder,
+            capture,
         })
     }
 
@@ -449,7 +479,7 @@ impl Supervisor {
         let mut child = first;
         loop {
             let end = self.watch(&mut child, attempt);
-            self.retire(&child);
+            self.retire(&mut child);
             let killed = self.shared.killed.load(Ordering::SeqCst);
             let failure = match end {
                 End::Done(enc) => return Ok(enc),
@@ -466,15 +496,43 @@ impl Supervisor {
                 return Err(Error::Process(Box::new(failure)));
             }
             attempt += 1;
-            child = match spawn::spawn_child().and_then(|s| self.attach(s, attempt)) {
-                Ok(c) => c,
-                Err(e) => return Err(e),
-            };
+            child = spawn::spawn_child_with(spawn_options(&self.config))
+                .and_then(|s| self.attach(s, attempt))?;
         }
     }
 
     /// Folds the ended child's timers into the totals and clears it.
-    fn retire(&self, child: &Child) {
+    /// Kills a child that overran a limit and says how the attempt ended.
+    fn overrun(&self, child: &Child, attempt: u32, overrun: Overrun) -> End {
+        let (hook, run) = watch::position(&child.status);
+        watch::kill_and_reap(child.pid, &child.pidfd);
+        match overrun {
+            Overrun::Join(limit) => {
+                End::Final(self.failure(attempt, hook, run, Cause::JoinTimeout(limit)))
+            }
+            Overrun::Hook {
+                hook,
+                run,
+                limit,
+                ran,
+            } => {
+                // The killed call never returned to be timed: count it with
+                // the time it had run.
+                self.shared
+                    .past_timers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_mut(hook)
+                    .record(ran);
+                End::Failed(self.failure(attempt, Some(hook), Some(run), Cause::HookTimeout(limit)))
+            }
+        }
+    }
+
+    fn retire(&self, child: &mut Child) {
+        if let Some(c) = child.capture.take() {
+            c.finish();
+        }
         let t = status_timers(&child.status);
         let mut c = self.shared.current();
         self.shared
@@ -492,12 +550,18 @@ impl Supervisor {
         let mut deadlines = Deadlines::new(&self.config, self.started);
         let mut outcome: Option<End> = None;
         loop {
+            // Checked before every read, so a child that sends without
+            // pause (a hook that logs in a loop) cannot hold its deadline off.
+            if let Some(overrun) = deadlines.overrun(Instant::now()) {
+                return self.overrun(child, attempt, overrun);
+            }
             match child.reader.read(deadlines.next()) {
                 Ok(Some(frame)) if deadlines.on_frame(&frame) => {}
                 Ok(Some(frame)) => match frame.kind {
                     kind::TELL => {
                         let _ = self.inbox.send(frame);
                     }
+                    kind::LOG => child.log.emit(&frame.payload),
                     kind::DONE => {
                         outcome = Some(End::Done(Encoded {
                             bytes: frame.payload,
@@ -522,44 +586,7 @@ impl Supervisor {
                         return End::Failed(self.failure(attempt, None, None, cause));
                     }
                 },
-                Ok(None) => {
-                    let Some(overrun) = deadlines.overrun(Instant::now()) else {
-                        continue;
-                    };
-                    let (hook, run) = watch::position(&child.status);
-                    watch::kill_and_reap(child.pid, &child.pidfd);
-                    match overrun {
-                        Overrun::Join(limit) => {
-                            return End::Final(self.failure(
-                                attempt,
-                                hook,
-                                run,
-                                Cause::JoinTimeout(limit),
-                            ))
-                        }
-                        Overrun::Hook {
-                            hook,
-                            run,
-                            limit,
-                            ran,
-                        } => {
-                            // The killed call never returned to be timed:
-                            // count it with the time it had run.
-                            self.shared
-                                .past_timers
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .get_mut(hook)
-                                .record(ran);
-                            return End::Failed(self.failure(
-                                attempt,
-                                Some(hook),
-                                Some(run),
-                                Cause::HookTimeout(limit),
-                            ));
-                        }
-                    }
-                }
+                Ok(None) => {}
                 Err(Error::Disconnected) => {
                     let status =
                         watch::reap_exiting(child.pid, &child.pidfd, Duration::from_secs(2));

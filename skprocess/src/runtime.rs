@@ -105,6 +105,8 @@ impl Ctx {
     /// If the value cannot be encoded, or the parent is gone.
     pub fn tell<T: Serialize + ?Sized>(&self, msg: &T) -> Result<()> {
         let enc = wire::encode_message(msg)?;
+        // Events logged before a message reach the parent before it.
+        crate::log::flush();
         self.link
             .writer
             .send(kind::TELL, &enc.bytes, &enc.raw_fds())
@@ -393,10 +395,14 @@ pub(crate) fn child_main(control: OwnedFd) -> ! {
     let Ok((mut reader, writer)) = wire::split(control) else {
         sys::proc::exit_now(74)
     };
-    let init = match reader.read(None) {
-        Ok(Some(f)) if f.kind == kind::INIT => f,
-        // The parent went away before sending anything.
-        _ => sys::proc::exit_now(0),
+    let mut log_setup = None;
+    let init = loop {
+        match reader.read(None) {
+            Ok(Some(f)) if f.kind == kind::INIT => break f,
+            Ok(Some(f)) if f.kind == kind::LOG_SETUP => log_setup = Some(f.payload),
+            // The parent went away before sending anything.
+            _ => sys::proc::exit_now(0),
+        }
     };
     let Ok(msg) = init.decode::<Init>() else {
         sys::proc::exit_now(75)
@@ -404,6 +410,7 @@ pub(crate) fn child_main(control: OwnedFd) -> ! {
     let mut fds = init.fds;
     let (inbox_tx, inbox) = crossbeam_channel::unbounded();
     let (others_tx, others) = crossbeam_channel::unbounded();
+    crate::log::install_child(log_setup.as_deref(), writer.clone());
     let link = Arc::new(Link {
         writer,
         inbox,
@@ -442,6 +449,7 @@ pub(crate) fn child_main(control: OwnedFd) -> ! {
         }
         Init::Worker {} => crate::pool::worker::serve(&link, fds),
     };
+    crate::log::flush();
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     std::process::exit(code)
@@ -465,6 +473,7 @@ pub(crate) fn unregistered(type_id: &str, plan: &Plan) -> Failure {
 /// Sends the final state (`DONE`) or the failure (`FAILED`); returns the
 /// exit code to use.
 pub(crate) fn send_outcome(link: &Link, outcome: Result<wire::Encoded, Failure>) -> i32 {
+    crate::log::flush();
     match outcome {
         Ok(enc) => match link.writer.send(kind::DONE, &enc.bytes, &enc.raw_fds()) {
             Ok(()) => 0,

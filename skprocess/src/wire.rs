@@ -53,6 +53,11 @@ pub(crate) mod kind {
     pub(crate) const POOL_CALLS: u8 = 33;
     /// Pool worker → parent: the results of one `POOL_CALLS` batch.
     pub(crate) const POOL_RESULTS: u8 = 34;
+    /// Child → parent: a batch of `tracing` events (`log::Entry` after
+    /// `log::Entry`).
+    pub(crate) const LOG: u8 = 64;
+    /// Parent → child, before `INIT`: how to log (`log::Setup`).
+    pub(crate) const LOG_SETUP: u8 = 65;
 }
 
 /// One frame read off a socket.

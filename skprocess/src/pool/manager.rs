@@ -314,6 +314,16 @@ impl Manager {
             .and_then(|h| h.deadlines.as_ref())
             .and_then(Deadlines::next);
         loop {
+            // Checked before every read, so a worker that sends without
+            // pause cannot hold its deadline off.
+            let overrun = self
+                .head
+                .as_ref()
+                .and_then(|h| h.deadlines.as_ref())
+                .and_then(|d| d.overrun(Instant::now()));
+            if let Some(o) = overrun {
+                return Wake::Overrun(o);
+            }
             if !worker.reader.has_frame() {
                 let ready =
                     match sys::sock::poll(&[worker.reader.fd(), self.closing.as_fd()], deadline) {
@@ -324,15 +334,7 @@ impl Manager {
                     return Wake::Closing;
                 }
                 if !ready[0].readable {
-                    let overrun = self
-                        .head
-                        .as_ref()
-                        .and_then(|h| h.deadlines.as_ref())
-                        .and_then(|d| d.overrun(Instant::now()));
-                    match overrun {
-                        Some(o) => return Wake::Overrun(o),
-                        None => continue,
-                    }
+                    continue;
                 }
             }
             match worker.reader.read(Some(Instant::now())) {
