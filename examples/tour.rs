@@ -239,9 +239,54 @@ fn chapter_4() -> skprocess::Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------
+// Chapter 5: logging. Children's `tracing` events arrive in the parent's
+// subscriber (installed in `main`), in order, with `process` and `pid`.
+
+/// Crawls a pretend site, logging as it goes.
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 3)]
+struct Crawler {
+    site: String,
+}
+
+impl Process for Crawler {
+    fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+        tracing::info!(site = %self.site, page = ctx.run_index(), "fetched");
+        if ctx.run_index() == 2 {
+            tracing::warn!(site = %self.site, "slow response");
+        }
+        // Plain output becomes an event too, with capture_output.
+        println!("raw output from {}", self.site);
+        Ok(())
+    }
+}
+
+fn chapter_5() -> skprocess::Result<()> {
+    println!("== 5. four workers logging into the parent's subscriber");
+    let _crawl = tracing::info_span!("crawl").entered();
+    let cfg = Crawler::config().capture_output(true);
+    let mut handles = ["a.example", "b.example", "c.example", "d.example"]
+        .into_iter()
+        .map(|site| Crawler { site: site.into() }.start_with(cfg.clone()))
+        .collect::<skprocess::Result<Vec<_>>>()?;
+    for h in &mut handles {
+        h.wait()?;
+    }
+    println!();
+    Ok(())
+}
+
 fn main() -> skprocess::Result<()> {
+    // Only the parent sets up logging; children need nothing.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stdout)
+        .with_ansi(colour)
+        .init();
     chapter_1()?;
     chapter_3()?;
     chapter_4()?;
+    chapter_5()?;
     Ok(())
 }
