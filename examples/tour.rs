@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use skprocess::prelude::*;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------
 // Chapter 1: a process with hooks, lives, a timeout and timers.
@@ -79,7 +79,214 @@ fn chapter_1() -> skprocess::Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------
+// Chapter 3: Share, one value seen and changed by every process.
+
+#[derive(Serialize, Deserialize, Default)]
+struct Stats {
+    counter: u64,
+    log: Vec<String>,
+}
+
+/// Bumps the shared counter ten times, appending each value to the log.
+#[derive(Process, Serialize, Deserialize, Clone)]
+#[process(runs = 10)]
+struct ShareCounter {
+    share: Share<Stats>,
+}
+
+impl Process for ShareCounter {
+    fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        let mut s = self.share.lock()?; // atomic across processes
+        s.counter += 1;
+        let n = s.counter;
+        s.log.push(n.to_string());
+        Ok(()) // written back when `s` drops
+    }
+}
+
+fn chapter_3() -> skprocess::Result<()> {
+    println!("== 3. Share: one value, every process");
+    let share = Share::new(Stats::default())?;
+    let mut handles = (0..4)
+        .map(|_| {
+            ShareCounter {
+                share: share.clone(),
+            }
+            .start()
+        })
+        .collect::<skprocess::Result<Vec<_>>>()?;
+    for h in &mut handles {
+        h.wait()?;
+    }
+    let s = share.get()?;
+    println!("4 processes x 10 runs: counter = {}", s.counter);
+    let in_order = s
+        .log
+        .iter()
+        .enumerate()
+        .all(|(i, n)| *n == (i + 1).to_string());
+    println!("every increment saw the one before it: {in_order}");
+    let n = share.update(|s| {
+        s.counter += 1;
+        s.counter
+    })?;
+    println!("one more from the parent: {n}");
+    println!();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Chapter 4: a pool of workers.
+
+/// Counts the primes below `n`: a CPU-bound item. An item with
+/// `crash_once` set crashes its worker on its first attempt; the pool
+/// replaces the worker and the item's second life succeeds.
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1, lives = 2, timeout(run = "10s"))]
+struct PrimeCount {
+    n: u64,
+    crash_once: bool,
+    count: usize,
+    attempt: u32,
+}
+
+impl Process for PrimeCount {
+    fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+        if self.crash_once && ctx.attempt() == 1 {
+            std::process::abort();
+        }
+        self.count = (0..self.n).filter(|&k| is_prime(k)).count();
+        self.attempt = ctx.attempt();
+        Ok(())
+    }
+}
+
+fn is_prime(k: u64) -> bool {
+    k >= 2 && !(2..).take_while(|d| d * d <= k).any(|d| k % d == 0)
+}
+
+fn chapter_4() -> skprocess::Result<()> {
+    println!("== 4. a pool of workers");
+    let pool = Pool::new(4)?; // Pool::default(): one worker per core
+    println!("workers: {:?}", pool.pids());
+
+    // map: every item runs its lifecycle in a worker; final states come
+    // back in input order.
+    let items = (1..=20).map(|i| PrimeCount {
+        n: i * 5_000,
+        crash_once: [5, 10, 15, 20].contains(&i),
+        count: 0,
+        attempt: 0,
+    });
+    let done = pool.map(items)?;
+    let retried = done.iter().filter(|p| p.attempt == 2).count();
+    println!("primes below {}: {}", done[19].n, done[19].count);
+    println!("{retried} items crashed their worker once; the pool replaced it and retried them");
+    println!("workers now: {:?}", pool.pids());
+
+    // The speed-up over one process, on the same CPU-bound items.
+    let work = || {
+        (0..8).map(|_| PrimeCount {
+            n: 300_000,
+            crash_once: false,
+            count: 0,
+            attempt: 0,
+        })
+    };
+    let t = Instant::now();
+    for p in work() {
+        let mut p = p;
+        p.count = (0..p.n).filter(|&k| is_prime(k)).count();
+    }
+    let serial = t.elapsed();
+    let t = Instant::now();
+    pool.map(work())?;
+    let pooled = t.elapsed();
+    println!(
+        "8 CPU-bound items: {serial:.0?} in this process, {pooled:.0?} on the pool ({:.1}x on {} cores)",
+        serial.as_secs_f64() / pooled.as_secs_f64(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+
+    // unordered_imap: each result as soon as it is done.
+    let items = [400_000, 10_000, 200_000].map(|n| PrimeCount {
+        n,
+        crash_once: false,
+        count: 0,
+        attempt: 0,
+    });
+    for r in pool.unordered_imap(items) {
+        let p = r?;
+        println!("  finished: {} primes below {}", p.count, p.n);
+    }
+
+    // map_fn: a plain function; tiny items are batched so IPC stays cheap.
+    let t = Instant::now();
+    let flags = pool.map_fn(is_prime, 0..1_000_000u64)?;
+    let n = flags.iter().filter(|&&b| b).count();
+    println!(
+        "{n} primes below a million through map_fn in {:?}",
+        t.elapsed()
+    );
+
+    // A closure that captures state is refused: state goes in the items.
+    let limit = 10;
+    if let Err(e) = pool.map_fn(move |x: u64| x < limit, 0..3u64) {
+        println!("refused: {e}");
+    }
+    println!();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Chapter 5: logging. Children's `tracing` events arrive in the parent's
+// subscriber (installed in `main`), in order, with `process` and `pid`.
+
+/// Crawls a pretend site, logging as it goes.
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 3)]
+struct Crawler {
+    site: String,
+}
+
+impl Process for Crawler {
+    fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+        tracing::info!(site = %self.site, page = ctx.run_index(), "fetched");
+        if ctx.run_index() == 2 {
+            tracing::warn!(site = %self.site, "slow response");
+        }
+        // Plain output becomes an event too, with capture_output.
+        println!("raw output from {}", self.site);
+        Ok(())
+    }
+}
+
+fn chapter_5() -> skprocess::Result<()> {
+    println!("== 5. four workers logging into the parent's subscriber");
+    let _crawl = tracing::info_span!("crawl").entered();
+    let cfg = Crawler::config().capture_output(true);
+    let mut handles = ["a.example", "b.example", "c.example", "d.example"]
+        .into_iter()
+        .map(|site| Crawler { site: site.into() }.start_with(cfg.clone()))
+        .collect::<skprocess::Result<Vec<_>>>()?;
+    for h in &mut handles {
+        h.wait()?;
+    }
+    println!();
+    Ok(())
+}
+
 fn main() -> skprocess::Result<()> {
+    // Only the parent sets up logging; children need nothing.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stdout)
+        .with_ansi(colour)
+        .init();
     chapter_1()?;
+    chapter_3()?;
+    chapter_4()?;
+    chapter_5()?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// One of the four lifecycle hooks.
@@ -75,6 +76,8 @@ pub struct Config {
     pub(crate) timeouts: [Option<Duration>; 4],
     pub(crate) join_in: Option<Duration>,
     pub(crate) stop_grace: Duration,
+    pub(crate) capture_output: bool,
+    pub(crate) log_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -85,6 +88,8 @@ impl Default for Config {
             timeouts: [None; 4],
             join_in: None,
             stop_grace: Duration::from_secs(1),
+            capture_output: false,
+            log_dir: None,
         }
     }
 }
@@ -133,6 +138,58 @@ impl Config {
     pub fn stop_grace(mut self, grace: Duration) -> Self {
         self.stop_grace = grace;
         self
+    }
+
+    /// Captures the child's standard output and error (default: off, the
+    /// child writes to the parent's). Each line becomes a `tracing` event
+    /// in the parent's subscriber: `info` for stdout, `warn` for stderr,
+    /// target `skprocess::output`, with the fields `stream` (`"stdout"` or
+    /// `"stderr"`), `process` and `pid`. Lines are read by the parent, so a
+    /// child that crashes still gets its last lines out. If the parent has
+    /// no subscriber where the process is started, each line is written to
+    /// the parent's own stdout or stderr instead, whole: lines of several
+    /// children never mix mid-line.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use skprocess::Config;
+    ///
+    /// let cfg = Config::default().capture_output(true);
+    /// assert!(cfg.get_capture_output());
+    /// ```
+    pub fn capture_output(mut self, on: bool) -> Self {
+        self.capture_output = on;
+        self
+    }
+
+    /// Also writes each child's `tracing` events (and captured lines) to
+    /// `<dir>/<process>-<pid>.log`, one file per child (a new life is a new
+    /// child, with its own pid), created with the directory if needed. In
+    /// the file name, `::` in the process name becomes `.` (`app.Squarer-4242.log`).
+    /// With a log directory the child sends events of every level.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use skprocess::Config;
+    ///
+    /// let cfg = Config::default().log_dir("/tmp/my-app-logs");
+    /// assert_eq!(cfg.get_log_dir(), Some(std::path::Path::new("/tmp/my-app-logs")));
+    /// ```
+    pub fn log_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.log_dir = Some(dir.into());
+        self
+    }
+
+    /// Whether standard output and error are captured.
+    pub fn get_capture_output(&self) -> bool {
+        self.capture_output
+    }
+
+    /// The directory of per-process log files, if set.
+    pub fn get_log_dir(&self) -> Option<&Path> {
+        self.log_dir.as_deref()
     }
 
     /// Iterations to run; `None` means unlimited.

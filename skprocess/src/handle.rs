@@ -14,10 +14,12 @@
 
 use crate::config::{Config, Hook};
 use crate::error::{Cause, Error, Failure, Result};
-use crate::runtime::{self, HookMark, Init, Plan, STATUS_HOOK, STATUS_RUN, STATUS_WORDS};
+use crate::log;
+use crate::runtime::{self, Init, Plan, STATUS_WORDS};
 use crate::spawn::{self, Spawned};
-use crate::sys::{self, mem::SharedWords, proc::ExitStatus};
+use crate::sys::{self, mem::SharedWords};
 use crate::timers::{Timer, Timers};
+use crate::watch::{self, Deadlines, Overrun};
 use crate::wire::{self, kind, Encoded, Frame, Reader, Writer};
 use crate::Process;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -136,7 +138,8 @@ impl<P: Process> Handle<P> {
     pub(crate) fn start(value: P, config: Config) -> Result<Self> {
         let encoded = wire::encode(&value)?;
         drop(value);
-        let child = spawn::spawn_child()?;
+        let origin = log::Origin::capture();
+        let child = spawn::spawn_child_with(spawn_options(&config))?;
         let (inbox_tx, inbox) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared {
             name: P::NAME,
@@ -155,6 +158,7 @@ impl<P: Process> Handle<P> {
             config,
             inbox: inbox_tx,
             started: Instant::now(),
+            origin,
         };
         let first = sup.attach(child, 1)?;
         let thread = std::thread::Builder::new()
@@ -360,6 +364,14 @@ struct Supervisor {
     config: Config,
     inbox: Sender<Frame>,
     started: Instant,
+    /// Where the children's `tracing` events go.
+    origin: log::Origin,
+}
+
+fn spawn_options(config: &Config) -> spawn::SpawnOptions {
+    spawn::SpawnOptions {
+        capture_output: config.capture_output,
+    }
 }
 
 /// A child being watched.
@@ -368,6 +380,8 @@ struct Child {
     pidfd: Arc<OwnedFd>,
     reader: Reader,
     status: Arc<SharedWords>,
+    log: Arc<log::Forwarder>,
+    capture: Option<log::Capture>,
 }
 
 /// How one attempt ended.
@@ -393,10 +407,25 @@ impl Supervisor {
     /// Sends the value to a freshly spawned child and publishes it as the
     /// handle's current child.
     fn attach(&mut self, s: Spawned, attempt: u32) -> Result<Child> {
+        let log_dir = self.config.log_dir.as_deref();
+        let forwarder = match self.origin.forwarder(self.shared.name, s.pid, log_dir) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = sys::proc::pidfd_signal(&s.pidfd, libc::SIGKILL);
+                let _ = sys::proc::wait(s.pid);
+                return Err(e);
+            }
+        };
         let status =
             Arc::new(SharedWords::new(c"skprocess-status", STATUS_WORDS).map_err(Error::Spawn)?);
         let (reader, writer) = wire::split(s.socket)?;
         let pidfd = Arc::new(s.pidfd);
+        let capture = log::Capture::start(forwarder.clone(), s.stdout, s.stderr, pidfd.clone());
+        let _ = writer.send(
+            kind::LOG_SETUP,
+            &log::setup_payload(&self.origin, log_dir.is_some()),
+            &[],
+        );
         {
             let mut c = self.shared.current();
             *c = Current {
@@ -440,19 +469,17 @@ impl Supervisor {
             pidfd,
             reader,
             status,
+            log: forwarder,
+            capture,
         })
     }
 
     fn supervise(mut self, first: Child) -> Result<Encoded> {
-        let join_deadline = self
-            .config
-            .join_in
-            .and_then(|d| self.started.checked_add(d));
         let mut attempt = 1;
         let mut child = first;
         loop {
-            let end = self.watch(&mut child, attempt, join_deadline);
-            self.retire(&child);
+            let end = self.watch(&mut child, attempt);
+            self.retire(&mut child);
             let killed = self.shared.killed.load(Ordering::SeqCst);
             let failure = match end {
                 End::Done(enc) => return Ok(enc),
@@ -469,15 +496,43 @@ impl Supervisor {
                 return Err(Error::Process(Box::new(failure)));
             }
             attempt += 1;
-            child = match spawn::spawn_child().and_then(|s| self.attach(s, attempt)) {
-                Ok(c) => c,
-                Err(e) => return Err(e),
-            };
+            child = spawn::spawn_child_with(spawn_options(&self.config))
+                .and_then(|s| self.attach(s, attempt))?;
         }
     }
 
     /// Folds the ended child's timers into the totals and clears it.
-    fn retire(&self, child: &Child) {
+    /// Kills a child that overran a limit and says how the attempt ended.
+    fn overrun(&self, child: &Child, attempt: u32, overrun: Overrun) -> End {
+        let (hook, run) = watch::position(&child.status);
+        watch::kill_and_reap(child.pid, &child.pidfd);
+        match overrun {
+            Overrun::Join(limit) => {
+                End::Final(self.failure(attempt, hook, run, Cause::JoinTimeout(limit)))
+            }
+            Overrun::Hook {
+                hook,
+                run,
+                limit,
+                ran,
+            } => {
+                // The killed call never returned to be timed: count it with
+                // the time it had run.
+                self.shared
+                    .past_timers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_mut(hook)
+                    .record(ran);
+                End::Failed(self.failure(attempt, Some(hook), Some(run), Cause::HookTimeout(limit)))
+            }
+        }
+    }
+
+    fn retire(&self, child: &mut Child) {
+        if let Some(c) = child.capture.take() {
+            c.finish();
+        }
         let t = status_timers(&child.status);
         let mut c = self.shared.current();
         self.shared
@@ -491,41 +546,22 @@ impl Supervisor {
         c.pidfd = None;
     }
 
-    /// Where the child was when it died, from its status page.
-    fn position(&self, child: &Child) -> (Option<Hook>, Option<u64>) {
-        let w = child.status.words();
-        let hook = w[STATUS_HOOK].load(Ordering::Relaxed);
-        let run = w[STATUS_RUN].load(Ordering::Relaxed);
-        match hook.checked_sub(1).and_then(Hook::from_index) {
-            Some(h) => (Some(h), Some(run)),
-            None => (None, None),
-        }
-    }
-
-    fn watch(&self, child: &mut Child, attempt: u32, join_deadline: Option<Instant>) -> End {
-        let mut hook_deadline: Option<(Instant, Hook, u64, Duration)> = None;
+    fn watch(&self, child: &mut Child, attempt: u32) -> End {
+        let mut deadlines = Deadlines::new(&self.config, self.started);
         let mut outcome: Option<End> = None;
         loop {
-            let deadline = match (hook_deadline.map(|h| h.0), join_deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            match child.reader.read(deadline) {
+            // Checked before every read, so a child that sends without
+            // pause (a hook that logs in a loop) cannot hold its deadline off.
+            if let Some(overrun) = deadlines.overrun(Instant::now()) {
+                return self.overrun(child, attempt, overrun);
+            }
+            match child.reader.read(deadlines.next()) {
+                Ok(Some(frame)) if deadlines.on_frame(&frame) => {}
                 Ok(Some(frame)) => match frame.kind {
                     kind::TELL => {
                         let _ = self.inbox.send(frame);
                     }
-                    kind::HOOK_START => {
-                        if let Ok((h, run)) = frame.decode::<HookMark>() {
-                            if let Some(hook) = Hook::from_index(h as u64) {
-                                if let Some(limit) = self.config.timeouts[hook.index()] {
-                                    let at = Instant::now().checked_add(limit);
-                                    hook_deadline = at.map(|at| (at, hook, run, limit));
-                                }
-                            }
-                        }
-                    }
-                    kind::HOOK_END => hook_deadline = None,
+                    kind::LOG => child.log.emit(&frame.payload),
                     kind::DONE => {
                         outcome = Some(End::Done(Encoded {
                             bytes: frame.payload,
@@ -546,47 +582,18 @@ impl Supervisor {
                     other => {
                         let cause =
                             Cause::Crashed(format!("the child sent an unknown frame kind {other}"));
-                        self.kill_and_reap(child);
+                        watch::kill_and_reap(child.pid, &child.pidfd);
                         return End::Failed(self.failure(attempt, None, None, cause));
                     }
                 },
-                Ok(None) => {
-                    let now = Instant::now();
-                    let (hook, run) = self.position(child);
-                    self.kill_and_reap(child);
-                    if join_deadline.is_some_and(|d| now >= d) {
-                        let limit = self.config.join_in.unwrap_or_default();
-                        return End::Final(self.failure(
-                            attempt,
-                            hook,
-                            run,
-                            Cause::JoinTimeout(limit),
-                        ));
-                    }
-                    let (at, hook, run, limit) =
-                        hook_deadline.expect("woke up with no deadline armed");
-                    // The killed call never returned to be timed: count it
-                    // with the time it had run.
-                    let ran = now.saturating_duration_since(at.checked_sub(limit).unwrap_or(at));
-                    self.shared
-                        .past_timers
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get_mut(hook)
-                        .record(ran);
-                    return End::Failed(self.failure(
-                        attempt,
-                        Some(hook),
-                        Some(run),
-                        Cause::HookTimeout(limit),
-                    ));
-                }
+                Ok(None) => {}
                 Err(Error::Disconnected) => {
-                    let status = reap(child);
+                    let status =
+                        watch::reap_exiting(child.pid, &child.pidfd, Duration::from_secs(2));
                     if let Some(end) = outcome {
                         return end;
                     }
-                    let (hook, run) = self.position(child);
+                    let (hook, run) = watch::position(&child.status);
                     let what = match status {
                         Ok(s) => s.to_string(),
                         Err(e) => format!("could not be reaped: {e}"),
@@ -599,29 +606,12 @@ impl Supervisor {
                     ));
                 }
                 Err(e) => {
-                    let (hook, run) = self.position(child);
-                    self.kill_and_reap(child);
+                    let (hook, run) = watch::position(&child.status);
+                    watch::kill_and_reap(child.pid, &child.pidfd);
                     let cause = Cause::Crashed(format!("the child broke the protocol: {e}"));
                     return End::Failed(self.failure(attempt, hook, run, cause));
                 }
             }
         }
     }
-
-    fn kill_and_reap(&self, child: &Child) {
-        let _ = sys::proc::pidfd_signal(&child.pidfd, libc::SIGKILL);
-        let _ = sys::proc::wait(child.pid);
-    }
-}
-
-/// Reaps a child whose control socket has closed: it is exiting, but give
-/// it a moment, then kill it (a child that closed descriptor 3 on purpose
-/// and kept running must not hang its parent).
-fn reap(child: &Child) -> std::io::Result<ExitStatus> {
-    use std::os::fd::AsFd;
-    let deadline = Instant::now() + Duration::from_secs(2);
-    if !sys::sock::wait_readable(child.pidfd.as_fd(), Some(deadline))? {
-        sys::proc::pidfd_signal(&child.pidfd, libc::SIGKILL)?;
-    }
-    sys::proc::wait(child.pid)
 }

@@ -50,6 +50,49 @@
 //! ends on time. When every life is used, [`Handle::wait`] returns an
 //! [`Error`] whose text names the process, the hook, the run and the attempt.
 //!
+//! # Logging
+//!
+//! `tracing` events emitted in a child arrive in the subscriber that was
+//! current where the process was started (whatever the parent installed),
+//! under the span current at `start()`, with the fields `process` (the type
+//! name) and `pid` added, in the order the child emitted them, none lost.
+//! The child needs no set-up. [`Config::capture_output`] turns the child's
+//! standard output and error into events too (`info` and `warn`, target
+//! `skprocess::output`); [`Config::log_dir`] also writes one file per child.
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use skprocess::prelude::*;
+//!
+//! #[derive(Process, Serialize, Deserialize)]
+//! #[process(runs = 3)]
+//! struct Worker { id: u32 }
+//!
+//! impl Process for Worker {
+//!     fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+//!         tracing::info!(worker = self.id, run = ctx.run_index(), "working");
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # fn main() -> skprocess::Result<()> {
+//! tracing_subscriber::fmt().init();
+//! let _batch = tracing::info_span!("batch").entered();
+//! let mut a = Worker { id: 1 }.start()?;
+//! let mut b = Worker { id: 2 }.start_with(Worker::config().capture_output(true))?;
+//! a.wait()?;
+//! b.wait()?;
+//! // Prints lines such as
+//! // INFO batch: app: working worker=1 run=0 process="app::Worker" pid=4242
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A child that logs faster than the parent's subscriber takes events
+//! slows down to its pace once its 1 MiB buffer is full (nothing is
+//! dropped); a child that is killed loses what it had not sent yet, its
+//! last 20 ms of events while the parent keeps up.
+//!
 //! # Platform support
 //!
 //! Linux only: the crate relies on `memfd_create`, `pidfd_open`,
@@ -67,6 +110,11 @@
 //!   `#[serde(flatten)]` and `#[serde(untagged)]` fail with an error naming
 //!   the type; wrap such values in [`Json`].
 //! - **SIGPIPE** is ignored in children, as `std` does for `main`.
+//! - **A child has a `tracing` subscriber already** (the one that forwards
+//!   its events), installed as the global default before the first hook
+//!   when the parent has a subscriber: `init()` of another one inside a
+//!   hook panics (`try_init()` returns an error). Set subscribers up in
+//!   `main`, which only the parent runs.
 //! - **Test harness output.** A child of a test binary never reaches the
 //!   harness, so it prints nothing of its own.
 
@@ -76,22 +124,28 @@ mod bench;
 mod config;
 mod error;
 mod handle;
+mod log;
 mod pipe;
+mod pool;
 mod process;
 mod runtime;
+mod share;
 mod spawn;
 mod stats;
 #[allow(unsafe_code)]
 mod sys;
 mod timers;
+mod watch;
 mod wire;
 
 pub use config::{Config, Hook};
 pub use error::{BoxError, Cause, Error, Failure, HookResult, Result};
 pub use handle::Handle;
 pub use pipe::{Pipe, PipeReceiver, PipeSender};
+pub use pool::{Imap, Pool};
 pub use process::Process;
 pub use runtime::Ctx;
+pub use share::{Share, ShareGuard};
 pub use skprocess_derive::Process;
 pub use spawn::is_child;
 pub use stats::Stats;
@@ -102,7 +156,7 @@ pub use wire::Json;
 pub mod prelude {
     pub use crate::{
         BoxError, Config, Ctx, Error, Handle, Hook, HookResult, Pipe, PipeReceiver, PipeSender,
-        Process, Result, Timer, Timers,
+        Pool, Process, Result, Share, Timer, Timers,
     };
 }
 

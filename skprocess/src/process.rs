@@ -42,6 +42,35 @@ use serde::Serialize;
 /// # Ok(())
 /// # }
 /// ```
+///
+/// A process must be `Serialize + Deserialize`: it crosses to the child and
+/// back. Without them it does not compile:
+///
+/// ```compile_fail
+/// use skprocess::prelude::*;
+///
+/// #[derive(Process)]
+/// struct NotSerde { x: u64 }
+///
+/// impl Process for NotSerde {
+///     fn run(&mut self, _ctx: &mut Ctx) -> HookResult { Ok(()) }
+/// }
+/// ```
+///
+/// And a type without `#[derive(Process)]` is not registered, so it cannot
+/// be started:
+///
+/// ```compile_fail
+/// use serde::{Deserialize, Serialize};
+/// use skprocess::prelude::*;
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Unregistered;
+///
+/// impl Process for Unregistered {
+///     fn run(&mut self, _ctx: &mut Ctx) -> HookResult { Ok(()) }
+/// }
+/// ```
 pub trait Process: Serialize + DeserializeOwned + Send + 'static + crate::spawn::Described {
     /// Before each `run`.
     fn prerun(&mut self, ctx: &mut Ctx) -> HookResult {

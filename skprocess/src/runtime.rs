@@ -37,6 +37,8 @@ const STATUS_HEADER: usize = 8;
 pub(crate) const STATUS_HOOK: usize = 1;
 /// The current iteration.
 pub(crate) const STATUS_RUN: usize = 2;
+/// In a pool worker: the items and batches begun so far.
+pub(crate) const STATUS_BEGUN: usize = 3;
 
 /// The timer words of `hook` in a status page.
 pub(crate) fn timer_words(
@@ -67,6 +69,8 @@ pub(crate) enum Init {
         plan: Plan,
         state: Vec<u8>,
     },
+    /// Serve a pool: run the items and calls that arrive, until end of file.
+    Worker {},
 }
 
 /// A timed hook starting or ending: `(hook index, run index)`.
@@ -101,6 +105,8 @@ impl Ctx {
     /// If the value cannot be encoded, or the parent is gone.
     pub fn tell<T: Serialize + ?Sized>(&self, msg: &T) -> Result<()> {
         let enc = wire::encode_message(msg)?;
+        // Events logged before a message reach the parent before it.
+        crate::log::flush();
         self.link
             .writer
             .send(kind::TELL, &enc.bytes, &enc.raw_fds())
@@ -197,7 +203,7 @@ impl Ctx {
 // Panics inside hooks become errors with their message and location.
 
 thread_local! {
-    static IN_HOOK: Cell<bool> = const { Cell::new(false) };
+    pub(crate) static IN_HOOK: Cell<bool> = const { Cell::new(false) };
     static PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
@@ -220,6 +226,18 @@ fn install_panic_hook() {
             previous(info);
         }
     }));
+}
+
+/// The message of a panic caught while `IN_HOOK` was set: the one the hook
+/// recorded (with its location), else the payload's text.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panicked".into())
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -273,15 +291,7 @@ impl Runner<'_> {
                 return Ok(());
             }
             Ok(Err(e)) => Cause::Returned(chain(&*e)),
-            Err(payload) => {
-                Cause::Panicked(PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| {
-                    payload
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| payload.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "panicked".into())
-                }))
-            }
+            Err(payload) => Cause::Panicked(panic_message(&*payload)),
         };
         Err(self.failure(Some(hook), Some(run), cause))
     }
@@ -385,10 +395,14 @@ pub(crate) fn child_main(control: OwnedFd) -> ! {
     let Ok((mut reader, writer)) = wire::split(control) else {
         sys::proc::exit_now(74)
     };
-    let init = match reader.read(None) {
-        Ok(Some(f)) if f.kind == kind::INIT => f,
-        // The parent went away before sending anything.
-        _ => sys::proc::exit_now(0),
+    let mut log_setup = None;
+    let init = loop {
+        match reader.read(None) {
+            Ok(Some(f)) if f.kind == kind::INIT => break f,
+            Ok(Some(f)) if f.kind == kind::LOG_SETUP => log_setup = Some(f.payload),
+            // The parent went away before sending anything.
+            _ => sys::proc::exit_now(0),
+        }
     };
     let Ok(msg) = init.decode::<Init>() else {
         sys::proc::exit_now(75)
@@ -396,6 +410,7 @@ pub(crate) fn child_main(control: OwnedFd) -> ! {
     let mut fds = init.fds;
     let (inbox_tx, inbox) = crossbeam_channel::unbounded();
     let (others_tx, others) = crossbeam_channel::unbounded();
+    crate::log::install_child(log_setup.as_deref(), writer.clone());
     let link = Arc::new(Link {
         writer,
         inbox,
@@ -420,30 +435,45 @@ pub(crate) fn child_main(control: OwnedFd) -> ! {
             let outcome = match spawn::find(&type_id) {
                 Some(entry) => {
                     let mut ctx = Ctx::new(link.clone(), &plan);
-                    (entry.run)(RunArgs { ctx: &mut ctx, plan: &plan, status: &status, state: &state, fds })
+                    (entry.run)(RunArgs {
+                        ctx: &mut ctx,
+                        plan: &plan,
+                        status: &status,
+                        state: &state,
+                        fds,
+                    })
                 }
-                None => Err(Failure {
-                    process: type_id.split('@').next().unwrap_or(&type_id).to_string(),
-                    hook: None,
-                    run: None,
-                    attempt: plan.attempt,
-                    lives: plan.lives,
-                    cause: Cause::Codec(
-                        "the child binary has no such process type registered (was the binary replaced?)".into(),
-                    ),
-                }),
+                None => Err(unregistered(&type_id, &plan)),
             };
             send_outcome(&link, outcome)
         }
+        Init::Worker {} => crate::pool::worker::serve(&link, fds),
     };
+    crate::log::flush();
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     std::process::exit(code)
 }
 
+/// The failure of a value whose type this binary does not have.
+pub(crate) fn unregistered(type_id: &str, plan: &Plan) -> Failure {
+    Failure {
+        process: type_id.split('@').next().unwrap_or(type_id).to_string(),
+        hook: None,
+        run: None,
+        attempt: plan.attempt,
+        lives: plan.lives,
+        cause: Cause::Codec(
+            "the child binary has no such process type registered (was the binary replaced?)"
+                .into(),
+        ),
+    }
+}
+
 /// Sends the final state (`DONE`) or the failure (`FAILED`); returns the
 /// exit code to use.
 pub(crate) fn send_outcome(link: &Link, outcome: Result<wire::Encoded, Failure>) -> i32 {
+    crate::log::flush();
     match outcome {
         Ok(enc) => match link.writer.send(kind::DONE, &enc.bytes, &enc.raw_fds()) {
             Ok(()) => 0,

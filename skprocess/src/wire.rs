@@ -46,8 +46,20 @@ pub(crate) mod kind {
     pub(crate) const DONE: u8 = 18;
     /// Child → parent: a hook failed (`Failure`).
     pub(crate) const FAILED: u8 = 19;
+    /// Parent → pool worker: process items to run, each answered with
+    /// `DONE` or `FAILED` (layout in `pool::batch`).
+    pub(crate) const POOL_ITEMS: u8 = 32;
+    /// Parent → pool worker: a batch of `map_fn` calls.
+    pub(crate) const POOL_CALLS: u8 = 33;
+    /// Pool worker → parent: the results of one `POOL_CALLS` batch.
+    pub(crate) const POOL_RESULTS: u8 = 34;
     /// Either way on a `Pipe`: a user message.
     pub(crate) const PIPE: u8 = 48;
+    /// Child → parent: a batch of `tracing` events (`log::Entry` after
+    /// `log::Entry`).
+    pub(crate) const LOG: u8 = 64;
+    /// Parent → child, before `INIT`: how to log (`log::Setup`).
+    pub(crate) const LOG_SETUP: u8 = 65;
 }
 
 /// One frame read off a socket.
@@ -135,12 +147,15 @@ pub(crate) struct Reader {
 }
 
 const READ_CHUNK: usize = 256 * 1024;
+/// A reader starts small (a live handle should cost little memory) and grows
+/// to fit the frames it meets.
+const INITIAL_BUFFER: usize = 16 * 1024;
 
 impl Reader {
     pub(crate) fn new(fd: OwnedFd) -> Self {
         Reader {
             sock: Arc::new(fd),
-            buf: vec![0; 64 * 1024],
+            buf: vec![0; INITIAL_BUFFER],
             start: 0,
             end: 0,
             fds: VecDeque::new(),
@@ -260,7 +275,7 @@ impl Reader {
         let payload = self.buf[self.start + HEADER..self.start + need].to_vec();
         self.start += need;
         if self.start == self.end && self.buf.len() > 4 * READ_CHUNK {
-            self.buf = vec![0; 64 * 1024];
+            self.buf = vec![0; INITIAL_BUFFER];
             self.start = 0;
             self.end = 0;
         }

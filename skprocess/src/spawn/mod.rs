@@ -92,6 +92,8 @@ fn parse_boot(v: &std::ffi::OsStr) -> Option<(RawFd, u32)> {
 
 struct Job {
     control: OwnedFd,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
     reply: mpsc::SyncSender<std::io::Result<u32>>,
 }
 
@@ -117,6 +119,8 @@ fn spawner() -> Result<mpsc::Sender<Job>> {
                         control: job.control.as_fd(),
                         env: &env,
                         argv0: &argv0,
+                        stdout: job.stdout.as_ref().map(AsFd::as_fd),
+                        stderr: job.stderr.as_ref().map(AsFd::as_fd),
                     };
                     let _ = job.reply.send(sys::spawn::spawn_self(&req));
                 }
@@ -142,22 +146,48 @@ fn child_env() -> Vec<CString> {
     env
 }
 
-/// A freshly spawned child and the parent's end of its control socket.
+/// A freshly spawned child and the parent's end of its control socket (and
+/// of its standard output and error, if captured).
 #[derive(Debug)]
 pub(crate) struct Spawned {
     pub(crate) pid: u32,
     pub(crate) pidfd: OwnedFd,
     pub(crate) socket: OwnedFd,
+    pub(crate) stdout: Option<OwnedFd>,
+    pub(crate) stderr: Option<OwnedFd>,
+}
+
+/// How to spawn a child.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SpawnOptions {
+    /// Make the child's descriptors 1 and 2 pipes to the parent (else it
+    /// shares the parent's).
+    pub(crate) capture_output: bool,
 }
 
 /// Spawns a child running this binary, connected by a new socket pair.
+#[allow(dead_code)] // for callers with no options (a pool's workers)
 pub(crate) fn spawn_child() -> Result<Spawned> {
+    spawn_child_with(SpawnOptions::default())
+}
+
+/// Like [`spawn_child`], with options.
+pub(crate) fn spawn_child_with(options: SpawnOptions) -> Result<Spawned> {
     let (parent_end, child_end) = sys::sock::socketpair().map_err(Error::Spawn)?;
     sys::sock::set_buffer_sizes(parent_end.as_fd(), 1 << 20);
+    let (mut stdout, mut stderr, mut child_out, mut child_err) = (None, None, None, None);
+    if options.capture_output {
+        let (r, w) = sys::spawn::pipe().map_err(Error::Spawn)?;
+        (stdout, child_out) = (Some(r), Some(w));
+        let (r, w) = sys::spawn::pipe().map_err(Error::Spawn)?;
+        (stderr, child_err) = (Some(r), Some(w));
+    }
     let (reply, result) = mpsc::sync_channel(1);
     spawner()?
         .send(Job {
             control: child_end.try_clone().map_err(Error::Spawn)?,
+            stdout: child_out,
+            stderr: child_err,
             reply,
         })
         .map_err(|_| Error::Spawn(std::io::Error::other("the spawner thread is gone")))?;
@@ -171,6 +201,8 @@ pub(crate) fn spawn_child() -> Result<Spawned> {
         pid,
         pidfd,
         socket: parent_end,
+        stdout,
+        stderr,
     })
 }
 

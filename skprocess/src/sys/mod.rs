@@ -10,10 +10,12 @@
 //! `PR_SET_PDEATHSIG` and `.init_array`.
 
 pub(crate) mod boot;
+pub(crate) mod code;
 pub(crate) mod futex;
 pub(crate) mod mem;
 pub(crate) mod proc;
 pub(crate) mod region;
+pub(crate) mod shm;
 pub(crate) mod sock;
 pub(crate) mod spawn;
 pub(crate) mod zst;

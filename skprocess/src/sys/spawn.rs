@@ -6,18 +6,39 @@
 
 use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
 /// The descriptor number a child finds its control socket on.
 pub(crate) const CHILD_CONTROL_FD: i32 = 3;
 
 /// Everything the spawned process needs: its environment, its arguments,
-/// and the socket that becomes its descriptor 3.
+/// the socket that becomes its descriptor 3, and what becomes its
+/// descriptors 1 and 2 if not the parent's own.
 pub(crate) struct SpawnRequest<'a> {
     pub(crate) control: BorrowedFd<'a>,
     pub(crate) env: &'a [CString],
     pub(crate) argv0: &'a CString,
+    pub(crate) stdout: Option<BorrowedFd<'a>>,
+    pub(crate) stderr: Option<BorrowedFd<'a>>,
+}
+
+/// A pipe: `(read end, write end)`, both close-on-exec.
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` is a valid out-array of two ints for the call.
+    super::cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 succeeded, so both fds are new and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// A close-on-exec duplicate of `fd` numbered `min` or above.
+fn dup_at_least(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC takes a valid descriptor and an int, and
+    // returns a new descriptor or -1.
+    let new = super::cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) })?;
+    // SAFETY: the descriptor was just created for us.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
 /// Builds `KEY=VALUE` strings for an environment.
@@ -39,16 +60,30 @@ pub(crate) fn spawn_self(req: &SpawnRequest<'_>) -> io::Result<u32> {
     let mut envp: Vec<*mut libc::c_char> = req.env.iter().map(|e| e.as_ptr() as *mut _).collect();
     envp.push(std::ptr::null_mut());
 
-    // The control socket is close-on-exec; dup2 in the file actions gives the
-    // child a copy at CHILD_CONTROL_FD without that flag. If it already sits at
-    // that number, dup2 would be a no-op and the flag would stay, so move it.
-    let moved;
-    let source = if req.control.as_raw_fd() == CHILD_CONTROL_FD {
-        moved = req.control.try_clone_to_owned()?;
-        moved.as_raw_fd()
-    } else {
-        req.control.as_raw_fd()
-    };
+    // Each source is close-on-exec; dup2 in the file actions gives the child
+    // a copy at its target number without that flag. A source that sits at
+    // its own target (dup2 would be a no-op and the flag would stay) or at
+    // another's target (an earlier dup2 would replace it) is moved above
+    // them first.
+    let wanted = [
+        (Some(req.control), CHILD_CONTROL_FD),
+        (req.stdout, 1),
+        (req.stderr, 2),
+    ];
+    let mut moved = Vec::new();
+    let mut plan: Vec<(RawFd, RawFd)> = Vec::new();
+    for (source, target) in wanted {
+        let Some(source) = source else { continue };
+        let raw = if source.as_raw_fd() <= CHILD_CONTROL_FD {
+            let m = dup_at_least(source, CHILD_CONTROL_FD + 1)?;
+            let raw = m.as_raw_fd();
+            moved.push(m);
+            raw
+        } else {
+            source.as_raw_fd()
+        };
+        plan.push((raw, target));
+    }
 
     // SAFETY: all structures are initialised by their *_init functions before
     // use and destroyed on every path below; every pointer handed to
@@ -66,8 +101,12 @@ pub(crate) fn spawn_self(req: &SpawnRequest<'_>) -> io::Result<u32> {
             libc::posix_spawn_file_actions_destroy(&mut actions);
             return Err(io::Error::from_raw_os_error(r));
         }
-        let mut result =
-            libc::posix_spawn_file_actions_adddup2(&mut actions, source, CHILD_CONTROL_FD);
+        let mut result = 0;
+        for &(source, target) in &plan {
+            if result == 0 {
+                result = libc::posix_spawn_file_actions_adddup2(&mut actions, source, target);
+            }
+        }
         if result == 0 {
             // A clean signal mask and default SIGPIPE disposition are set in
             // the child's start-up code; here we only clear the inherited mask
@@ -95,6 +134,7 @@ pub(crate) fn spawn_self(req: &SpawnRequest<'_>) -> io::Result<u32> {
         }
         libc::posix_spawnattr_destroy(&mut attr);
         libc::posix_spawn_file_actions_destroy(&mut actions);
+        drop(moved);
         if result != 0 {
             return Err(io::Error::from_raw_os_error(result));
         }

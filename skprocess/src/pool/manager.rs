@@ -1,0 +1,584 @@
+//! One manager thread per worker: it feeds the worker tasks from the pool's
+//! queue, reads the answers, enforces timeouts, and replaces the worker when
+//! it dies.
+//!
+//! A worker runs what it is sent in order, so the manager keeps the tasks it
+//! sent in a queue (`flights`): the first unit of the first task is the one
+//! running now (the head). Up to two tasks are in flight while tasks are
+//! short, so the worker never waits for the next one; one at a time once
+//! they are long, so a slow task does not hold a queued one hostage while
+//! other workers are idle.
+//!
+//! Hook timeouts are armed from the worker's `HOOK_START` / `HOOK_END` marks,
+//! as a process handle does ([`Deadlines`]). When the worker overruns, dies,
+//! or breaks the protocol, the manager kills and reaps it, starts a fresh
+//! one, charges the head a life (a try, for `map_fn` calls) if the worker
+//! had begun it (it counts what it begins in its status page), and hands the
+//! rest of the queue unchanged to the fresh worker.
+
+use super::batch::{self, ItemsHead};
+use super::task::{Calls, Job, JobKind, Task, Unit, CALL_TRIES};
+use crate::config::Hook;
+use crate::error::{Cause, Error, Failure, Result};
+use crate::runtime::{Init, Plan, STATUS_BEGUN, STATUS_WORDS};
+use crate::spawn;
+use crate::sys::{self, mem::SharedWords};
+use crate::watch::{self, Deadlines, Overrun};
+use crate::wire::{self, kind, Encoded, Frame, Reader, Writer};
+use crossbeam_channel::{Receiver, TryRecvError};
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A task that takes longer than this is "long": one in flight at a time.
+const LONG_TASK: Duration = Duration::from_millis(5);
+
+/// How long a worker whose socket closed may take to exit before it is
+/// killed.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// What the pool and its managers share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// The pid of each slot's current worker (0 while it has none).
+    pub(crate) pids: Mutex<Vec<u32>>,
+}
+
+/// A running worker process.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    pid: u32,
+    pidfd: OwnedFd,
+    reader: Reader,
+    writer: Writer,
+    status: SharedWords,
+    /// Items and batches it has answered.
+    answered: u64,
+}
+
+impl Worker {
+    /// Starts a worker and tells it to serve.
+    pub(crate) fn spawn() -> Result<Worker> {
+        let s = spawn::spawn_child()?;
+        let status =
+            SharedWords::new(c"skprocess-pool-status", STATUS_WORDS).map_err(Error::Spawn)?;
+        let (reader, writer) = wire::split(s.socket)?;
+        let init =
+            postcard::to_allocvec(&Init::Worker {}).map_err(|e| Error::Wire(e.to_string()))?;
+        // A worker that died at once makes this fail; reading then sees end
+        // of file and reports the crash.
+        let _ = writer.send(kind::INIT, &init, &[status.fd().as_raw_fd()]);
+        Ok(Worker {
+            pid: s.pid,
+            pidfd: s.pidfd,
+            reader,
+            writer,
+            status,
+            answered: 0,
+        })
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Ends the worker: closing its socket makes it exit; one that does not
+    /// within [`EXIT_GRACE`] is killed. Reaps it.
+    pub(crate) fn end(self) {
+        let Worker {
+            pid,
+            pidfd,
+            reader,
+            writer,
+            ..
+        } = self;
+        drop((reader, writer));
+        let _ = watch::reap_exiting(pid, &pidfd, EXIT_GRACE);
+    }
+
+    /// Whether it had begun the item or batch it was to answer next.
+    fn began_next(&self) -> bool {
+        self.status.words()[STATUS_BEGUN].load(std::sync::atomic::Ordering::Relaxed) > self.answered
+    }
+
+    fn has_exited(&self) -> bool {
+        sys::sock::wait_readable(self.pidfd.as_fd(), Some(Instant::now())).unwrap_or(true)
+    }
+}
+
+/// A task sent to the worker and not fully answered.
+enum Flight {
+    /// Units still to answer, the first one running (or next to run).
+    Items {
+        job: Arc<Job>,
+        units: VecDeque<Unit>,
+    },
+    Calls(Calls),
+}
+
+/// The unit or batch running now.
+struct Head {
+    since: Instant,
+    deadlines: Option<Deadlines>,
+}
+
+/// What woke the manager up while it waited on its worker.
+enum Wake {
+    Frame(Frame),
+    Overrun(Overrun),
+    /// End of file: the worker died (or exited).
+    Closed,
+    /// The socket gave nonsense.
+    Broken(Error),
+    /// The pool is being dropped.
+    Closing,
+}
+
+pub(crate) struct Manager {
+    slot: usize,
+    tasks: Receiver<Task>,
+    /// Readable once the pool is dropped.
+    closing: Arc<OwnedFd>,
+    shared: Arc<Shared>,
+    worker: Option<Worker>,
+    flights: VecDeque<Flight>,
+    head: Option<Head>,
+    /// The last task took longer than [`LONG_TASK`] (or none was timed).
+    long: bool,
+}
+
+impl Manager {
+    pub(crate) fn new(
+        slot: usize,
+        tasks: Receiver<Task>,
+        closing: Arc<OwnedFd>,
+        shared: Arc<Shared>,
+        worker: Worker,
+    ) -> Self {
+        Manager {
+            slot,
+            tasks,
+            closing,
+            shared,
+            worker: Some(worker),
+            flights: VecDeque::new(),
+            head: None,
+            long: true,
+        }
+    }
+
+    /// Serves tasks until the pool is dropped; dropping the manager then
+    /// ends the worker.
+    pub(crate) fn run(mut self) {
+        loop {
+            let depth = if self.long { 1 } else { 2 };
+            while self.flights.len() < depth {
+                let task = if self.flights.is_empty() {
+                    match self.tasks.recv() {
+                        Ok(t) => t,
+                        Err(_) => return,
+                    }
+                } else {
+                    match self.tasks.try_recv() {
+                        Ok(t) => t,
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => return,
+                    }
+                };
+                if task.job().is_cancelled() {
+                    continue;
+                }
+                let flight = match task {
+                    Task::Items { job, units } => Flight::Items {
+                        job,
+                        units: units.into(),
+                    },
+                    Task::Calls(c) => Flight::Calls(c),
+                };
+                self.send(flight);
+            }
+            if self.flights.is_empty() {
+                continue;
+            }
+            match self.wait() {
+                Wake::Frame(f) => self.on_frame(f),
+                Wake::Overrun(o) => self.lose_worker(Some(o), "overran".into()),
+                Wake::Closed => self.lose_worker(None, String::new()),
+                Wake::Broken(e) => self.lose_worker(None, format!("broke the protocol: {e}")),
+                Wake::Closing => return,
+            }
+        }
+    }
+
+    fn set_pid(&self, pid: u32) {
+        if let Some(p) = self
+            .shared
+            .pids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(self.slot)
+        {
+            *p = pid;
+        }
+    }
+
+    /// The worker, started afresh if there is none or it has died.
+    fn worker(&mut self) -> Result<&mut Worker> {
+        // With work in flight, a dead worker is found by reading (and that
+        // work is retried); checked here only when idle.
+        if self.flights.is_empty() && self.worker.as_ref().is_some_and(Worker::has_exited) {
+            // Died while idle (killed from outside): no item was running.
+            if let Some(w) = self.worker.take() {
+                watch::kill_and_reap(w.pid, &w.pidfd);
+            }
+        }
+        if self.worker.is_none() {
+            let w = Worker::spawn()?;
+            self.set_pid(w.pid);
+            self.worker = Some(w);
+        }
+        Ok(self.worker.as_mut().expect("just set"))
+    }
+
+    /// Sends a task to the worker and queues it; on failure to start a
+    /// worker, answers it with the error.
+    fn send(&mut self, flight: Flight) {
+        let worker = match self.worker() {
+            Ok(w) => w,
+            Err(e) => return fail_flight(flight, &e),
+        };
+        let sent = match &flight {
+            Flight::Items { job, units } => send_items(&worker.writer, job, units),
+            Flight::Calls(c) => {
+                worker
+                    .writer
+                    .send(kind::POOL_CALLS, &c.payload.bytes, &c.payload.raw_fds())
+            }
+        };
+        if let Err(e) = sent {
+            if !matches!(e, Error::Io(_)) {
+                // Could not even be framed (too large, too many descriptors):
+                // no worker can take it.
+                return fail_flight(flight, &e);
+            }
+            // Otherwise the worker is gone: reading finds out and retries.
+        }
+        self.flights.push_back(flight);
+        if self.head.is_none() {
+            self.arm_head(Instant::now());
+        }
+    }
+
+    /// Starts the clock and the deadlines of the new head.
+    fn arm_head(&mut self, now: Instant) {
+        self.head = self.flights.front_mut().map(|f| match f {
+            Flight::Items { job, units } => {
+                let unit = units.front_mut().expect("an items flight is never empty");
+                let started = *unit.started.get_or_insert(now);
+                let deadlines = match &job.kind {
+                    JobKind::Items { config, .. } => Some(Deadlines::new(config, started)),
+                    JobKind::Calls => None,
+                };
+                Head {
+                    since: now,
+                    deadlines,
+                }
+            }
+            Flight::Calls(_) => Head {
+                since: now,
+                deadlines: None,
+            },
+        });
+    }
+
+    /// Ends the head's clock: how long it ran. A long one makes the
+    /// pipeline one task deep.
+    fn head_ended(&mut self, now: Instant) -> Duration {
+        let busy = self
+            .head
+            .take()
+            .map_or(Duration::ZERO, |h| now.saturating_duration_since(h.since));
+        self.long = busy > LONG_TASK;
+        busy
+    }
+
+    fn wait(&mut self) -> Wake {
+        let worker = self
+            .worker
+            .as_mut()
+            .expect("a worker while work is in flight");
+        let deadline = self
+            .head
+            .as_ref()
+            .and_then(|h| h.deadlines.as_ref())
+            .and_then(Deadlines::next);
+        loop {
+            // Checked before every read, so a worker that sends without
+            // pause cannot hold its deadline off.
+            let overrun = self
+                .head
+                .as_ref()
+                .and_then(|h| h.deadlines.as_ref())
+                .and_then(|d| d.overrun(Instant::now()));
+            if let Some(o) = overrun {
+                return Wake::Overrun(o);
+            }
+            if !worker.reader.has_frame() {
+                let ready =
+                    match sys::sock::poll(&[worker.reader.fd(), self.closing.as_fd()], deadline) {
+                        Ok(r) => r,
+                        Err(e) => return Wake::Broken(Error::Io(e)),
+                    };
+                if ready[1].readable {
+                    return Wake::Closing;
+                }
+                if !ready[0].readable {
+                    continue;
+                }
+            }
+            match worker.reader.read(Some(Instant::now())) {
+                Ok(Some(f)) => return Wake::Frame(f),
+                Ok(None) => continue,
+                Err(Error::Disconnected) => return Wake::Closed,
+                // Unread data was sent to a worker as it died.
+                Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return Wake::Closed
+                }
+                Err(e) => return Wake::Broken(e),
+            }
+        }
+    }
+
+    fn on_frame(&mut self, frame: Frame) {
+        let now = Instant::now();
+        if matches!(frame.kind, kind::DONE | kind::FAILED | kind::POOL_RESULTS) {
+            if let Some(w) = &mut self.worker {
+                w.answered += 1;
+            }
+        }
+        if let Some(d) = self.head.as_mut().and_then(|h| h.deadlines.as_mut()) {
+            if d.on_frame(&frame) {
+                return;
+            }
+        }
+        match (frame.kind, self.flights.front()) {
+            // A pool item has no listener for its messages.
+            (kind::TELL, _) => {}
+            (kind::DONE | kind::FAILED, Some(Flight::Items { .. })) => self.item_ended(frame, now),
+            (kind::POOL_RESULTS, Some(Flight::Calls(_))) => {
+                self.head_ended(now);
+                if let Some(Flight::Calls(c)) = self.flights.pop_front() {
+                    c.answer(Ok(Encoded {
+                        bytes: frame.payload,
+                        fds: frame.fds,
+                    }));
+                }
+                self.arm_head(now);
+            }
+            (other, _) => {
+                let e = Error::Wire(format!("unexpected frame kind {other}"));
+                self.lose_worker(None, format!("broke the protocol: {e}"));
+            }
+        }
+    }
+
+    fn item_ended(&mut self, frame: Frame, now: Instant) {
+        let busy = self.head_ended(now);
+        let Some(Flight::Items { job, units }) = self.flights.front_mut() else {
+            return;
+        };
+        let job = job.clone();
+        let mut unit = units.pop_front().expect("an items flight is never empty");
+        if units.is_empty() {
+            self.flights.pop_front();
+        }
+        if frame.kind == kind::DONE {
+            unit.answer(
+                Ok(Encoded {
+                    bytes: frame.payload,
+                    fds: frame.fds,
+                }),
+                busy,
+            );
+        } else {
+            let mut f = frame.decode::<Failure>().unwrap_or_else(|e| {
+                job.failure(
+                    unit.index,
+                    unit.attempt,
+                    None,
+                    None,
+                    Cause::Crashed(format!("unreadable failure report: {e}")),
+                )
+            });
+            f.process = format!("{} item #{}", job.name, unit.index);
+            if unit.attempt < f.lives {
+                // The worker is healthy: the next attempt runs there, after
+                // what is already queued.
+                unit.attempt += 1;
+                self.send(Flight::Items {
+                    job,
+                    units: VecDeque::from([unit]),
+                });
+            } else {
+                unit.answer(Err(Error::Process(Box::new(f))), busy);
+            }
+        }
+        self.arm_head(now);
+    }
+
+    /// The worker died, overran or broke the protocol: kill and reap it,
+    /// charge the head, and hand everything else to a fresh worker.
+    fn lose_worker(&mut self, overrun: Option<Overrun>, what: String) {
+        let Some(w) = self.worker.take() else { return };
+        let (hook, run) = watch::position(&w.status);
+        // A worker that died before it began the head (killed from outside
+        // while idle) costs nobody a life.
+        let charge = overrun.is_some() || w.began_next();
+        let what = if overrun.is_none() && what.is_empty() {
+            drop((w.reader, w.writer));
+            match watch::reap_exiting(w.pid, &w.pidfd, EXIT_GRACE) {
+                Ok(s) => format!("the pool worker {s}"),
+                Err(e) => format!("the pool worker could not be reaped: {e}"),
+            }
+        } else {
+            watch::kill_and_reap(w.pid, &w.pidfd);
+            format!("the pool worker {what}")
+        };
+        self.set_pid(0);
+        self.head = None;
+        self.long = true;
+        let mut flights = std::mem::take(&mut self.flights);
+        // The replacement starts before anyone hears of the loss, so the
+        // pool keeps its size even when nothing is left to run; if it cannot
+        // start, the next task tries again (and fails with the reason if it
+        // still cannot).
+        let _ = self.worker();
+        if charge {
+            let rest = flights
+                .pop_front()
+                .and_then(|head| charge_head(head, overrun, hook, run, what));
+            if let Some(rest) = rest {
+                flights.push_front(rest);
+            }
+        }
+        for flight in flights {
+            if !flight_job(&flight).is_cancelled() {
+                self.send(flight);
+            }
+        }
+    }
+}
+
+/// Charges the head of a lost worker's queue a life (a try, for calls):
+/// answers it if that was its last, and returns what of its task is left to
+/// run again.
+fn charge_head(
+    head: Flight,
+    overrun: Option<Overrun>,
+    hook: Option<Hook>,
+    run: Option<u64>,
+    what: String,
+) -> Option<Flight> {
+    match head {
+        Flight::Items { job, mut units } => {
+            let mut unit = units.pop_front().expect("an items flight is never empty");
+            let (hook, run, cause, last) = match overrun {
+                Some(Overrun::Join(limit)) => (hook, run, Cause::JoinTimeout(limit), true),
+                Some(Overrun::Hook {
+                    hook, run, limit, ..
+                }) => (Some(hook), Some(run), Cause::HookTimeout(limit), false),
+                None => (hook, run, Cause::Crashed(what), false),
+            };
+            let f = job.failure(unit.index, unit.attempt, hook, run, cause);
+            if last || unit.attempt >= f.lives {
+                unit.answer(Err(Error::Process(Box::new(f))), Duration::ZERO);
+            } else {
+                unit.attempt += 1;
+                units.push_front(unit);
+            }
+            (!units.is_empty()).then_some(Flight::Items { job, units })
+        }
+        Flight::Calls(mut c) => {
+            c.tries += 1;
+            if c.tries < CALL_TRIES {
+                return Some(Flight::Calls(c));
+            }
+            let cause = Cause::Crashed(what);
+            let mut f = c
+                .job
+                .failure(c.start, c.tries, Some(Hook::Run), None, cause);
+            f.process = format!("{} items #{}..{}", c.job.name, c.start, c.start + c.count);
+            c.answer(Err(Error::Process(Box::new(f))));
+            None
+        }
+    }
+}
+
+impl Drop for Manager {
+    /// Ends the worker (the pool is closing). Work still queued here
+    /// answers itself as dropped.
+    fn drop(&mut self) {
+        self.flights.clear();
+        if let Some(w) = self.worker.take() {
+            w.end();
+        }
+        self.set_pid(0);
+    }
+}
+
+fn flight_job(f: &Flight) -> &Arc<Job> {
+    match f {
+        Flight::Items { job, .. } => job,
+        Flight::Calls(c) => &c.job,
+    }
+}
+
+/// Answers every item of a task that cannot run with `e`.
+fn fail_flight(flight: Flight, e: &Error) {
+    match flight {
+        Flight::Items { units, .. } => {
+            for u in units {
+                u.answer(Err(copy_error(e)), Duration::ZERO);
+            }
+        }
+        Flight::Calls(c) => c.answer(Err(copy_error(e))),
+    }
+}
+
+/// An error for one more item, from one that hit several.
+fn copy_error(e: &Error) -> Error {
+    match e {
+        Error::Process(f) => Error::Process(f.clone()),
+        Error::Spawn(io) => Error::Spawn(std::io::Error::new(io.kind(), io.to_string())),
+        Error::Io(io) => Error::Io(std::io::Error::new(io.kind(), io.to_string())),
+        Error::Wire(m) => Error::Wire(m.clone()),
+        Error::Usage(m) => Error::Usage(m.clone()),
+        other => Error::Wire(other.to_string()),
+    }
+}
+
+/// Sends process items as one `POOL_ITEMS` frame.
+fn send_items(writer: &Writer, job: &Job, units: &VecDeque<Unit>) -> Result<()> {
+    let JobKind::Items { type_id, config } = &job.kind else {
+        return Err(Error::Wire("a calls job sent as items".into()));
+    };
+    let head = ItemsHead {
+        type_id: type_id.to_string(),
+        plan: Plan {
+            runs: config.get_runs(),
+            timed: Hook::ALL.map(|h| config.get_timeout(h).is_some()),
+            attempt: 1,
+            lives: config.get_lives(),
+            stop: false,
+        },
+        attempts: units.iter().map(|u| u.attempt).collect(),
+    };
+    let mut payload = batch::items_prefix(&head)?;
+    let mut fds: Vec<RawFd> = Vec::new();
+    for u in units {
+        batch::push_part(&mut payload, 0, &u.value.bytes, u.value.fds.len());
+        fds.extend(u.value.fds.iter().map(|f| f.as_raw_fd()));
+    }
+    writer.send(kind::POOL_ITEMS, &payload, &fds)
+}

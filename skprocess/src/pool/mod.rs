@@ -1,0 +1,557 @@
+//! `Pool`: a fixed set of worker processes, reused across items and calls.
+//!
+//! Each worker is a child started once, when the pool is made; a manager
+//! thread per worker feeds it tasks from the pool's queue, so several maps
+//! (from several threads, or `imap`s consumed side by side) share the
+//! workers. A process item runs its whole lifecycle in a worker, with its
+//! `lives`, hook timeouts and `join_in`, and comes back as its final state.
+//! `map_fn` sends a plain function instead of a process type.
+//!
+//! Items travel in batches sized from their measured cost (see `dispatch`),
+//! so a million tiny items cost about as much as a million function calls,
+//! while long items are dealt out one at a time.
+//!
+//! A worker that crashes, or is killed because an item ran past its timeout,
+//! is replaced at once; only the item it was running loses a life (and is
+//! retried in the fresh worker while it has lives left), and the items queued
+//! behind it run unharmed. Dropping the pool closes every worker's socket
+//! (the workers exit), reaps them, and kills any that do not exit in time.
+
+mod batch;
+mod dispatch;
+mod manager;
+mod task;
+pub(crate) mod worker;
+
+use crate::error::{Error, Result};
+use crate::sys;
+use crate::wire;
+use crate::Process;
+use crossbeam_channel::Sender;
+use dispatch::{Args, Items, Run};
+use manager::{Manager, Shared, Worker};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use task::{Job, JobKind, Reply, Task};
+
+/// The error `map_fn` gives for a closure that captures state.
+const CAPTURING_CLOSURE: &str =
+    "map_fn takes a fn or a closure that captures nothing; pass the state in the items instead";
+
+/// A fixed set of worker processes that run process items and plain
+/// functions, reused across items and calls.
+///
+/// Every method takes `&self`: a pool can be shared between threads, and
+/// several maps may run on it at once.
+///
+/// # Items in a pool
+///
+/// Each item runs its whole lifecycle in a worker with a fresh [`Ctx`](crate::Ctx),
+/// as in a child of its own: `runs`, `lives`, hook timeouts and `join_in`
+/// come from its type's `#[process(...)]`. A lost life restarts the item
+/// from its initial state: in the same worker after a hook returned `Err`
+/// or panicked, in a fresh worker after a crash or a timeout. Nobody
+/// listens to a pool item: what it `tell`s is dropped and `listen` never
+/// receives anything.
+///
+/// While items are short, a worker holds the next task while it runs one,
+/// so it never waits for work; an item that then turns out to run long
+/// keeps that one task waiting (at most one, and only until it ends or
+/// times out).
+///
+/// # Examples
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use skprocess::prelude::*;
+///
+/// #[derive(Process, Serialize, Deserialize)]
+/// #[process(runs = 3)]
+/// struct Square { x: u64, total: u64 }
+///
+/// impl Process for Square {
+///     fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+///         self.total += self.x * self.x;
+///         Ok(())
+///     }
+/// }
+///
+/// # fn main() -> skprocess::Result<()> {
+/// let pool = Pool::new(2)?;
+/// let done = pool.map((0..10).map(|x| Square { x, total: 0 }))?;
+/// assert_eq!(done[4].total, 48); // input order, 3 runs of 4 * 4
+///
+/// let doubled: Vec<u64> = pool.map_fn(|x: u64| x * 2, 0..1000u64)?;
+/// assert_eq!(doubled[999], 1998);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Pool {
+    /// `Some` until the pool is dropped.
+    tasks: Option<Sender<Task>>,
+    /// Closing it (on drop) wakes every manager.
+    closing: Option<OwnedFd>,
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    workers: usize,
+    progress: AtomicBool,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("workers", &self.workers)
+            .field("pids", &self.pids())
+            .field("progress", &self.progress.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Default for Pool {
+    /// A pool of one worker per core.
+    ///
+    /// # Panics
+    ///
+    /// If the workers cannot be started; [`Pool::new`] returns that error
+    /// instead.
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Pool::new(cores).unwrap_or_else(|e| panic!("cannot start the workers of a pool: {e}"))
+    }
+}
+
+impl Pool {
+    /// Starts a pool of `workers` worker processes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Usage`] for zero workers; [`Error::Spawn`] if a worker
+    /// cannot be started (those already started are ended).
+    pub fn new(workers: usize) -> Result<Pool> {
+        if workers == 0 {
+            return Err(Error::usage("a pool needs at least one worker"));
+        }
+        let mut started = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            match Worker::spawn() {
+                Ok(w) => started.push(w),
+                Err(e) => {
+                    started.into_iter().for_each(Worker::end);
+                    return Err(e);
+                }
+            }
+        }
+        let (ours, theirs) = sys::sock::socketpair().map_err(Error::Io)?;
+        let theirs = Arc::new(theirs);
+        let shared = Arc::new(Shared {
+            pids: Mutex::new(started.iter().map(Worker::pid).collect()),
+        });
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut pool = Pool {
+            tasks: Some(tx),
+            closing: Some(ours),
+            shared: shared.clone(),
+            threads: Vec::with_capacity(workers),
+            workers,
+            progress: AtomicBool::new(false),
+        };
+        for (slot, worker) in started.into_iter().enumerate() {
+            let manager = Manager::new(slot, rx.clone(), theirs.clone(), shared.clone(), worker);
+            let thread = std::thread::Builder::new()
+                .name(format!("skprocess-pool-{slot}"))
+                .stack_size(256 * 1024)
+                .spawn(move || manager.run())
+                .map_err(Error::Spawn)?;
+            pool.threads.push(thread);
+        }
+        Ok(pool)
+    }
+
+    /// The number of workers.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// The pids of the workers running now (a replaced worker has a new
+    /// pid).
+    pub fn pids(&self) -> Vec<u32> {
+        self.shared
+            .pids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .filter(|&p| p != 0)
+            .collect()
+    }
+
+    /// Draws a progress bar on stderr for maps that run longer than half a
+    /// second (off by default). Nothing is drawn when stderr is not a
+    /// terminal.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> skprocess::Result<()> {
+    /// let pool = skprocess::Pool::new(1)?;
+    /// let v: Vec<u32> = pool.progress(true).map_fn(|x: u32| x + 1, 0..3u32)?;
+    /// assert_eq!(v, [1, 2, 3]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn progress(&self, on: bool) -> &Self {
+        self.progress.store(on, Ordering::Relaxed);
+        self
+    }
+
+    fn start<S: dispatch::Source>(&self, name: String, kind: JobKind, source: S) -> Run<S> {
+        let tasks = self.tasks.clone().expect("a pool in use is not dropped");
+        let make_job = |replies| Job {
+            name,
+            kind,
+            replies,
+            cancelled: AtomicBool::new(false),
+        };
+        Run::new(
+            tasks,
+            self.workers,
+            self.progress.load(Ordering::Relaxed),
+            make_job,
+            source,
+        )
+    }
+
+    fn start_items<P: Process, I: Iterator<Item = P>>(&self, items: I) -> Run<Items<I>> {
+        let kind = JobKind::Items {
+            type_id: P::ID,
+            config: <P as Process>::config(),
+        };
+        self.start(P::NAME.to_string(), kind, Items::new(items))
+    }
+
+    /// Runs every item in the pool and returns their final states in input
+    /// order, once all have ended.
+    ///
+    /// # Errors
+    ///
+    /// The error of the first item (in input order) that failed once its
+    /// lives were used; every other item still ran to its end. The error
+    /// names the item (`app::Job item #7`), its hook, run and attempt.
+    pub fn map<P, I>(&self, items: I) -> Result<Vec<P>>
+    where
+        P: Process,
+        I: IntoIterator<Item = P>,
+    {
+        let items = items.into_iter();
+        let mut out = InOrder::with_capacity(items.size_hint().0);
+        let mut run = self.start_items::<P, _>(items);
+        while let Some(reply) = run.next_reply() {
+            let (index, result) = decode_item::<P>(reply);
+            out.put(index, result);
+        }
+        out.finish()
+    }
+
+    /// Like [`map`](Pool::map), but returns the final states in the order
+    /// the items ended.
+    ///
+    /// # Errors
+    ///
+    /// The error of the first item to fail, once every item has ended.
+    pub fn unordered_map<P, I>(&self, items: I) -> Result<Vec<P>>
+    where
+        P: Process,
+        I: IntoIterator<Item = P>,
+    {
+        let mut run = self.start_items::<P, _>(items.into_iter());
+        let mut out = Vec::new();
+        let mut first_err = None;
+        while let Some(reply) = run.next_reply() {
+            match decode_item::<P>(reply).1 {
+                Ok(p) => out.push(p),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// Runs the items in the pool and yields one `Result` per item, in
+    /// input order, each as soon as it and every item before it have
+    /// ended. The input is read lazily, as workers need items.
+    ///
+    /// Dropping the iterator early skips the items not started yet.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use serde::{Deserialize, Serialize};
+    /// # use skprocess::prelude::*;
+    /// # #[derive(Process, Serialize, Deserialize)]
+    /// # #[process(runs = 1)]
+    /// # struct Square { x: u64, y: u64 }
+    /// # impl Process for Square {
+    /// #     fn run(&mut self, _ctx: &mut Ctx) -> HookResult { self.y = self.x * self.x; Ok(()) }
+    /// # }
+    /// # fn main() -> skprocess::Result<()> {
+    /// let pool = Pool::new(2)?;
+    /// let mut seen = vec![];
+    /// for r in pool.imap((0..5).map(|x| Square { x, y: 0 })) {
+    ///     seen.push(r?.y);
+    /// }
+    /// assert_eq!(seen, [0, 1, 4, 9, 16]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn imap<P, I>(&self, items: I) -> Imap<'_, P, I::IntoIter>
+    where
+        P: Process,
+        I: IntoIterator<Item = P>,
+    {
+        Imap::new(self.start_items::<P, _>(items.into_iter()), true)
+    }
+
+    /// Like [`imap`](Pool::imap), but yields each item as soon as it ends,
+    /// in the order they end.
+    pub fn unordered_imap<P, I>(&self, items: I) -> Imap<'_, P, I::IntoIter>
+    where
+        P: Process,
+        I: IntoIterator<Item = P>,
+    {
+        Imap::new(self.start_items::<P, _>(items.into_iter()), false)
+    }
+
+    /// Calls `f` on every item in the workers and returns the results in
+    /// input order.
+    ///
+    /// `f` must be a `fn` item or a closure that captures nothing: only its
+    /// type crosses to the workers (which run this same binary), never its
+    /// state. State belongs in the items. Items go to the workers in batches
+    /// sized so that each holds about a millisecond of work.
+    ///
+    /// A panic in `f` fails that item only. A worker that crashes during a
+    /// batch is replaced and the batch is run once more in the fresh worker;
+    /// if it crashes again, its items fail.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Usage`] if `f` captures state (a function pointer counts as
+    /// state too); otherwise the first item that failed, in input order,
+    /// once every item has ended.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> skprocess::Result<()> {
+    /// let pool = skprocess::Pool::new(2)?;
+    /// fn square(x: i64) -> i64 { x * x }
+    /// assert_eq!(pool.map_fn(square, [1, -2, 3])?, [1, 4, 9]);
+    ///
+    /// let k = 3;
+    /// let err = pool.map_fn(move |x: i64| x * k, [1, 2]).unwrap_err();
+    /// assert!(err.to_string().contains("pass the state in the items"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn map_fn<A, R, F, I>(&self, f: F, items: I) -> Result<Vec<R>>
+    where
+        F: Fn(A) -> R + Copy,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        if sys::zst::conjure::<F>().is_none() {
+            return Err(Error::usage(CAPTURING_CLOSURE));
+        }
+        let _ = f;
+        let entry = sys::code::entry_offset(batch::call_batch::<A, R, F>);
+        let name = format!("map_fn({})", std::any::type_name::<F>());
+        let items = items.into_iter();
+        let mut out = InOrder::with_capacity(items.size_hint().0);
+        let mut run = self.start(name, JobKind::Calls, Args::new(items, entry));
+        while let Some(reply) = run.next_reply() {
+            match reply {
+                Reply::Item { index, result, .. } => {
+                    // Only arguments that could not be encoded come back so.
+                    let e = result.err().unwrap_or_else(|| {
+                        Error::Wire("a map_fn item was answered as a process item".into())
+                    });
+                    out.put(index, Err(e));
+                }
+                Reply::Calls {
+                    start,
+                    count,
+                    result,
+                } => {
+                    match result.and_then(|payload| {
+                        dispatch::results::<R>(run.job(), start, count, payload)
+                    }) {
+                        Ok(results) => {
+                            for (i, r) in results.into_iter().enumerate() {
+                                out.put(start + i, r);
+                            }
+                        }
+                        Err(e) => out.put(start, Err(e)),
+                    }
+                }
+            }
+        }
+        out.finish()
+    }
+}
+
+/// Results gathered into input order, keeping the error of the first item
+/// (in input order) that failed.
+struct InOrder<T> {
+    out: Vec<Option<T>>,
+    first_err: Option<(usize, Error)>,
+}
+
+impl<T> InOrder<T> {
+    fn with_capacity(n: usize) -> Self {
+        InOrder {
+            out: Vec::with_capacity(n),
+            first_err: None,
+        }
+    }
+
+    fn put(&mut self, index: usize, result: Result<T>) {
+        match result {
+            Ok(v) => {
+                if self.out.len() <= index {
+                    self.out.resize_with(index + 1, || None);
+                }
+                self.out[index] = Some(v);
+            }
+            Err(e) => {
+                if self.first_err.as_ref().map_or(true, |(i, _)| index < *i) {
+                    self.first_err = Some((index, e));
+                }
+            }
+        }
+    }
+
+    fn finish(self) -> Result<Vec<T>> {
+        if let Some((_, e)) = self.first_err {
+            return Err(e);
+        }
+        self.out
+            .into_iter()
+            .collect::<Option<Vec<T>>>()
+            .ok_or_else(|| Error::Wire("a pool item was never answered".into()))
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Idle managers see the queue close; busy ones see `closing` close.
+        drop(self.tasks.take());
+        drop(self.closing.take());
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The index and decoded final state of a process item.
+fn decode_item<P: Process>(reply: Reply) -> (usize, Result<P>) {
+    match reply {
+        Reply::Item { index, result, .. } => (
+            index,
+            result.and_then(|enc| wire::decode::<P>(&enc.bytes, enc.fds)),
+        ),
+        Reply::Calls { start, .. } => (
+            start,
+            Err(Error::Wire(
+                "a process item was answered as a map_fn batch".into(),
+            )),
+        ),
+    }
+}
+
+/// The iterator of [`Pool::imap`] and [`Pool::unordered_imap`]: one
+/// `Result` per item, each final state as soon as it can be yielded.
+///
+/// Dropping it before the end skips the items that have not started; those
+/// running finish in their workers and are discarded.
+pub struct Imap<'p, P, I> {
+    run: Run<Items<I>>,
+    ordered: bool,
+    /// The next index to yield, when ordered.
+    next: usize,
+    /// Items that ended before an earlier one, when ordered.
+    early: BTreeMap<usize, Result<P>>,
+    _pool: PhantomData<&'p Pool>,
+}
+
+impl<P, I> fmt::Debug for Imap<'_, P, I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Imap")
+            .field("run", &self.run)
+            .field("ordered", &self.ordered)
+            .field("next", &self.next)
+            .field("buffered", &self.early.len())
+            .finish()
+    }
+}
+
+impl<P, I> Imap<'_, P, I> {
+    fn new(run: Run<Items<I>>, ordered: bool) -> Self {
+        Imap {
+            run,
+            ordered,
+            next: 0,
+            early: BTreeMap::new(),
+            _pool: PhantomData,
+        }
+    }
+}
+
+impl<P, I> Iterator for Imap<'_, P, I>
+where
+    P: Process,
+    I: Iterator<Item = P>,
+{
+    type Item = Result<P>;
+
+    fn next(&mut self) -> Option<Result<P>> {
+        loop {
+            if self.ordered {
+                if let Some(r) = self.early.remove(&self.next) {
+                    self.next += 1;
+                    return Some(r);
+                }
+            }
+            let Some(reply) = self.run.next_reply() else {
+                // Every item is answered; anything buffered (an index that
+                // was skipped, which does not happen) goes out in order.
+                return self.early.pop_first().map(|(_, r)| r);
+            };
+            let (index, result) = decode_item::<P>(reply);
+            if !self.ordered {
+                return Some(result);
+            }
+            self.early.insert(index, result);
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let (pending, more) = self.run.pending();
+        let have = pending + self.early.len();
+        (have, if more { None } else { Some(have) })
+    }
+}
+
+#[cfg(test)]
+mod test;
