@@ -2,7 +2,7 @@
 //! raw baseline measured in the same run:
 //!
 //! - `Pipe` round trip of an 8-byte message, beside a bare futex ping-pong
-//!   over shared memory (both processes; also with the pipe's spin-then-sleep
+//!   over shared memory (both processes; also with the pipe's adaptive spin
 //!   policy) and a bare socketpair ping-pong;
 //! - `tell`/`listen` round trip of an 8-byte message, beside the bare
 //!   socketpair ping-pong;
@@ -210,7 +210,7 @@ impl Peers {
         let sock_h = SocketEcho { sock: theirs }.start().expect("start");
         let futex = FutexPingPong::new(false).expect("futex");
         let futex_h = FutexEcho { pp: copy(&futex) }.start().expect("start");
-        // The same spin budget as the pipe's ring.
+        // The same adaptive spin-then-sleep policy as the pipe's ring.
         let futex_spin = FutexPingPong::new(true).expect("futex");
         let futex_spin_h = FutexEcho {
             pp: copy(&futex_spin),
