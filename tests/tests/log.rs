@@ -8,6 +8,7 @@ mod support;
 
 use serde::{Deserialize, Serialize};
 use skprocess::prelude::*;
+use std::collections::BTreeSet;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use support::{finish, DEADLINE};
@@ -852,5 +853,182 @@ fn the_log_file_gets_every_level_even_without_a_subscriber() -> skprocess::Resul
         "WARN log: careful now count=-3 big=18446744073709551615 ratio=0.25 ok=true name=\"bob\" list=[1, 2] shown=as display\n"
     ), "{text}");
     no_leftovers(&[h.pid()]);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Pool workers forward their items' events as single processes do.
+
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 2)]
+struct PoolChatty {
+    id: u64,
+    n: u64,
+}
+
+impl Process for PoolChatty {
+    fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+        let half = self.n / 2;
+        let from = ctx.run_index() * half;
+        for i in from..from + half {
+            tracing::info!(
+                item = self.id,
+                seq = i,
+                "pool event {i} of item {}",
+                self.id
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The worker index in a label `...[worker k]`.
+fn worker_of(label: &str) -> usize {
+    let rest = label
+        .rsplit_once("[worker ")
+        .unwrap_or_else(|| panic!("no worker index in {label:?}"))
+        .1;
+    rest.strip_suffix(']')
+        .and_then(|k| k.parse().ok())
+        .unwrap_or_else(|| panic!("bad worker index in {label:?}"))
+}
+
+fn label_of(e: &Seen) -> String {
+    match e.get("process") {
+        Some(Got::S(s)) => s.clone(),
+        other => panic!("no process in {e:?}: {other:?}"),
+    }
+}
+
+/// `map_fn` functions log too.
+fn logged_double(x: u64) -> u64 {
+    tracing::info!(x, "doubling");
+    x * 2
+}
+
+#[test]
+fn pool_items_events_arrive_complete_in_order_and_labelled() -> skprocess::Result<()> {
+    support::watchdog();
+    let (cap, _g) = Captured::install();
+    let span = tracing::info_span!("pool_origin");
+    let pool = span.in_scope(|| Pool::new(3))?;
+    let pids = pool.pids();
+    assert_eq!(pids.len(), 3);
+    let (items, n) = (12u64, 400u64);
+    let done = pool.map((0..items).map(|id| PoolChatty { id, n }))?;
+    assert_eq!(done.len(), items as usize);
+    // No waiting: each item's events were delivered before its result.
+    let all = cap.all();
+    let mut workers_used = BTreeSet::new();
+    for id in 0..items {
+        let events: Vec<&Seen> = all
+            .iter()
+            .filter(|e| e.get("item") == Some(&Got::U(id)))
+            .collect();
+        assert_eq!(
+            events.len() as u64,
+            n,
+            "item {id}: {} of {n} events",
+            events.len()
+        );
+        let pid = events[0].pid();
+        let label = label_of(events[0]);
+        let k = worker_of(&label);
+        assert_eq!(label, format!("log::PoolChatty[worker {k}]"));
+        assert_eq!(pids.get(k), Some(&pid), "item {id}: pid of another worker");
+        workers_used.insert(k);
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(e.int("seq"), i as i64, "item {id}: out of order at {i}");
+            assert_eq!(e.pid(), pid, "item {id} moved between workers");
+            assert_eq!(label_of(e), label);
+            assert_eq!(e.span.as_deref(), Some("pool_origin"));
+            assert_eq!(e.target, "log");
+            assert_eq!(e.message(), format!("pool event {i} of item {id}"));
+        }
+    }
+    assert!(!workers_used.is_empty());
+
+    // The same workers, another job: the label follows the job.
+    let doubled = pool.map_fn(logged_double, 0..2000u64)?;
+    assert_eq!(doubled[1999], 3998);
+    let all = cap.all();
+    let calls: Vec<&Seen> = all.iter().filter(|e| e.get("x").is_some()).collect();
+    assert_eq!(calls.len(), 2000, "map_fn events lost");
+    let mut seen = vec![false; 2000];
+    let mut last = std::collections::HashMap::new();
+    for e in &calls {
+        let x = e.int("x") as usize;
+        assert!(!seen[x], "x = {x} logged twice");
+        seen[x] = true;
+        let label = label_of(e);
+        let k = worker_of(&label);
+        assert_eq!(label, format!("map_fn(log::logged_double)[worker {k}]"));
+        assert_eq!(pids.get(k), Some(&e.pid()));
+        // Each worker takes batches in input order.
+        if let Some(prev) = last.insert(k, x) {
+            assert!(prev < x, "worker {k}: {x} after {prev}");
+        }
+    }
+    assert_eq!(pool.pids(), pids, "no worker was replaced");
+    drop(pool);
+    no_leftovers(&pids);
+    Ok(())
+}
+
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1, lives = 2)]
+struct CrashOnce;
+
+impl Process for CrashOnce {
+    fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+        tracing::info!(attempt = ctx.attempt(), "running");
+        if ctx.attempt() == 1 {
+            std::process::abort();
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_replaced_worker_s_events_carry_its_own_pid() -> skprocess::Result<()> {
+    support::watchdog();
+    let (cap, _g) = Captured::install();
+    let pool = Pool::new(1)?;
+    let first = pool.pids();
+    pool.map([CrashOnce])?;
+    let now = pool.pids();
+    assert_eq!(now.len(), 1);
+    assert_ne!(now, first, "the worker was not replaced");
+    let second: Vec<Seen> = cap
+        .all()
+        .into_iter()
+        .filter(|e| e.get("attempt") == Some(&Got::I(2)) || e.get("attempt") == Some(&Got::U(2)))
+        .collect();
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_eq!(second[0].pid(), now[0]);
+    assert_eq!(label_of(&second[0]), "log::CrashOnce[worker 0]");
+    drop(pool);
+    no_leftovers(&[first[0], now[0]]);
+    Ok(())
+}
+
+/// Whether the worker installed a subscriber (the funnel).
+fn worker_has_subscriber(_: u8) -> bool {
+    tracing::dispatcher::has_been_set()
+}
+
+#[test]
+fn a_pool_made_without_subscriber_costs_its_workers_nothing() -> skprocess::Result<()> {
+    support::watchdog();
+    let pool = Pool::new(1)?;
+    let pids = pool.pids();
+    assert_eq!(pool.map_fn(worker_has_subscriber, [0u8])?, [false]);
+    drop(pool);
+    let (_cap, _g) = Captured::install();
+    let pool = Pool::new(1)?;
+    assert_eq!(pool.map_fn(worker_has_subscriber, [0u8])?, [true]);
+    let more = pool.pids();
+    drop(pool);
+    no_leftovers(&[pids[0], more[0]]);
     Ok(())
 }

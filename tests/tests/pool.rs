@@ -828,3 +828,49 @@ fn share_seed_example_through_a_pool() -> skprocess::Result<()> {
     assert!(v.iter().all(|&c| c == 100));
     Ok(())
 }
+
+#[derive(Process, Serialize, Deserialize, Clone, Debug)]
+#[process(runs = 3, timeout(run = "200ms"))]
+struct Timed {
+    sleep_ms: u64,
+}
+
+impl Process for Timed {
+    fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        std::thread::sleep(Duration::from_millis(self.sleep_ms));
+        Ok(())
+    }
+}
+
+#[test]
+fn timers_sum_every_item_across_calls_and_workers() {
+    watchdog();
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(pool.timers(), Timers::default());
+    pool.map(vec![Timed { sleep_ms: 1 }; 6]).unwrap();
+    pool.map(vec![Timed { sleep_ms: 1 }; 4]).unwrap();
+    let t = pool.timers();
+    assert_eq!(t.prerun.count(), 30, "{t}");
+    assert_eq!(t.run.count(), 30, "{t}");
+    assert_eq!(t.postrun.count(), 30, "{t}");
+    assert_eq!(t.onfinish.count(), 10, "{t}");
+    assert!(t.run.min() >= Duration::from_millis(1), "{t}");
+    // map_fn runs no hooks.
+    pool.map_fn(|x: u8| x, [1u8, 2]).unwrap();
+    assert_eq!(pool.timers(), t);
+
+    // A call killed at its timeout counts with the time it ran, and the
+    // replaced worker's timers are kept.
+    let before = pool.pids();
+    let err = pool.map(vec![Timed { sleep_ms: 60_000 }]).unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert_ne!(pool.pids(), before, "the worker was not replaced");
+    let t = pool.timers();
+    assert_eq!(t.prerun.count(), 31, "{t}");
+    assert_eq!(t.run.count(), 31, "{t}");
+    assert_eq!(t.postrun.count(), 30, "{t}");
+    assert_eq!(t.onfinish.count(), 10, "{t}");
+    assert!(t.run.max() >= Duration::from_millis(200), "{t}");
+    drop(pool);
+    assert_reaped(&before);
+}

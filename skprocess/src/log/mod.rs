@@ -55,12 +55,14 @@
 //!
 //! # For a pool
 //!
-//! A pool worker is wired as a process is: send [`setup_payload`] as a
-//! `LOG_SETUP` frame before `INIT`, make one [`Forwarder`] per worker life
-//! (label: the type name plus the worker index, such as `app::Job[3]`) from
-//! an [`Origin`] captured where the pool was made, hand each `LOG` frame to
-//! [`Forwarder::emit`], and, for captured output, [`Capture::start`] /
-//! [`Capture::finish`] around the worker's life.
+//! A pool worker is wired as a process is (see `pool::manager`): the pool
+//! captures an [`Origin`] where it is made; each worker life gets
+//! [`setup_payload`] as a `LOG_SETUP` frame before `INIT` and one
+//! [`Forwarder`], which gets each `LOG` frame. Its `process` label follows
+//! the item running ([`Forwarder::set_label`]): the type name plus the
+//! worker index, such as `app::Job[worker 3]`. The worker flushes before
+//! each result, so an item's events come before it. Output capture and
+//! log files are for single processes only.
 
 pub(crate) mod capture;
 pub(crate) mod child;

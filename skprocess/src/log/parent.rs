@@ -141,7 +141,8 @@ impl Stream {
 /// them to a file too. Safe to share between the thread reading the
 /// control socket and the one reading the standard streams.
 pub(crate) struct Forwarder {
-    label: String,
+    /// The `process` field; a pool worker's changes with the item it runs.
+    label: Mutex<Arc<str>>,
     pid: u32,
     dispatch: Dispatch,
     span: Span,
@@ -155,7 +156,7 @@ pub(crate) struct Forwarder {
 impl fmt::Debug for Forwarder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Forwarder")
-            .field("process", &self.label)
+            .field("process", &self.label())
             .field("pid", &self.pid)
             .field("file", &self.file.as_ref().map(|f| &f.0))
             .finish_non_exhaustive()
@@ -183,7 +184,7 @@ impl Forwarder {
             Known::fixed(Level::WARN, NOTICE_TARGET, &["message"]),
         ];
         Forwarder {
-            label: process_label,
+            label: Mutex::new(process_label.into()),
             pid,
             dispatch,
             span,
@@ -197,7 +198,7 @@ impl Forwarder {
     /// directory if needed. In the file name, `::` becomes `.` and any
     /// character but letters, digits, `.`, `_` and `-` becomes `_`.
     pub(crate) fn with_log_dir(mut self, dir: &Path) -> Result<Forwarder> {
-        let path = dir.join(format!("{}-{}.log", file_stem(&self.label), self.pid));
+        let path = dir.join(format!("{}-{}.log", file_stem(&self.label()), self.pid));
         let opened = std::fs::create_dir_all(dir)
             .and_then(|()| File::options().create(true).append(true).open(&path));
         let file = opened.map_err(|e| {
@@ -209,6 +210,21 @@ impl Forwarder {
         })?;
         self.file = Some((path, Mutex::new(BufWriter::new(file))));
         Ok(self)
+    }
+
+    /// The `process` field of the events re-emitted from now on.
+    pub(crate) fn label(&self) -> Arc<str> {
+        lock(&self.label).clone()
+    }
+
+    /// Changes the `process` field of the events re-emitted from now on (a
+    /// pool worker moving on to another item type). The log file, if any,
+    /// keeps its name.
+    pub(crate) fn set_label(&self, label: &str) {
+        let mut l = lock(&self.label);
+        if **l != *label {
+            *l = label.into();
+        }
     }
 
     /// Re-emits every event of one `LOG` frame, in order. Anything wrong
@@ -364,12 +380,13 @@ impl Forwarder {
             return;
         }
         let n = values.len() + 2 + usize::from(spans.is_some());
+        let label = self.label();
         let mut held: Vec<Held<'_>> = Vec::with_capacity(n);
         held.extend(values.iter().map(|v| Held::of(*v)));
         if let Some(s) = spans {
             held.push(Held::S(s));
         }
-        held.push(Held::S(&self.label));
+        held.push(Held::S(&label));
         held.push(Held::U(u64::from(self.pid)));
         const INLINE: usize = 24;
         if n <= INLINE {

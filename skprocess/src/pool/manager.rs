@@ -15,14 +15,22 @@
 //! one, charges the head a life (a try, for `map_fn` calls) if the worker
 //! had begun it (it counts what it begins in its status page), and hands the
 //! rest of the queue unchanged to the fresh worker.
+//!
+//! Each worker life gets `LOG_SETUP` before `INIT` and a [`log::Forwarder`]
+//! of its own, as a single process does; its `process` label follows the
+//! head: the `tracing` events of a `LOG` frame belong to the unit or batch
+//! running when the worker sent them, which is the head while the frame is
+//! read, since a worker sends an item's events before its result.
 
 use super::batch::{self, ItemsHead};
 use super::task::{Calls, Job, JobKind, Task, Unit, CALL_TRIES};
 use crate::config::Hook;
 use crate::error::{Cause, Error, Failure, Result};
-use crate::runtime::{Init, Plan, STATUS_BEGUN, STATUS_WORDS};
+use crate::log;
+use crate::runtime::{self, Init, Plan, STATUS_BEGUN, STATUS_WORDS};
 use crate::spawn;
 use crate::sys::{self, mem::SharedWords};
+use crate::timers::{Timer, Timers};
 use crate::watch::{self, Deadlines, Overrun};
 use crate::wire::{self, kind, Encoded, Frame, Reader, Writer};
 use crossbeam_channel::{Receiver, TryRecvError};
@@ -41,9 +49,57 @@ const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// What the pool and its managers share.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    /// The pid of each slot's current worker (0 while it has none).
-    pub(crate) pids: Mutex<Vec<u32>>,
+    /// Where the workers' `tracing` events go (captured by `Pool::new`).
+    pub(crate) origin: log::Origin,
+    pub(crate) slots: Mutex<Slots>,
 }
+
+impl Shared {
+    pub(crate) fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Each slot's current worker, and the timers of the workers gone.
+#[derive(Debug)]
+pub(crate) struct Slots {
+    /// The pid of each slot's current worker (0 while it has none).
+    pub(crate) pids: Vec<u32>,
+    /// The status page of each slot's current worker.
+    statuses: Vec<Option<Arc<SharedWords>>>,
+    /// Hook timers of the workers that have ended.
+    past: Timers,
+}
+
+impl Slots {
+    pub(crate) fn new(workers: &[Worker]) -> Slots {
+        Slots {
+            pids: workers.iter().map(|w| w.pid).collect(),
+            statuses: workers.iter().map(|w| Some(w.status.clone())).collect(),
+            past: Timers::default(),
+        }
+    }
+
+    /// Hook timers over every item run so far.
+    pub(crate) fn timers(&self) -> Timers {
+        let mut t = self.past.clone();
+        for status in self.statuses.iter().flatten() {
+            for h in Hook::ALL {
+                t.get_mut(h)
+                    .merge(&Timer::load(runtime::timer_words(status.words(), h)));
+            }
+        }
+        t
+    }
+}
+
+/// The `process` label of a worker's events: `app::Job[worker 2]`.
+fn label(job: &str, slot: usize) -> String {
+    format!("{job}[worker {slot}]")
+}
+
+/// The label of a worker's events before its first task.
+const IDLE_LABEL: &str = "skprocess::Pool";
 
 /// A running worker process.
 #[derive(Debug)]
@@ -52,18 +108,30 @@ pub(crate) struct Worker {
     pidfd: OwnedFd,
     reader: Reader,
     writer: Writer,
-    status: SharedWords,
+    status: Arc<SharedWords>,
     /// Items and batches it has answered.
     answered: u64,
+    /// Re-emits its `tracing` events.
+    log: Arc<log::Forwarder>,
+    /// The job whose name `log` is labelled with now.
+    labelled: String,
 }
 
 impl Worker {
-    /// Starts a worker and tells it to serve.
-    pub(crate) fn spawn() -> Result<Worker> {
+    /// Starts the worker of `slot` and tells it to serve; its events go to
+    /// `origin`.
+    pub(crate) fn spawn(origin: &log::Origin, slot: usize) -> Result<Worker> {
         let s = spawn::spawn_child()?;
         let status =
             SharedWords::new(c"skprocess-pool-status", STATUS_WORDS).map_err(Error::Spawn)?;
         let (reader, writer) = wire::split(s.socket)?;
+        let log = Arc::new(log::Forwarder::new(
+            label(IDLE_LABEL, slot),
+            s.pid,
+            origin.dispatch.clone(),
+            origin.span.clone(),
+        ));
+        let _ = writer.send(kind::LOG_SETUP, &log::setup_payload(origin, false), &[]);
         let init =
             postcard::to_allocvec(&Init::Worker {}).map_err(|e| Error::Wire(e.to_string()))?;
         // A worker that died at once makes this fail; reading then sees end
@@ -74,13 +142,11 @@ impl Worker {
             pidfd: s.pidfd,
             reader,
             writer,
-            status,
+            status: Arc::new(status),
             answered: 0,
+            log,
+            labelled: IDLE_LABEL.to_string(),
         })
-    }
-
-    pub(crate) fn pid(&self) -> u32 {
-        self.pid
     }
 
     /// Ends the worker: closing its socket makes it exit; one that does not
@@ -211,15 +277,34 @@ impl Manager {
         }
     }
 
-    fn set_pid(&self, pid: u32) {
-        if let Some(p) = self
-            .shared
-            .pids
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(self.slot)
-        {
-            *p = pid;
+    /// Shows the worker as the slot's current one (in `Pool::pids` and
+    /// `Pool::timers`).
+    fn publish(&self, w: &Worker) {
+        let mut slots = self.shared.slots();
+        if let Some(p) = slots.pids.get_mut(self.slot) {
+            *p = w.pid;
+        }
+        if let Some(s) = slots.statuses.get_mut(self.slot) {
+            *s = Some(w.status.clone());
+        }
+    }
+
+    /// Clears the slot of an ended worker, keeping its timers (and those of
+    /// a hook call it was killed in, which never returned to be timed).
+    fn retire(&self, w: &Worker, killed_in: Option<(Hook, Duration)>) {
+        let mut slots = self.shared.slots();
+        if let Some(p) = slots.pids.get_mut(self.slot) {
+            *p = 0;
+        }
+        if let Some(s) = slots.statuses.get_mut(self.slot) {
+            *s = None;
+        }
+        for h in Hook::ALL {
+            let t = Timer::load(runtime::timer_words(w.status.words(), h));
+            slots.past.get_mut(h).merge(&t);
+        }
+        if let Some((hook, ran)) = killed_in {
+            slots.past.get_mut(hook).record(ran);
         }
     }
 
@@ -231,11 +316,12 @@ impl Manager {
             // Died while idle (killed from outside): no item was running.
             if let Some(w) = self.worker.take() {
                 watch::kill_and_reap(w.pid, &w.pidfd);
+                self.retire(&w, None);
             }
         }
         if self.worker.is_none() {
-            let w = Worker::spawn()?;
-            self.set_pid(w.pid);
+            let w = Worker::spawn(&self.shared.origin, self.slot)?;
+            self.publish(&w);
             self.worker = Some(w);
         }
         Ok(self.worker.as_mut().expect("just set"))
@@ -363,6 +449,7 @@ impl Manager {
             }
         }
         match (frame.kind, self.flights.front()) {
+            (kind::LOG, _) => self.forward_log(&frame.payload),
             // A pool item has no listener for its messages.
             (kind::TELL, _) => {}
             (kind::DONE | kind::FAILED, Some(Flight::Items { .. })) => self.item_ended(frame, now),
@@ -381,6 +468,21 @@ impl Manager {
                 self.lose_worker(None, format!("broke the protocol: {e}"));
             }
         }
+    }
+
+    /// Re-emits the events of a `LOG` frame, labelled with the head's job
+    /// (the previous label while nothing is in flight).
+    fn forward_log(&mut self, payload: &[u8]) {
+        let Some(w) = self.worker.as_mut() else {
+            return;
+        };
+        if let Some(job) = self.flights.front().map(flight_job) {
+            if w.labelled != job.name {
+                w.log.set_label(&label(&job.name, self.slot));
+                w.labelled.clone_from(&job.name);
+            }
+        }
+        w.log.emit(payload);
     }
 
     fn item_ended(&mut self, frame: Frame, now: Instant) {
@@ -435,6 +537,11 @@ impl Manager {
         // A worker that died before it began the head (killed from outside
         // while idle) costs nobody a life.
         let charge = overrun.is_some() || w.began_next();
+        let killed_in = match overrun {
+            Some(Overrun::Hook { hook, ran, .. }) => Some((hook, ran)),
+            _ => None,
+        };
+        self.retire(&w, killed_in);
         let what = if overrun.is_none() && what.is_empty() {
             drop((w.reader, w.writer));
             match watch::reap_exiting(w.pid, &w.pidfd, EXIT_GRACE) {
@@ -445,7 +552,6 @@ impl Manager {
             watch::kill_and_reap(w.pid, &w.pidfd);
             format!("the pool worker {what}")
         };
-        self.set_pid(0);
         self.head = None;
         self.long = true;
         let mut flights = std::mem::take(&mut self.flights);
@@ -521,9 +627,9 @@ impl Drop for Manager {
     fn drop(&mut self) {
         self.flights.clear();
         if let Some(w) = self.worker.take() {
+            self.retire(&w, None);
             w.end();
         }
-        self.set_pid(0);
     }
 }
 

@@ -24,12 +24,14 @@ mod task;
 pub(crate) mod worker;
 
 use crate::error::{Error, Result};
+use crate::log;
 use crate::sys;
+use crate::timers::Timers;
 use crate::wire;
 use crate::Process;
 use crossbeam_channel::Sender;
 use dispatch::{Args, Items, Run};
-use manager::{Manager, Shared, Worker};
+use manager::{Manager, Shared, Slots, Worker};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -60,6 +62,24 @@ const CAPTURING_CLOSURE: &str =
 /// or panicked, in a fresh worker after a crash or a timeout. Nobody
 /// listens to a pool item: what it `tell`s is dropped and `listen` never
 /// receives anything.
+///
+/// # Logging
+///
+/// `tracing` events emitted by items (and by `map_fn` functions) reach the
+/// subscriber that was current where the pool was made, under the span
+/// current there, as a single process's do: none lost, in the order the
+/// worker emitted them, and each item's events before its result. They
+/// carry `pid`, the worker's pid (see [`pids`](Pool::pids)), and `process`,
+/// the item's type name and the worker's index: `app::Job[worker 2]`. For
+/// `map_fn`, the name is the one its errors give, with the function's type
+/// name: `map_fn(app::double)[worker 2]` (a closure shows as
+/// `app::main::{{closure}}`). The level sent is decided when each worker
+/// starts, as for a process.
+///
+/// [`Config::capture_output`](crate::Config::capture_output) and
+/// [`Config::log_dir`](crate::Config::log_dir) apply to processes started
+/// on their own, not to pool items: a worker writes to the parent's
+/// standard streams, and its events go to the subscriber only.
 ///
 /// While items are short, a worker holds the next task while it runs one,
 /// so it never waits for work; an item that then turns out to run long
@@ -138,9 +158,10 @@ impl Pool {
         if workers == 0 {
             return Err(Error::usage("a pool needs at least one worker"));
         }
+        let origin = log::Origin::capture();
         let mut started = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            match Worker::spawn() {
+        for slot in 0..workers {
+            match Worker::spawn(&origin, slot) {
                 Ok(w) => started.push(w),
                 Err(e) => {
                     started.into_iter().for_each(Worker::end);
@@ -151,7 +172,8 @@ impl Pool {
         let (ours, theirs) = sys::sock::socketpair().map_err(Error::Io)?;
         let theirs = Arc::new(theirs);
         let shared = Arc::new(Shared {
-            pids: Mutex::new(started.iter().map(Worker::pid).collect()),
+            origin,
+            slots: Mutex::new(Slots::new(&started)),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         let mut pool = Pool {
@@ -183,13 +205,45 @@ impl Pool {
     /// pid).
     pub fn pids(&self) -> Vec<u32> {
         self.shared
+            .slots()
             .pids
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .iter()
             .copied()
             .filter(|&p| p != 0)
             .collect()
+    }
+
+    /// Per-hook timing summed over every process item the pool has run,
+    /// in every worker (those replaced included), every call and every
+    /// attempt: live while items run. A hook call killed for its timeout
+    /// counts with the time it had run. `map_fn` calls run no hooks and
+    /// are not counted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use serde::{Deserialize, Serialize};
+    /// # use skprocess::prelude::*;
+    /// #[derive(Process, Serialize, Deserialize)]
+    /// #[process(runs = 3)]
+    /// struct Tick;
+    /// impl Process for Tick {
+    ///     fn run(&mut self, _ctx: &mut Ctx) -> HookResult { Ok(()) }
+    /// }
+    ///
+    /// # fn main() -> skprocess::Result<()> {
+    /// let pool = Pool::new(2)?;
+    /// pool.map((0..5).map(|_| Tick))?;
+    /// pool.map((0..5).map(|_| Tick))?;
+    /// let t = pool.timers();
+    /// assert_eq!(t.run.count(), 30); // 10 items, 3 runs each
+    /// assert_eq!(t.onfinish.count(), 10);
+    /// println!("{t}");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn timers(&self) -> Timers {
+        self.shared.slots().timers()
     }
 
     /// Draws a progress bar on stderr for maps that run longer than half a

@@ -76,6 +76,7 @@ fn run_items(link: &Arc<Link>, status: &SharedWords, frame: Frame) -> Result<(),
             None => Err(runtime::unregistered(&head.type_id, &plan)),
         };
         flush_output();
+        // Flushes the item's events first, so they arrive before its result.
         runtime::send_outcome(link, outcome);
     }
     Ok(())
@@ -108,6 +109,8 @@ fn run_calls(link: &Arc<Link>, status: &SharedWords, frame: Frame) -> Result<(),
     out[..8].copy_from_slice(&ns.to_le_bytes());
     let raw: Vec<_> = out_fds.iter().map(|f| f.as_raw_fd()).collect();
     flush_output();
+    // The batch's events reach the parent before its results.
+    crate::log::flush();
     // A parent that is gone ends this process through the control thread.
     let _ = link.writer.send(kind::POOL_RESULTS, &out, &raw);
     Ok(())
