@@ -76,6 +76,7 @@ pub struct Config {
     pub(crate) timeouts: [Option<Duration>; 4],
     pub(crate) join_in: Option<Duration>,
     pub(crate) stop_grace: Duration,
+    pub(crate) max_message: usize,
     pub(crate) capture_output: bool,
     pub(crate) log_dir: Option<PathBuf>,
 }
@@ -88,6 +89,7 @@ impl Default for Config {
             timeouts: [None; 4],
             join_in: None,
             stop_grace: Duration::from_secs(1),
+            max_message: crate::wire::DEFAULT_MAX_FRAME,
             capture_output: false,
             log_dir: None,
         }
@@ -192,6 +194,15 @@ impl Config {
         self.log_dir.as_deref()
     }
 
+    /// The largest message (`tell`, or the process value itself) either side
+    /// accepts, in bytes, encoded (default 1 GiB). A larger one is an `Err`
+    /// for its sender; a peer that sends one anyway has broken the protocol
+    /// and is stopped.
+    pub fn max_message(mut self, bytes: usize) -> Self {
+        self.max_message = bytes;
+        self
+    }
+
     /// Iterations to run; `None` means unlimited.
     pub fn get_runs(&self) -> Option<u64> {
         self.runs
@@ -210,6 +221,11 @@ impl Config {
     /// The limit on the whole process.
     pub fn get_join_in(&self) -> Option<Duration> {
         self.join_in
+    }
+
+    /// The largest message accepted, in bytes.
+    pub fn get_max_message(&self) -> usize {
+        self.max_message
     }
 
     /// The grace period of a dropped handle.

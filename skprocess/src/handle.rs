@@ -17,6 +17,7 @@ use crate::error::{Cause, Error, Failure, Result};
 use crate::log;
 use crate::runtime::{self, Init, Plan, STATUS_WORDS};
 use crate::spawn::{self, Spawned};
+use crate::stats::{Counters, Stats};
 use crate::sys::{self, mem::SharedWords};
 use crate::timers::{Timer, Timers};
 use crate::watch::{self, Deadlines, Overrun};
@@ -52,9 +53,17 @@ struct Shared {
     inbox: Receiver<Frame>,
     stop: AtomicBool,
     killed: AtomicBool,
+    /// `tell` and `listen` traffic.
+    counters: Counters,
+    max_message: usize,
 }
 
 impl Shared {
+    fn received<T: DeserializeOwned>(&self, f: Frame) -> Result<T> {
+        self.counters.received(f.payload.len());
+        wire::decode_message(&f.payload, f.fds)
+    }
+
     fn current(&self) -> std::sync::MutexGuard<'_, Current> {
         self.current.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -148,6 +157,8 @@ impl<P: Process> Handle<P> {
             inbox,
             stop: AtomicBool::new(false),
             killed: AtomicBool::new(false),
+            counters: Counters::default(),
+            max_message: config.max_message,
         });
         let (result_tx, result) = crossbeam_channel::bounded(1);
         let grace = config.stop_grace;
@@ -243,13 +254,16 @@ impl<P> Handle<P> {
     /// If the value cannot be encoded, or the process has ended.
     pub fn tell<T: Serialize + ?Sized>(&self, msg: &T) -> Result<()> {
         let enc = wire::encode_message(msg)?;
+        wire::check_size(enc.bytes.len(), self.shared.max_message)?;
         let writer = self
             .shared
             .current()
             .writer
             .clone()
             .ok_or(Error::Disconnected)?;
-        writer.send(kind::TELL, &enc.bytes, &enc.raw_fds())
+        writer.send(kind::TELL, &enc.bytes, &enc.raw_fds())?;
+        self.shared.counters.sent(enc.bytes.len());
+        Ok(())
     }
 
     /// Waits up to `timeout` for a message from the child: `Ok(None)` if
@@ -271,7 +285,7 @@ impl<P> Handle<P> {
                 .map_err(|_| RecvTimeoutError::Disconnected),
         };
         match r {
-            Ok(f) => wire::decode_message(&f.payload, f.fds).map(Some),
+            Ok(f) => self.shared.received(f).map(Some),
             Err(RecvTimeoutError::Timeout) => Ok(None),
             Err(RecvTimeoutError::Disconnected) => Err(Error::Disconnected),
         }
@@ -284,7 +298,7 @@ impl<P> Handle<P> {
     /// As [`listen`](Handle::listen).
     pub fn try_listen<T: DeserializeOwned>(&self) -> Result<Option<T>> {
         match self.shared.inbox.try_recv() {
-            Ok(f) => wire::decode_message(&f.payload, f.fds).map(Some),
+            Ok(f) => self.shared.received(f).map(Some),
             Err(TryRecvError::Empty) => Ok(None),
             Err(TryRecvError::Disconnected) => Err(Error::Disconnected),
         }
@@ -330,6 +344,40 @@ impl<P> Handle<P> {
     /// final after [`wait`](Handle::wait).
     pub fn timers(&self) -> Timers {
         self.shared.timers()
+    }
+
+    /// Messages and bytes sent with [`tell`](Handle::tell) and received
+    /// with [`listen`](Handle::listen) through this handle.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use serde::{Deserialize, Serialize};
+    /// use skprocess::prelude::*;
+    ///
+    /// #[derive(Process, Serialize, Deserialize)]
+    /// #[process(runs = 1)]
+    /// struct Hello;
+    ///
+    /// impl Process for Hello {
+    ///     fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+    ///         ctx.tell("hello")?;
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # fn main() -> skprocess::Result<()> {
+    /// let mut h = Hello.start()?;
+    /// h.wait()?;
+    /// let hello: Option<String> = h.listen(std::time::Duration::from_secs(5))?;
+    /// assert_eq!(hello.as_deref(), Some("hello"));
+    /// assert_eq!(h.stats().messages_received, 1);
+    /// assert_eq!(h.stats().messages_sent, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
     }
 
     /// The process type's name.
@@ -418,7 +466,8 @@ impl Supervisor {
         };
         let status =
             Arc::new(SharedWords::new(c"skprocess-status", STATUS_WORDS).map_err(Error::Spawn)?);
-        let (reader, writer) = wire::split(s.socket)?;
+        let (mut reader, writer) = wire::split(s.socket)?;
+        reader.set_max_frame(self.config.max_message);
         let pidfd = Arc::new(s.pidfd);
         let capture = log::Capture::start(forwarder.clone(), s.stdout, s.stderr, pidfd.clone());
         let _ = writer.send(
@@ -448,6 +497,7 @@ impl Supervisor {
         };
         let init = Init::Process {
             type_id: self.type_id.to_string(),
+            max_message: self.config.max_message as u64,
             plan: Plan {
                 runs: self.config.runs,
                 timed: Hook::ALL.map(|h| self.config.timeouts[h.index()].is_some()),

@@ -15,6 +15,7 @@
 use crate::config::Hook;
 use crate::error::{chain, Cause, Error, Failure, HookResult, Result};
 use crate::spawn::{self, RunArgs};
+use crate::stats::{Counters, Stats};
 use crate::sys::{self, mem::SharedWords};
 use crate::timers::{self, TIMER_WORDS};
 use crate::wire::{self, kind, Frame, Reader, Writer};
@@ -67,6 +68,8 @@ pub(crate) enum Init {
     Process {
         type_id: String,
         plan: Plan,
+        /// The largest frame either side accepts (`Config::max_message`).
+        max_message: u64,
         state: Vec<u8>,
     },
     /// Serve a pool: run the items and calls that arrive, until end of file.
@@ -83,6 +86,8 @@ pub(crate) struct Link {
     inbox: Receiver<Frame>,
     pub(crate) others: Receiver<Frame>,
     stop: AtomicBool,
+    max_message: usize,
+    counters: Counters,
 }
 
 /// What a hook sees of its process: messaging with the parent, stop
@@ -105,11 +110,14 @@ impl Ctx {
     /// If the value cannot be encoded, or the parent is gone.
     pub fn tell<T: Serialize + ?Sized>(&self, msg: &T) -> Result<()> {
         let enc = wire::encode_message(msg)?;
+        wire::check_size(enc.bytes.len(), self.link.max_message)?;
         // Events logged before a message reach the parent before it.
         crate::log::flush();
         self.link
             .writer
-            .send(kind::TELL, &enc.bytes, &enc.raw_fds())
+            .send(kind::TELL, &enc.bytes, &enc.raw_fds())?;
+        self.link.counters.sent(enc.bytes.len());
+        Ok(())
     }
 
     /// Waits up to `timeout` for a message from the parent: `Ok(None)` if
@@ -129,7 +137,7 @@ impl Ctx {
                 .map_err(|_| RecvTimeoutError::Disconnected),
         };
         match frame {
-            Ok(f) => wire::decode_message(&f.payload, f.fds).map(Some),
+            Ok(f) => self.received(f).map(Some),
             Err(RecvTimeoutError::Timeout) => Ok(None),
             Err(RecvTimeoutError::Disconnected) => Err(Error::Disconnected),
         }
@@ -142,10 +150,21 @@ impl Ctx {
     /// As [`listen`](Ctx::listen).
     pub fn try_listen<T: DeserializeOwned>(&self) -> Result<Option<T>> {
         match self.link.inbox.try_recv() {
-            Ok(f) => wire::decode_message(&f.payload, f.fds).map(Some),
+            Ok(f) => self.received(f).map(Some),
             Err(TryRecvError::Empty) => Ok(None),
             Err(TryRecvError::Disconnected) => Err(Error::Disconnected),
         }
+    }
+
+    /// Messages and bytes this process sent with [`tell`](Ctx::tell) and
+    /// received with [`listen`](Ctx::listen), over its whole life.
+    pub fn stats(&self) -> Stats {
+        self.link.counters.snapshot()
+    }
+
+    fn received<T: DeserializeOwned>(&self, f: Frame) -> Result<T> {
+        self.link.counters.received(f.payload.len());
+        wire::decode_message(&f.payload, f.fds)
     }
 
     /// Ends the loop after this iteration (its `postrun` still runs), then
@@ -192,10 +211,6 @@ impl Ctx {
             stop_requested: false,
             pid: sys::proc::getpid(),
         }
-    }
-
-    pub(crate) fn link(&self) -> &Arc<Link> {
-        &self.link
     }
 }
 
@@ -411,11 +426,18 @@ pub(crate) fn child_main(control: OwnedFd) -> ! {
     let (inbox_tx, inbox) = crossbeam_channel::unbounded();
     let (others_tx, others) = crossbeam_channel::unbounded();
     crate::log::install_child(log_setup.as_deref(), writer.clone());
+    let max_message = match &msg {
+        Init::Process { max_message, .. } => usize::try_from(*max_message).unwrap_or(usize::MAX),
+        _ => wire::DEFAULT_MAX_FRAME,
+    };
+    reader.set_max_frame(max_message);
     let link = Arc::new(Link {
         writer,
         inbox,
         others,
         stop: AtomicBool::new(false),
+        max_message,
+        counters: Counters::default(),
     });
     spawn_control_thread(reader, inbox_tx, others_tx, link.clone());
 
@@ -424,6 +446,7 @@ pub(crate) fn child_main(control: OwnedFd) -> ! {
             type_id,
             plan,
             state,
+            ..
         } => {
             if fds.is_empty() {
                 sys::proc::exit_now(76);

@@ -1,5 +1,7 @@
 //! Message counters of a channel end.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 /// How many messages and bytes went through one end of a channel, as seen
 /// by this process.
 ///
@@ -34,4 +36,38 @@ pub struct Stats {
     pub messages_received: u64,
     /// Bytes of the messages received.
     pub bytes_received: u64,
+}
+
+/// The live counters behind a [`Stats`] snapshot, updated from any thread.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    messages_sent: AtomicU64,
+    bytes_sent: AtomicU64,
+    messages_received: AtomicU64,
+    bytes_received: AtomicU64,
+}
+
+impl Counters {
+    /// Counts one message of `bytes` encoded bytes sent.
+    pub(crate) fn sent(&self, bytes: usize) {
+        self.messages_sent.fetch_add(1, Ordering::Relaxed);
+        self.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Counts one message of `bytes` encoded bytes received.
+    pub(crate) fn received(&self, bytes: usize) {
+        self.messages_received.fetch_add(1, Ordering::Relaxed);
+        self.bytes_received
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// The counts now.
+    pub(crate) fn snapshot(&self) -> Stats {
+        Stats {
+            messages_sent: self.messages_sent.load(Ordering::Relaxed),
+            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+            messages_received: self.messages_received.load(Ordering::Relaxed),
+            bytes_received: self.bytes_received.load(Ordering::Relaxed),
+        }
+    }
 }

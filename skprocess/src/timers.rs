@@ -169,11 +169,7 @@ impl Timer {
 
     /// Mean time per call (zero if there was none).
     pub fn mean(&self) -> Duration {
-        if self.count == 0 {
-            Duration::ZERO
-        } else {
-            Duration::from_nanos(self.total_ns / self.count)
-        }
+        Duration::from_nanos(self.total_ns.checked_div(self.count).unwrap_or(0))
     }
 
     /// Shortest call (zero if there was none).

@@ -127,10 +127,19 @@ impl Writer {
                     &[],
                 )
             }
-            .map_err(Error::Io)?;
+            .map_err(gone_or_io)?;
             sent += n;
         }
         Ok(())
+    }
+}
+
+/// A peer that is gone (`EPIPE`, `ECONNRESET`) is `Disconnected`; anything
+/// else stays an I/O error.
+fn gone_or_io(e: std::io::Error) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => Error::Disconnected,
+        _ => Error::Io(e),
     }
 }
 
@@ -209,8 +218,13 @@ impl Reader {
             self.buf.resize(self.buf.len() + grow, 0);
         }
         let mut fds = Vec::new();
-        let n = sys::sock::recv(self.sock.as_fd(), &mut self.buf[self.end..], &mut fds)
-            .map_err(Error::Io)?;
+        let n = match sys::sock::recv(self.sock.as_fd(), &mut self.buf[self.end..], &mut fds) {
+            Ok(n) => n,
+            // The peer closed with data of ours unread: it is gone, like
+            // at end of file.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+            Err(e) => return Err(Error::Io(e)),
+        };
         self.fds.extend(fds);
         if n == 0 {
             self.eof = true;
@@ -288,6 +302,16 @@ impl Reader {
         let fds = self.fds.drain(..nfds).collect();
         Ok(Some(Frame { kind, payload, fds }))
     }
+}
+
+/// Refuses a message of `len` encoded bytes if it is over `max`.
+pub(crate) fn check_size(len: usize, max: usize) -> Result<()> {
+    if len > max {
+        return Err(Error::Usage(format!(
+            "a message of {len} bytes is over the {max} byte limit; raise it with Config::max_message"
+        )));
+    }
+    Ok(())
 }
 
 /// A connected socket, split into a [`Reader`] and a [`Writer`].

@@ -32,7 +32,7 @@ mod socket;
 mod test;
 
 use crate::error::{Error, Result};
-use crate::stats::Stats;
+use crate::stats::{Counters, Stats};
 use crate::sys;
 use crate::wire;
 pub(crate) use ring::Spin;
@@ -41,7 +41,6 @@ use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// What an end may do.
@@ -99,14 +98,6 @@ enum Moved {
     },
 }
 
-#[derive(Debug, Default)]
-struct Counters {
-    messages_sent: AtomicU64,
-    bytes_sent: AtomicU64,
-    messages_received: AtomicU64,
-    bytes_received: AtomicU64,
-}
-
 /// The part every public end shares: a flavor and its counters.
 struct End {
     flavor: Flavor,
@@ -140,19 +131,13 @@ impl End {
             Flavor::Ring(r) => r.send(&enc.bytes, &enc.raw_fds())?,
             Flavor::Socket(s) => s.send(&enc.bytes, &enc.raw_fds())?,
         }
-        self.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .bytes_sent
-            .fetch_add(enc.bytes.len() as u64, Ordering::Relaxed);
+        self.counters.sent(enc.bytes.len());
         Ok(())
     }
 
     fn recv<T: DeserializeOwned>(&self, deadline: Option<Instant>) -> Result<Option<T>> {
         let decode = |bytes: &[u8], fds: Vec<OwnedFd>| {
-            let c = &self.counters;
-            c.messages_received.fetch_add(1, Ordering::Relaxed);
-            c.bytes_received
-                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            self.counters.received(bytes.len());
             wire::decode_message(bytes, fds)
         };
         let got = match &self.flavor {
@@ -171,13 +156,7 @@ impl End {
     }
 
     fn stats(&self) -> Stats {
-        let c = &self.counters;
-        Stats {
-            messages_sent: c.messages_sent.load(Ordering::Relaxed),
-            bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
-            messages_received: c.messages_received.load(Ordering::Relaxed),
-            bytes_received: c.bytes_received.load(Ordering::Relaxed),
-        }
+        self.counters.snapshot()
     }
 
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {

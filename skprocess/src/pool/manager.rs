@@ -427,10 +427,6 @@ impl Manager {
                 Ok(Some(f)) => return Wake::Frame(f),
                 Ok(None) => continue,
                 Err(Error::Disconnected) => return Wake::Closed,
-                // Unread data was sent to a worker as it died.
-                Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                    return Wake::Closed
-                }
                 Err(e) => return Wake::Broken(e),
             }
         }

@@ -42,7 +42,6 @@ type RunFn = fn(RunArgs<'_>) -> Result<Encoded, Failure>;
 #[derive(Debug)]
 pub struct Entry {
     pub(crate) id: &'static str,
-    pub(crate) name: &'static str,
     pub(crate) run: RunFn,
 }
 
@@ -51,7 +50,6 @@ impl Entry {
     pub const fn of<P: crate::Process>() -> Entry {
         Entry {
             id: P::ID,
-            name: P::NAME,
             run: crate::runtime::run_value::<P>,
         }
     }

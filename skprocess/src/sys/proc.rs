@@ -52,14 +52,6 @@ pub(crate) fn wait(pid: u32) -> io::Result<ExitStatus> {
     Ok(decode_status(status))
 }
 
-/// Reaps `pid` if it has ended; `None` if it is still running.
-pub(crate) fn try_wait(pid: u32) -> io::Result<Option<ExitStatus>> {
-    let mut status: libc::c_int = 0;
-    // SAFETY: `status` is a valid out-pointer for the duration of the call.
-    let r = cvt_retry(|| unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) })?;
-    Ok((r != 0).then(|| decode_status(status)))
-}
-
 fn decode_status(status: libc::c_int) -> ExitStatus {
     if libc::WIFSIGNALED(status) {
         ExitStatus::Signal(libc::WTERMSIG(status))
@@ -102,18 +94,6 @@ pub(crate) fn pidfd_signal(pidfd: &OwnedFd, sig: i32) -> io::Result<()> {
         return Err(e);
     }
     Ok(())
-}
-
-/// Sends `sig` to a pid (used only for processes this one did not spawn).
-pub(crate) fn kill(pid: u32, sig: i32) -> io::Result<()> {
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    cvt(unsafe { libc::kill(pid as libc::pid_t, sig) }).map(drop)
-}
-
-/// Whether a process with this pid exists (it may be a zombie).
-pub(crate) fn exists(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks for existence and permission.
-    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
 }
 
 /// This process's pid.
@@ -175,15 +155,6 @@ pub(crate) fn exit_now(code: i32) -> ! {
 /// start-up code of a child, before `main`, when no other thread exists.
 pub(crate) fn remove_env(key: &str) {
     std::env::remove_var(key);
-}
-
-/// Peak resident set size of this process, in bytes.
-pub(crate) fn max_rss() -> u64 {
-    // SAFETY: an all-zero `rusage` is a valid value of this plain C struct.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is a valid out-pointer for the duration of the call.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    ru.ru_maxrss as u64 * 1024
 }
 
 /// Takes ownership of descriptor `fd`, inherited across exec without
