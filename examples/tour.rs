@@ -163,7 +163,10 @@ impl Process for PrimeCount {
 }
 
 fn is_prime(k: u64) -> bool {
-    k >= 2 && !(2..).take_while(|d| d * d <= k).any(|d| k % d == 0)
+    k >= 2
+        && !(2..)
+            .take_while(|d| d * d <= k)
+            .any(|d| k.is_multiple_of(d))
 }
 
 fn chapter_4() -> skprocess::Result<()> {
@@ -195,14 +198,14 @@ fn chapter_4() -> skprocess::Result<()> {
         })
     };
     let t = Instant::now();
-    for p in work() {
-        let mut p = p;
-        p.count = (0..p.n).filter(|&k| is_prime(k)).count();
-    }
+    let serial_counts: Vec<usize> = work()
+        .map(|p| (0..p.n).filter(|&k| is_prime(k)).count())
+        .collect();
     let serial = t.elapsed();
     let t = Instant::now();
-    pool.map(work())?;
+    let pooled_counts: Vec<usize> = pool.map(work())?.into_iter().map(|p| p.count).collect();
     let pooled = t.elapsed();
+    assert_eq!(serial_counts, pooled_counts);
     println!(
         "8 CPU-bound items: {serial:.0?} in this process, {pooled:.0?} on the pool ({:.1}x on {} cores)",
         serial.as_secs_f64() / pooled.as_secs_f64(),

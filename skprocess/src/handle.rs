@@ -146,6 +146,7 @@ impl<P> fmt::Debug for Handle<P> {
 impl<P: Process> Handle<P> {
     pub(crate) fn start(value: P, config: Config) -> Result<Self> {
         let encoded = wire::encode(&value)?;
+        wire::check_size(encoded.bytes.len(), config.max_message)?;
         drop(value);
         let origin = log::Origin::capture();
         let child = spawn::spawn_child_with(spawn_options(&config))?;

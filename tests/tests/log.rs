@@ -785,8 +785,7 @@ fn an_unusable_log_dir_is_an_error_at_start() {
     std::fs::write(&dir.0, b"a file, not a directory").unwrap();
     let err = Flaky
         .start_with(Flaky::config().log_dir(&dir.0))
-        .err()
-        .expect("start fails");
+        .expect_err("start fails");
     let text = err.to_string();
     assert!(text.contains("log file"), "{text}");
     let _ = std::fs::remove_file(&dir.0);

@@ -131,8 +131,7 @@ fn a_wrong_type_is_an_error_and_the_channel_stays_usable() -> skprocess::Result<
     h.tell(&Msg::Num(21))?;
     let e = h
         .listen::<String>(support::DEADLINE)
-        .err()
-        .expect("wrong type");
+        .expect_err("wrong type");
     assert!(matches!(e, Error::WrongType { .. }), "{e}");
     assert!(
         e.to_string().contains("Msg") && e.to_string().contains("String"),
@@ -239,8 +238,7 @@ fn types_postcard_cannot_encode_name_the_way_out() -> skprocess::Result<()> {
             inner: Inner { a: 1 },
             b: 2,
         })
-        .err()
-        .expect("flatten cannot be encoded");
+        .expect_err("flatten cannot be encoded");
     let text = e.to_string();
     assert!(
         text.contains("Flat") && text.contains("skprocess::Json"),
@@ -321,5 +319,67 @@ fn both_directions_at_once() -> skprocess::Result<()> {
         assert_eq!(h.listen::<u64>(support::DEADLINE)?, Some(i));
     }
     assert_eq!(finish(&mut h)?.got, 20_000);
+    Ok(())
+}
+
+#[test]
+fn stats_count_messages_and_bytes_both_sides() -> skprocess::Result<()> {
+    /// Answers each number, then reports its own counts.
+    #[derive(Process, Serialize, Deserialize, Default)]
+    #[process(runs = 1)]
+    struct Counted {
+        seen: skprocess::Stats,
+    }
+    impl Process for Counted {
+        fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+            for _ in 0..10 {
+                let n: u64 = ctx.listen(Duration::from_secs(30))?.ok_or("no number")?;
+                ctx.tell(&n)?;
+            }
+            self.seen = ctx.stats();
+            Ok(())
+        }
+    }
+    let mut h = Counted::default().start()?;
+    for i in 0..10u64 {
+        h.tell(&i)?;
+        assert_eq!(h.listen::<u64>(support::DEADLINE)?, Some(i));
+    }
+    let done = finish(&mut h)?;
+    let ours = h.stats();
+    assert_eq!((ours.messages_sent, ours.messages_received), (10, 10));
+    assert_eq!(
+        ours.bytes_sent, ours.bytes_received,
+        "same values both ways"
+    );
+    assert!(ours.bytes_sent >= 10);
+    assert_eq!(done.seen.messages_received, 10);
+    assert_eq!(done.seen.messages_sent, 10);
+    assert_eq!(done.seen.bytes_received, ours.bytes_sent);
+    Ok(())
+}
+
+#[test]
+fn max_message_is_enforced_for_the_sender_with_a_clear_error() -> skprocess::Result<()> {
+    let cfg = Doubler::config().max_message(4096);
+    let mut h = Doubler::default().start_with(cfg)?;
+    let e = h
+        .tell(&Msg::Bulk(vec![7; 10_000]))
+        .err()
+        .expect("over the limit");
+    assert!(
+        e.to_string().contains("over the 4096 byte limit")
+            && e.to_string().contains("Config::max_message"),
+        "{e}"
+    );
+    // Nothing was sent; the channel is fine.
+    h.tell(&Msg::Num(5))?;
+    assert_eq!(h.listen::<Msg>(support::DEADLINE)?, Some(Msg::Num(10)));
+    // The child is held to the same limit: its reply to a 3000-byte message
+    // fits, and so does the message itself.
+    h.tell(&Msg::Bulk(vec![1; 3000]))?;
+    assert!(matches!(h.listen::<Msg>(support::DEADLINE)?, Some(Msg::Bulk(v)) if v.len() == 3000));
+    h.tell(&Msg::Stop)?;
+    finish(&mut h)?;
     Ok(())
 }

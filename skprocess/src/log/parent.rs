@@ -735,8 +735,8 @@ impl Shape<'_> {
 
     fn reasonable(&self) -> bool {
         self.target.len() <= MAX_TARGET
-            && self.module_path.map_or(true, |m| m.len() <= MAX_TARGET)
-            && self.file.map_or(true, |f| f.len() <= MAX_TARGET)
+            && self.module_path.is_none_or(|m| m.len() <= MAX_TARGET)
+            && self.file.is_none_or(|f| f.len() <= MAX_TARGET)
             && self.names.len() <= MAX_FIELDS
             && self.names.iter().all(|n| n.len() <= MAX_NAME)
     }

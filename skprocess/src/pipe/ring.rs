@@ -265,7 +265,7 @@ impl Spin {
         }
         self.waits = self.waits.wrapping_add(1);
         let budget = match self.budget_ns {
-            0 if self.waits % PROBE_EVERY == 0 => SPIN_PROBE,
+            0 if self.waits.is_multiple_of(PROBE_EVERY) => SPIN_PROBE,
             0 => return Ok(false),
             ns => Duration::from_nanos(ns as u64),
         };
@@ -283,7 +283,7 @@ impl Spin {
                 return Ok(true);
             }
             i = i.wrapping_add(1);
-            if i % 32 == 0 && Instant::now() >= end {
+            if i.is_multiple_of(32) && Instant::now() >= end {
                 let halved = self.budget_ns / 2;
                 self.budget_ns = if halved < SPIN_PROBE.as_nanos() as u32 / 2 {
                     0
@@ -501,7 +501,7 @@ impl End {
         if region.len() != HEADER_BYTES + rings * cap {
             return Err(bad("its shared memory does not match its header"));
         }
-        let valid = |i: Option<u8>| i.map_or(true, |i| (i as usize) < rings);
+        let valid = |i: Option<u8>| i.is_none_or(|i| (i as usize) < rings);
         if !valid(layout.tx) || !valid(layout.rx) {
             return Err(bad("it names a ring that does not exist"));
         }

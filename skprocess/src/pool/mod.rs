@@ -489,7 +489,7 @@ impl<T> InOrder<T> {
                 self.out[index] = Some(v);
             }
             Err(e) => {
-                if self.first_err.as_ref().map_or(true, |(i, _)| index < *i) {
+                if self.first_err.as_ref().is_none_or(|(i, _)| index < *i) {
                     self.first_err = Some((index, e));
                 }
             }

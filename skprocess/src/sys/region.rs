@@ -86,7 +86,7 @@ impl Region {
     /// If `offset` is not 8-aligned or the word is not inside the region.
     pub(crate) fn u64_at(&self, offset: usize) -> &AtomicU64 {
         assert!(
-            offset % 8 == 0 && offset + 8 <= self.len(),
+            offset.is_multiple_of(8) && offset + 8 <= self.len(),
             "bad word offset {offset}"
         );
         // SAFETY: the mapping is page-aligned, so `offset` 8-aligned makes the
@@ -104,7 +104,7 @@ impl Region {
     /// If `offset` is not 4-aligned or the word is not inside the region.
     pub(crate) fn u32_at(&self, offset: usize) -> &AtomicU32 {
         assert!(
-            offset % 4 == 0 && offset + 4 <= self.len(),
+            offset.is_multiple_of(4) && offset + 4 <= self.len(),
             "bad word offset {offset}"
         );
         // SAFETY: as in `u64_at`, for a 4-aligned 32-bit word.
