@@ -80,6 +80,91 @@ fn chapter_1() -> skprocess::Result<()> {
 }
 
 // ---------------------------------------------------------------------------
+// Chapter 2: messaging. tell/listen between a handle and its process, and a
+// Pipe, the fast path between two processes.
+
+/// An echo server: answers every line in upper case until told "bye".
+#[derive(Process, Serialize, Deserialize)]
+struct EchoServer {
+    served: u64,
+}
+
+impl Process for EchoServer {
+    fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+        match ctx.listen::<String>(Duration::from_secs(5))? {
+            Some(s) if s == "bye" => ctx.stop(),
+            Some(s) => {
+                ctx.tell(&s.to_uppercase())?;
+                self.served += 1;
+            }
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+/// Streams `n` numbers into a pipe, then a final `None`.
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1)]
+struct Streamer {
+    n: u64,
+    out: PipeSender,
+}
+
+impl Process for Streamer {
+    fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        for i in 0..self.n {
+            self.out.send(&Some(i))?;
+        }
+        self.out.send(&None::<u64>)?;
+        Ok(())
+    }
+}
+
+fn chapter_2() -> skprocess::Result<()> {
+    println!("== 2. messaging: tell/listen and a pipe");
+    let mut echo = EchoServer { served: 0 }.start()?;
+    for line in ["hello", "from", "the parent"] {
+        echo.tell(line)?;
+        let reply: Option<String> = echo.listen(Duration::from_secs(5))?;
+        println!("  {line:?} -> {reply:?}");
+    }
+    let t = Instant::now();
+    for i in 0..1000u32 {
+        echo.tell(&i.to_string())?;
+        echo.listen::<String>(Duration::from_secs(5))?;
+    }
+    println!("1000 tell/listen round trips in {:?}", t.elapsed());
+    echo.tell("bye")?;
+    println!(
+        "the server answered {} lines; {:?}",
+        echo.wait()?.served,
+        echo.stats()
+    );
+
+    let (tx, rx) = Pipe::one_way()?;
+    let t = Instant::now();
+    let mut streamer = Streamer {
+        n: 100_000,
+        out: tx,
+    }
+    .start()?;
+    let (mut count, mut sum) = (0u64, 0u64);
+    while let Some(i) = rx.recv::<Option<u64>>()? {
+        count += 1;
+        sum += i;
+    }
+    streamer.wait()?;
+    println!(
+        "a pipe streamed {count} numbers (sum {sum}) in {:?}; {:?}",
+        t.elapsed(),
+        rx.stats()
+    );
+    println!();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
 // Chapter 3: Share, one value seen and changed by every process.
 
 #[derive(Serialize, Deserialize, Default)]
@@ -288,6 +373,7 @@ fn main() -> skprocess::Result<()> {
         .with_ansi(colour)
         .init();
     chapter_1()?;
+    chapter_2()?;
     chapter_3()?;
     chapter_4()?;
     chapter_5()?;
