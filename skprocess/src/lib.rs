@@ -50,6 +50,131 @@
 //! ends on time. When every life is used, [`Handle::wait`] returns an
 //! [`Error`] whose text names the process, the hook, the run and the attempt.
 //!
+//! # Messaging: tell and listen
+//!
+//! A handle and its process exchange typed messages in both directions:
+//! any `Serialize + DeserializeOwned` value, in order, none lost.
+//! [`listen`](Handle::listen) returns `Ok(None)` on timeout; once the
+//! process has ended and its messages are read it returns
+//! [`Error::Disconnected`] at once. A message read as the wrong type is an
+//! [`Error::WrongType`] and the next message can still be read.
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use skprocess::prelude::*;
+//! use std::time::Duration;
+//!
+//! #[derive(Process, Serialize, Deserialize)]
+//! struct Echo;
+//!
+//! impl Process for Echo {
+//!     fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+//!         match ctx.listen::<String>(Duration::from_secs(5))? {
+//!             Some(s) if s == "bye" => ctx.stop(),
+//!             Some(s) => ctx.tell(&s.to_uppercase())?,
+//!             None => {}
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # fn main() -> skprocess::Result<()> {
+//! let mut h = Echo.start()?;
+//! h.tell("hi")?;
+//! assert_eq!(h.listen::<String>(Duration::from_secs(5))?.as_deref(), Some("HI"));
+//! h.tell("bye")?;
+//! h.wait()?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Pipe
+//!
+//! [`Pipe`] is the fast path between two processes: shared-memory rings
+//! with futex wake-ups. Its ends are fields of a process like any other, and
+//! a peer that died makes `recv` return an error instead of hanging.
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use skprocess::prelude::*;
+//!
+//! #[derive(Process, Serialize, Deserialize)]
+//! #[process(runs = 1)]
+//! struct Producer { out: PipeSender }
+//!
+//! impl Process for Producer {
+//!     fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+//!         for i in 0..1000u32 {
+//!             self.out.send(&i)?;
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # fn main() -> skprocess::Result<()> {
+//! let (tx, rx) = Pipe::one_way()?;
+//! let mut h = Producer { out: tx }.start()?;
+//! let sum: u32 = (0..1000).map(|_| rx.recv::<u32>()).sum::<skprocess::Result<u32>>()?;
+//! assert_eq!(sum, 499_500);
+//! h.wait()?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Share
+//!
+//! [`Share<T>`](Share) holds one value in shared memory, under a robust
+//! cross-process lock: `share.lock()?.counter += 1` is exact however many
+//! processes do it at once, and a process killed while holding the lock
+//! loses only its own unfinished update.
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use skprocess::prelude::*;
+//!
+//! #[derive(Process, Serialize, Deserialize)]
+//! #[process(runs = 100)]
+//! struct Bump { hits: Share<u64> }
+//!
+//! impl Process for Bump {
+//!     fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+//!         *self.hits.lock()? += 1;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # fn main() -> skprocess::Result<()> {
+//! let hits = Share::new(0u64)?;
+//! let mut a = Bump { hits: hits.clone() }.start()?;
+//! let mut b = Bump { hits: hits.clone() }.start()?;
+//! a.wait()?;
+//! b.wait()?;
+//! assert_eq!(hits.get()?, 200);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Pool
+//!
+//! A [`Pool`] keeps worker processes and reuses them: `map` runs each
+//! item's whole lifecycle in a worker and returns the final states in input
+//! order; `map_fn` maps a plain function over many small items, batched so
+//! that the cost of crossing processes stays small. A worker that crashes is
+//! replaced and only its item is retried (per the item's `lives`).
+//!
+//! ```
+//! use skprocess::prelude::*;
+//!
+//! fn double(x: u64) -> u64 { x * 2 }
+//!
+//! # fn main() -> skprocess::Result<()> {
+//! let pool = Pool::new(2)?;
+//! let doubled = pool.map_fn(double, 0..1000u64)?;
+//! assert_eq!(doubled[999], 1998);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Logging
 //!
 //! `tracing` events emitted in a child arrive in the subscriber that was
