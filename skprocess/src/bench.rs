@@ -172,3 +172,19 @@ impl<'de> Deserialize<'de> for FutexPingPong {
         })
     }
 }
+
+/// Peak resident memory of a bare re-exec of this binary (one that exits as
+/// soon as it would take over, before `main`): the baseline a child's memory
+/// is measured against.
+pub fn bare_child_peak_rss() -> Result<u64> {
+    let (k, v) = crate::__private::BARE_CHILD_ENV;
+    let child = std::process::Command::new("/proc/self/exe")
+        .env(k, v)
+        .spawn()
+        .map_err(Error::Spawn)?;
+    let (status, rss) = crate::sys::proc::wait_with_peak_rss(child.id()).map_err(Error::Io)?;
+    if status != crate::sys::proc::ExitStatus::Code(0) {
+        return Err(Error::Usage(format!("the bare child {status}")));
+    }
+    Ok(rss)
+}

@@ -175,3 +175,14 @@ pub(crate) fn adopt_inherited_fd(fd: RawFd) -> OwnedFd {
     // SAFETY: `new` was just returned by fcntl and is owned by nobody else.
     unsafe { OwnedFd::from_raw_fd(new) }
 }
+
+/// Blocks until `pid` (a child of this process) has ended, reaps it, and
+/// returns how it ended and its peak resident set size in bytes.
+pub(crate) fn wait_with_peak_rss(pid: u32) -> io::Result<(ExitStatus, u64)> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero `rusage` is a valid value of this plain C struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `status` and `ru` are valid out-pointers for the call.
+    cvt_retry(|| unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut ru) })?;
+    Ok((decode_status(status), ru.ru_maxrss as u64 * 1024))
+}
