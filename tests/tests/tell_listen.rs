@@ -365,8 +365,7 @@ fn max_message_is_enforced_for_the_sender_with_a_clear_error() -> skprocess::Res
     let mut h = Doubler::default().start_with(cfg)?;
     let e = h
         .tell(&Msg::Bulk(vec![7; 10_000]))
-        .err()
-        .expect("over the limit");
+        .expect_err("over the limit");
     assert!(
         e.to_string().contains("over the 4096 byte limit")
             && e.to_string().contains("Config::max_message"),
