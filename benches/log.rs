@@ -144,7 +144,7 @@ fn bench(c: &mut Criterion) {
 
 fn main() {
     summary();
-    if std::env::var_os("LOG_BENCH_SUMMARY_ONLY").is_some() {
+    if skprocess_benches::summary_only() {
         return;
     }
     let mut c = Criterion::default().configure_from_args();

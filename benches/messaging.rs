@@ -547,8 +547,10 @@ fn main() {
     let mut c = Criterion::default().configure_from_args();
     let mut peers = Peers::start();
     let mut sinks = Sinks::start();
-    round_trips(&mut c, &mut peers);
-    throughput(&mut c, &mut sinks);
+    if !skprocess_benches::summary_only() {
+        round_trips(&mut c, &mut peers);
+        throughput(&mut c, &mut sinks);
+    }
     summary(&mut peers, &mut sinks);
     peers.stop();
     sinks.stop();

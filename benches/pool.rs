@@ -228,8 +228,7 @@ fn summary() {
 criterion_group!(benches, benches_pool);
 
 fn main() {
-    // POOL_BENCH_SUMMARY_ONLY=1 skips criterion and prints the table only.
-    if std::env::var_os("POOL_BENCH_SUMMARY_ONLY").is_none() {
+    if !skprocess_benches::summary_only() {
         benches();
     }
     summary();

@@ -281,7 +281,9 @@ fn rate(mut f: impl FnMut()) -> f64 {
 criterion_group!(benches, uncontended);
 
 fn main() {
-    benches();
+    if !skprocess_benches::summary_only() {
+        benches();
+    }
     summary();
     Criterion::default().configure_from_args().final_summary();
 }

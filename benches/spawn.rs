@@ -112,7 +112,9 @@ fn summary() {
 criterion_group!(benches, spawn);
 
 fn main() {
-    benches();
+    if !skprocess_benches::summary_only() {
+        benches();
+    }
     summary();
     Criterion::default().configure_from_args().final_summary();
 }

@@ -3,6 +3,12 @@
 
 use std::time::{Duration, Instant};
 
+/// Whether to skip the criterion groups and print only the `SUMMARY`
+/// table (set `SUMMARY_ONLY=1`): the figures BENCHMARKS.md records.
+pub fn summary_only() -> bool {
+    std::env::var_os("SUMMARY_ONLY").is_some()
+}
+
 /// Runs `f` `n` times (after `n / 10 + 1` warm-up runs) and returns the
 /// median duration of one call.
 pub fn median(n: usize, mut f: impl FnMut()) -> Duration {

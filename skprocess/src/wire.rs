@@ -96,19 +96,7 @@ impl Writer {
     /// Writes one frame. Blocks while the peer's buffer is full; a peer that
     /// is gone gives `Err` (never SIGPIPE).
     pub(crate) fn send(&self, kind: u8, payload: &[u8], fds: &[RawFd]) -> Result<()> {
-        let len: u32 = payload.len().try_into().map_err(|_| {
-            Error::Wire(format!(
-                "a message of {} bytes is over the 4 GiB frame limit",
-                payload.len()
-            ))
-        })?;
-        if fds.len() > sys::sock::MAX_FDS {
-            return Err(Error::Wire(format!(
-                "a message can carry at most {} descriptors (shares, pipes), not {}",
-                sys::sock::MAX_FDS,
-                fds.len()
-            )));
-        }
+        let len = frame_limits(payload.len(), fds.len())?;
         let mut header = [0u8; HEADER];
         header[..4].copy_from_slice(&len.to_le_bytes());
         header[4] = kind;
@@ -302,6 +290,24 @@ impl Reader {
         let fds = self.fds.drain(..nfds).collect();
         Ok(Some(Frame { kind, payload, fds }))
     }
+}
+
+/// Checks what every transport can carry in one message: a length that
+/// fits the `u32` header, and at most [`sys::sock::MAX_FDS`] descriptors.
+/// Returns the length as the header writes it.
+pub(crate) fn frame_limits(len: usize, fds: usize) -> Result<u32> {
+    let len: u32 = len.try_into().map_err(|_| {
+        Error::Wire(format!(
+            "a message of {len} bytes is over the 4 GiB frame limit"
+        ))
+    })?;
+    if fds > sys::sock::MAX_FDS {
+        return Err(Error::Wire(format!(
+            "a message can carry at most {} descriptors (shares, pipes), not {fds}",
+            sys::sock::MAX_FDS
+        )));
+    }
+    Ok(len)
 }
 
 /// Refuses a message of `len` encoded bytes if it is over `max`.

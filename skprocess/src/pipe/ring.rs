@@ -610,19 +610,7 @@ impl End {
             .as_ref()
             .ok_or_else(|| Error::usage("this pipe end cannot send"))?;
         let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
-        let len: u32 = bytes.len().try_into().map_err(|_| {
-            Error::Wire(format!(
-                "a message of {} bytes is over the 4 GiB limit",
-                bytes.len()
-            ))
-        })?;
-        if fds.len() > sys::sock::MAX_FDS {
-            return Err(Error::Wire(format!(
-                "a message can carry at most {} descriptors (shares, pipes), not {}",
-                sys::sock::MAX_FDS,
-                fds.len()
-            )));
-        }
+        let len = wire::frame_limits(bytes.len(), fds.len())?;
         let ring = Ring::new(&self.region, self.cap, p.ring);
         if p.torn {
             // Tell the consumer that the frame it may be in ends here.
