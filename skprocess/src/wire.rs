@@ -124,7 +124,7 @@ impl Writer {
 
 /// A peer that is gone (`EPIPE`, `ECONNRESET`) is `Disconnected`; anything
 /// else stays an I/O error.
-fn gone_or_io(e: std::io::Error) -> Error {
+pub(crate) fn gone_or_io(e: std::io::Error) -> Error {
     match e.kind() {
         std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => Error::Disconnected,
         _ => Error::Io(e),

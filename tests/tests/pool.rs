@@ -365,6 +365,46 @@ fn a_crashed_item_is_retried_in_a_fresh_worker_and_the_pool_keeps_serving() {
     assert_eq!(ids(&done), (0..20).collect::<Vec<_>>());
 }
 
+/// Half the items crash their worker once, on purpose, while later items
+/// are already queued for it: sending to a worker that has just died must
+/// send those items to the replacement, not fail them (a regression: a
+/// send to the dead worker was once taken for an item that cannot be sent).
+#[derive(Process, Serialize, Deserialize, Clone, Debug)]
+#[process(runs = 1, lives = 2)]
+struct CrashEveryOther {
+    id: u64,
+    attempt: u32,
+}
+
+impl Process for CrashEveryOther {
+    fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+        if self.id % 2 == 0 && ctx.attempt() == 1 {
+            std::process::abort();
+        }
+        self.attempt = ctx.attempt();
+        Ok(())
+    }
+}
+
+#[test]
+fn items_queued_behind_a_crashing_item_reach_the_replacement_worker() {
+    watchdog();
+    let pool = Pool::new(2).unwrap();
+    for round in 0..5 {
+        let done = pool
+            .map((0..40).map(|id| CrashEveryOther { id, attempt: 0 }))
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        for d in &done {
+            assert_eq!(
+                d.attempt,
+                if d.id % 2 == 0 { 2 } else { 1 },
+                "round {round}, item {}",
+                d.id
+            );
+        }
+    }
+}
+
 #[test]
 fn a_crash_with_no_lives_left_fails_that_item_only() {
     watchdog();

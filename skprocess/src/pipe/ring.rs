@@ -622,7 +622,8 @@ impl End {
             // Tagged with the frame's position, so descriptors of a frame
             // that was cut short are told apart and dropped.
             let tag = p.head.to_le_bytes();
-            sys::sock::send(self.sock.as_fd(), &[IoSlice::new(&tag)], fds).map_err(disconnected)?;
+            sys::sock::send(self.sock.as_fd(), &[IoSlice::new(&tag)], fds)
+                .map_err(wire::gone_or_io)?;
         }
         let mut header = [0u8; wire::HEADER];
         header[..4].copy_from_slice(&len.to_le_bytes());
@@ -923,13 +924,6 @@ impl End {
                 return Err(missing());
             }
         }
-    }
-}
-
-fn disconnected(e: std::io::Error) -> Error {
-    match e.kind() {
-        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => Error::Disconnected,
-        _ => Error::Io(e),
     }
 }
 

@@ -77,17 +77,7 @@ impl End {
             .writer
             .as_ref()
             .ok_or_else(|| Error::usage("this pipe end cannot send"))?;
-        w.send(kind::PIPE, bytes, fds).map_err(|e| match e {
-            Error::Io(io)
-                if matches!(
-                    io.kind(),
-                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-                ) =>
-            {
-                Error::Disconnected
-            }
-            other => other,
-        })
+        w.send(kind::PIPE, bytes, fds)
     }
 
     pub(crate) fn recv(&self, deadline: Option<Instant>) -> Result<Option<Message>> {

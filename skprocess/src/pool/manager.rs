@@ -343,7 +343,7 @@ impl Manager {
             }
         };
         if let Err(e) = sent {
-            if !matches!(e, Error::Io(_)) {
+            if !matches!(e, Error::Io(_) | Error::Disconnected) {
                 // Could not even be framed (too large, too many descriptors):
                 // no worker can take it.
                 return fail_flight(flight, &e);
@@ -656,6 +656,7 @@ fn copy_error(e: &Error) -> Error {
         Error::Io(io) => Error::Io(std::io::Error::new(io.kind(), io.to_string())),
         Error::Wire(m) => Error::Wire(m.clone()),
         Error::Usage(m) => Error::Usage(m.clone()),
+        Error::Disconnected => Error::Disconnected,
         other => Error::Wire(other.to_string()),
     }
 }
