@@ -378,7 +378,7 @@ struct CrashEveryOther {
 
 impl Process for CrashEveryOther {
     fn run(&mut self, ctx: &mut Ctx) -> HookResult {
-        if self.id % 2 == 0 && ctx.attempt() == 1 {
+        if self.id.is_multiple_of(2) && ctx.attempt() == 1 {
             std::process::abort();
         }
         self.attempt = ctx.attempt();
