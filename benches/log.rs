@@ -122,12 +122,27 @@ fn summary() {
         );
         rates.push(h);
     }
-    println!(
-        "log: funnel / disabled = {:.5} (burst), {:.5} (paced); funnel / child's own fmt = {:.2} (burst), {:.2} (paced)",
-        rates[0] / rates[2],
-        rates[1] / rates[2],
-        rates[0] / rates[3],
-        rates[1] / rates[3]
+    use skprocess_benches::report_rate;
+    report_rate(
+        "log: events in a child, funnel, burst",
+        rates[0],
+        "tracing disabled (no subscriber)",
+        rates[2],
+        "ev/s",
+    );
+    report_rate(
+        "log: events in a child, funnel, paced",
+        rates[1],
+        "tracing disabled (no subscriber)",
+        rates[2],
+        "ev/s",
+    );
+    report_rate(
+        "log: events in a child, funnel, burst",
+        rates[0],
+        "child formats its own (fmt to sink)",
+        rates[3],
+        "ev/s",
     );
 }
 
