@@ -227,6 +227,16 @@ fn deadline_of(timeout: Duration) -> Option<Instant> {
 /// talks to whoever holds the other end. An end is `Send + Sync`; threads
 /// that share one take turns (one sender and one receiver at a time).
 ///
+/// # Peer death
+///
+/// A receiver whose peer has ended gets every message the peer sent, then
+/// [`Error::Disconnected`], within a second or two of the death: it never
+/// blocks forever. An end is gone when every copy of it is closed. A process
+/// that received an end as a field holds the only copy once its handle has
+/// given it to the last life; a process with `lives > 1` is restarted from
+/// copies its handle keeps, so the other end sees the peer gone when the
+/// last life has ended.
+///
 /// # Performance
 ///
 /// Each direction is a ring buffer in shared memory (1 MiB by default, see
