@@ -5,12 +5,16 @@
 //! the processes holding them ended. It travels to other processes as a
 //! descriptor (`SCM_RIGHTS`).
 
+use super::region::Region;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::AtomicU64;
 
-/// Creates an anonymous, zero-filled shared-memory file of `len` bytes.
+/// Creates an anonymous, zero-filled, unsealed shared-memory file of `len`
+/// bytes: what a misbehaving peer could send, for tests that it is refused.
+#[cfg(test)]
 pub(crate) fn memfd(name: &std::ffi::CStr, len: usize) -> io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
     // SAFETY: `name` is a valid NUL-terminated string for the call.
     let fd = super::cvt(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) })?;
     // SAFETY: the kernel just returned this fd; nothing else owns it.
@@ -24,53 +28,75 @@ pub(crate) fn file_len(fd: &OwnedFd) -> io::Result<u64> {
     Ok(std::fs::File::from(fd.try_clone()?).metadata()?.len())
 }
 
-/// A shared mapping of a memfd, usable as `[AtomicU64]`.
+/// A shared mapping of a memfd, usable as `[AtomicU64]`: a view on a
+/// sealed [`Region`](super::region::Region).
 ///
 /// Any bit pattern is a valid `AtomicU64`, and every access to the memory
 /// goes through atomics, so another process writing concurrently (or dying
 /// mid-write) can never cause undefined behaviour here: at worst a reader
-/// sees a value it has to validate.
+/// sees a value it has to validate. The memfd is sealed against resizing,
+/// and one that is not is refused, so the process at the other end cannot
+/// shrink it under this mapping (which would kill this process with
+/// `SIGBUS` on its next read).
 #[derive(Debug)]
 pub(crate) struct SharedWords {
-    map: memmap2::MmapRaw,
-    fd: OwnedFd,
+    region: Region,
 }
 
 impl SharedWords {
-    /// A new zero-filled region of `words` 64-bit words.
+    /// A new zero-filled, sealed region of `words` 64-bit words.
     pub(crate) fn new(name: &std::ffi::CStr, words: usize) -> io::Result<Self> {
-        let fd = memfd(name, words * 8)?;
-        Self::from_fd(fd)
+        Self::checked(Region::new(name, words * 8)?)
     }
 
-    /// Maps an existing memfd (its whole length, rounded down to words).
+    /// Maps an existing memfd (its whole length, rounded down to words); it
+    /// must be sealed against shrinking.
     pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<Self> {
-        let len = file_len(&fd)? as usize;
-        if len < 8 {
+        Self::checked(Region::from_fd(fd)?)
+    }
+
+    fn checked(region: Region) -> io::Result<Self> {
+        if region.len() < 8 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "shared memory segment is too small",
             ));
         }
-        let map = memmap2::MmapOptions::new()
-            .len(len)
-            .map_raw(fd.as_raw_fd())?;
-        Ok(SharedWords { map, fd })
+        Ok(SharedWords { region })
     }
 
     /// The descriptor, to send to another process.
     pub(crate) fn fd(&self) -> &OwnedFd {
-        &self.fd
+        self.region.fd()
     }
 
     /// The mapped memory as atomics.
     pub(crate) fn words(&self) -> &[AtomicU64] {
-        let len = self.map.len() / 8;
-        // SAFETY: the mapping is page-aligned (so 8-aligned), at least
-        // `len * 8` bytes long and lives as long as `self`; AtomicU64 has the
-        // size and alignment of u64 and every bit pattern is valid, and all
-        // access through the slice is atomic, so concurrent writers in other
-        // processes are data-race free.
-        unsafe { std::slice::from_raw_parts(self.map.as_ptr().cast::<AtomicU64>(), len) }
+        self.region.words()
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn an_unsealed_memfd_is_refused() {
+        let e = SharedWords::from_fd(memfd(c"unsealed", 64).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("could shrink"), "{e}");
+    }
+
+    #[test]
+    fn words_cannot_be_shrunk_under_a_mapping() {
+        let w = SharedWords::new(c"sealed", 16).unwrap();
+        w.words()[15].store(7, std::sync::atomic::Ordering::Relaxed);
+        let file = std::fs::File::from(w.fd().try_clone().unwrap());
+        assert!(file.set_len(8).is_err(), "a sealed memfd cannot shrink");
+        let other = SharedWords::from_fd(w.fd().try_clone().unwrap()).unwrap();
+        assert_eq!(other.words().len(), 16);
+        assert_eq!(
+            other.words()[15].load(std::sync::atomic::Ordering::Relaxed),
+            7
+        );
     }
 }

@@ -79,6 +79,18 @@ impl Region {
         self.map.len()
     }
 
+    /// The whole region as 64-bit words (its length rounded down).
+    pub(crate) fn words(&self) -> &[AtomicU64] {
+        let len = self.len() / 8;
+        // SAFETY: the mapping is page-aligned (so 8-aligned), at least
+        // `len * 8` bytes long and lives as long as `self`; AtomicU64 has the
+        // size and alignment of u64 and every bit pattern is valid, and all
+        // access through the slice is atomic, so concurrent writers in other
+        // processes are data-race free. The memfd is sealed against
+        // shrinking (checked in `from_fd`), so the mapping stays backed.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().cast::<AtomicU64>(), len) }
+    }
+
     /// The 64-bit control word at byte `offset`.
     ///
     /// # Panics
