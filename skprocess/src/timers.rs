@@ -117,9 +117,10 @@ impl Timer {
             self.min_ns = ns;
         }
         self.max_ns = self.max_ns.max(ns);
-        self.count += 1;
+        self.count = self.count.saturating_add(1);
         self.total_ns = self.total_ns.saturating_add(ns);
-        self.buckets[bucket_of(ns)] += 1;
+        let b = &mut self.buckets[bucket_of(ns)];
+        *b = b.saturating_add(1);
     }
 
     /// Reads a timer from shared memory.
@@ -150,10 +151,12 @@ impl Timer {
             self.min_ns = other.min_ns;
         }
         self.max_ns = self.max_ns.max(other.max_ns);
-        self.count += other.count;
+        // Counts come from a child's shared memory: whatever it wrote, adding
+        // them must not overflow.
+        self.count = self.count.saturating_add(other.count);
         self.total_ns = self.total_ns.saturating_add(other.total_ns);
         for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
-            *a += b;
+            *a = a.saturating_add(*b);
         }
     }
 
@@ -199,9 +202,9 @@ impl Timer {
             return self.max();
         }
         let rank = ((p / 100.0) * self.count as f64).ceil().max(1.0) as u64;
-        let mut seen = 0;
+        let mut seen = 0u64;
         for (i, &n) in self.buckets.iter().enumerate() {
-            seen += n;
+            seen = seen.saturating_add(n);
             if seen >= rank {
                 let (lo, hi) = bucket_range(i);
                 let mid = lo + (hi - lo) / 2;
@@ -338,6 +341,20 @@ mod test {
         assert!((p99 - 990.0).abs() / 990.0 < 0.07, "p99 = {p99}");
         assert_eq!(t.percentile(0.0), Duration::from_micros(1));
         assert_eq!(t.percentile(100.0), Duration::from_micros(1000));
+    }
+
+    #[test]
+    fn garbage_from_a_child_never_panics() {
+        let words: Vec<AtomicU64> = (0..TIMER_WORDS).map(|_| AtomicU64::new(u64::MAX)).collect();
+        let t = Timer::load(&words);
+        let mut sum = Timer::default();
+        sum.merge(&t);
+        sum.merge(&t);
+        sum.record(Duration::from_secs(1));
+        for p in [0.0, 1.0, 50.0, 99.9, 100.0, f64::NAN] {
+            let _ = sum.percentile(p);
+        }
+        let _ = (sum.mean(), sum.total(), Timers::default().to_string());
     }
 
     #[test]
