@@ -19,7 +19,7 @@ use crate::runtime::{self, Init, Plan, STATUS_WORDS};
 use crate::spawn::{self, Spawned};
 use crate::stats::{Counters, Stats};
 use crate::sys::{self, mem::SharedWords};
-use crate::timers::{Timer, Timers};
+use crate::timers::Timers;
 use crate::watch::{self, Deadlines, Overrun};
 use crate::wire::{self, kind, Encoded, Frame, Reader, Writer};
 use crate::Process;
@@ -75,19 +75,10 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         if let Some(status) = self.current().status.clone() {
-            t.merge(&status_timers(&status));
+            t.merge(&runtime::status_timers(&status));
         }
         t
     }
-}
-
-fn status_timers(status: &SharedWords) -> Timers {
-    let w = status.words();
-    let mut t = Timers::default();
-    for h in Hook::ALL {
-        *t.get_mut(h) = Timer::load(runtime::timer_words(w, h));
-    }
-    t
 }
 
 /// The parent's handle on a running process.
@@ -584,7 +575,7 @@ impl Supervisor {
         if let Some(c) = child.capture.take() {
             c.finish();
         }
-        let t = status_timers(&child.status);
+        let t = runtime::status_timers(&child.status);
         let mut c = self.shared.current();
         self.shared
             .past_timers

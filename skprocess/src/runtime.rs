@@ -17,7 +17,7 @@ use crate::error::{chain, Cause, Error, Failure, HookResult, Result};
 use crate::spawn::{self, RunArgs};
 use crate::stats::{Counters, Stats};
 use crate::sys::{self, mem::SharedWords};
-use crate::timers::{self, TIMER_WORDS};
+use crate::timers::{self, Timer, Timers, TIMER_WORDS};
 use crate::wire::{self, kind, Frame, Reader, Writer};
 use crate::Process;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -48,6 +48,16 @@ pub(crate) fn timer_words(
 ) -> &[std::sync::atomic::AtomicU64] {
     let at = STATUS_HEADER + hook.index() * TIMER_WORDS;
     &words[at..at + TIMER_WORDS]
+}
+
+/// The timers of every hook, read from a status page.
+pub(crate) fn status_timers(status: &SharedWords) -> Timers {
+    let w = status.words();
+    let mut t = Timers::default();
+    for h in Hook::ALL {
+        *t.get_mut(h) = Timer::load(timer_words(w, h));
+    }
+    t
 }
 
 /// How one attempt runs, sent with the value.

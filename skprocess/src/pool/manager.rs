@@ -30,7 +30,7 @@ use crate::log;
 use crate::runtime::{self, Init, Plan, STATUS_BEGUN, STATUS_WORDS};
 use crate::spawn;
 use crate::sys::{self, mem::SharedWords};
-use crate::timers::{Timer, Timers};
+use crate::timers::Timers;
 use crate::watch::{self, Deadlines, Overrun};
 use crate::wire::{self, kind, Encoded, Frame, Reader, Writer};
 use crossbeam_channel::{Receiver, TryRecvError};
@@ -84,10 +84,7 @@ impl Slots {
     pub(crate) fn timers(&self) -> Timers {
         let mut t = self.past.clone();
         for status in self.statuses.iter().flatten() {
-            for h in Hook::ALL {
-                t.get_mut(h)
-                    .merge(&Timer::load(runtime::timer_words(status.words(), h)));
-            }
+            t.merge(&runtime::status_timers(status));
         }
         t
     }
@@ -299,10 +296,7 @@ impl Manager {
         if let Some(s) = slots.statuses.get_mut(self.slot) {
             *s = None;
         }
-        for h in Hook::ALL {
-            let t = Timer::load(runtime::timer_words(w.status.words(), h));
-            slots.past.get_mut(h).merge(&t);
-        }
+        slots.past.merge(&runtime::status_timers(&w.status));
         if let Some((hook, ran)) = killed_in {
             slots.past.get_mut(hook).record(ran);
         }

@@ -96,14 +96,3 @@ pub fn open_fds() -> usize {
         .map(|d| d.count())
         .unwrap_or(0)
 }
-
-/// Children of this process that are still running (not zombies).
-pub fn live_children() -> Vec<u32> {
-    let me = std::process::id();
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| matches!(proc_state(pid), Some((s, pp)) if pp == me && s != 'Z'))
-        .collect()
-}
