@@ -59,11 +59,6 @@ struct Shared {
 }
 
 impl Shared {
-    fn received<T: DeserializeOwned>(&self, f: Frame) -> Result<T> {
-        self.counters.received(f.payload.len());
-        wire::decode_message(&f.payload, f.fds)
-    }
-
     fn current(&self) -> std::sync::MutexGuard<'_, Current> {
         self.current.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -253,9 +248,7 @@ impl<P> Handle<P> {
             .writer
             .clone()
             .ok_or(Error::Disconnected)?;
-        writer.send(kind::TELL, &enc.bytes, &enc.raw_fds())?;
-        self.shared.counters.sent(enc.bytes.len());
-        Ok(())
+        wire::send_message(&writer, &enc, &self.shared.counters)
     }
 
     /// Waits up to `timeout` for a message from the child: `Ok(None)` if
@@ -277,7 +270,7 @@ impl<P> Handle<P> {
                 .map_err(|_| RecvTimeoutError::Disconnected),
         };
         match r {
-            Ok(f) => self.shared.received(f).map(Some),
+            Ok(f) => wire::receive_message(f, &self.shared.counters).map(Some),
             Err(RecvTimeoutError::Timeout) => Ok(None),
             Err(RecvTimeoutError::Disconnected) => Err(Error::Disconnected),
         }
@@ -290,7 +283,7 @@ impl<P> Handle<P> {
     /// As [`listen`](Handle::listen).
     pub fn try_listen<T: DeserializeOwned>(&self) -> Result<Option<T>> {
         match self.shared.inbox.try_recv() {
-            Ok(f) => self.shared.received(f).map(Some),
+            Ok(f) => wire::receive_message(f, &self.shared.counters).map(Some),
             Err(TryRecvError::Empty) => Ok(None),
             Err(TryRecvError::Disconnected) => Err(Error::Disconnected),
         }

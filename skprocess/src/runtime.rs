@@ -123,11 +123,7 @@ impl Ctx {
         wire::check_size(enc.bytes.len(), self.link.max_message)?;
         // Events logged before a message reach the parent before it.
         crate::log::flush();
-        self.link
-            .writer
-            .send(kind::TELL, &enc.bytes, &enc.raw_fds())?;
-        self.link.counters.sent(enc.bytes.len());
-        Ok(())
+        wire::send_message(&self.link.writer, &enc, &self.link.counters)
     }
 
     /// Waits up to `timeout` for a message from the parent: `Ok(None)` if
@@ -147,7 +143,7 @@ impl Ctx {
                 .map_err(|_| RecvTimeoutError::Disconnected),
         };
         match frame {
-            Ok(f) => self.received(f).map(Some),
+            Ok(f) => wire::receive_message(f, &self.link.counters).map(Some),
             Err(RecvTimeoutError::Timeout) => Ok(None),
             Err(RecvTimeoutError::Disconnected) => Err(Error::Disconnected),
         }
@@ -160,7 +156,7 @@ impl Ctx {
     /// As [`listen`](Ctx::listen).
     pub fn try_listen<T: DeserializeOwned>(&self) -> Result<Option<T>> {
         match self.link.inbox.try_recv() {
-            Ok(f) => self.received(f).map(Some),
+            Ok(f) => wire::receive_message(f, &self.link.counters).map(Some),
             Err(TryRecvError::Empty) => Ok(None),
             Err(TryRecvError::Disconnected) => Err(Error::Disconnected),
         }
@@ -170,11 +166,6 @@ impl Ctx {
     /// received with [`listen`](Ctx::listen), over its whole life.
     pub fn stats(&self) -> Stats {
         self.link.counters.snapshot()
-    }
-
-    fn received<T: DeserializeOwned>(&self, f: Frame) -> Result<T> {
-        self.link.counters.received(f.payload.len());
-        wire::decode_message(&f.payload, f.fds)
     }
 
     /// Ends the loop after this iteration (its `postrun` still runs), then

@@ -523,6 +523,27 @@ pub(crate) fn encode_message<T: Serialize + ?Sized>(value: &T) -> Result<Encoded
     encode_into(value, prefix)
 }
 
+/// Sends an encoded user message as a `TELL` frame and counts it.
+pub(crate) fn send_message(
+    writer: &Writer,
+    enc: &Encoded,
+    counters: &crate::stats::Counters,
+) -> Result<()> {
+    writer.send(kind::TELL, &enc.bytes, &enc.raw_fds())?;
+    counters.sent(enc.bytes.len());
+    Ok(())
+}
+
+/// Counts a received `TELL` frame and decodes it as `T` (see
+/// [`decode_message`]).
+pub(crate) fn receive_message<T: DeserializeOwned>(
+    frame: Frame,
+    counters: &crate::stats::Counters,
+) -> Result<T> {
+    counters.received(frame.payload.len());
+    decode_message(&frame.payload, frame.fds)
+}
+
 /// Decodes a user message as `T`; a message sent as another type is an
 /// `Err` (the message is consumed, the channel stays usable).
 pub(crate) fn decode_message<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T> {
