@@ -117,9 +117,12 @@ pub(crate) fn position(status: &SharedWords) -> (Option<Hook>, Option<u64>) {
     }
 }
 
-/// Kills a child now and reaps it.
+/// Kills a child now, with what its hooks started (its process group), and
+/// reaps it.
 pub(crate) fn kill_and_reap(pid: u32, pidfd: &OwnedFd) {
     let _ = sys::proc::pidfd_signal(pidfd, libc::SIGKILL);
+    // Not reaped yet, so the group's id still names the child's group.
+    let _ = sys::proc::kill_group(pid, libc::SIGKILL);
     let _ = sys::proc::wait(pid);
 }
 

@@ -96,6 +96,31 @@ pub(crate) fn pidfd_signal(pidfd: &OwnedFd, sig: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// Sends `sig` to every process of the process group `pgid` (a spawned
+/// child leads a group of its own, which its hooks' subprocesses join unless
+/// they detach). A group with no process left is not an error.
+///
+/// Call it before the group leader is reaped: while the leader (even as a
+/// zombie) or any member exists, its pid cannot name another group.
+pub(crate) fn kill_group(pgid: u32, sig: i32) -> io::Result<()> {
+    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    if pgid <= 1 {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: kill takes plain integers; a negative pid names a group.
+    let r = unsafe { libc::kill(-pgid, sig) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(());
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
 /// This process's pid.
 pub(crate) fn getpid() -> u32 {
     std::process::id()

@@ -116,9 +116,15 @@ pub(crate) fn spawn_self(req: &SpawnRequest<'_>) -> io::Result<u32> {
             result = libc::posix_spawnattr_setsigmask(&mut attr, &empty);
         }
         if result == 0 {
+            // The child leads a process group of its own (pgid 0: its own
+            // pid), so that killing it can take along what its hooks
+            // started (see `proc::kill_group`).
+            result = libc::posix_spawnattr_setpgroup(&mut attr, 0);
+        }
+        if result == 0 {
             result = libc::posix_spawnattr_setflags(
                 &mut attr,
-                libc::POSIX_SPAWN_SETSIGMASK as libc::c_short,
+                (libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETPGROUP) as libc::c_short,
             );
         }
         let mut pid: libc::pid_t = 0;
