@@ -5,6 +5,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The largest message (and process value) either side accepts by
+/// default: 1 GiB.
+pub(crate) const DEFAULT_MAX_MESSAGE: usize = 1 << 30;
+
 /// One of the four lifecycle hooks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Hook {
@@ -89,7 +93,7 @@ impl Default for Config {
             timeouts: [None; 4],
             join_in: None,
             stop_grace: Duration::from_secs(1),
-            max_message: crate::wire::DEFAULT_MAX_FRAME,
+            max_message: DEFAULT_MAX_MESSAGE,
             capture_output: false,
             log_dir: None,
         }

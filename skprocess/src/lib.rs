@@ -246,13 +246,17 @@
 #![deny(unsafe_code)]
 
 mod bench;
+mod child;
 mod config;
 mod error;
 mod handle;
 mod log;
+mod parent;
 mod pipe;
 mod pool;
 mod process;
+mod proto;
+mod registry;
 mod runtime;
 mod share;
 mod spawn;
@@ -260,9 +264,9 @@ mod stats;
 #[allow(unsafe_code)]
 mod sys;
 mod timers;
-mod watch;
 mod wire;
 
+pub use child::is_child;
 pub use config::{Config, Hook};
 pub use error::{BoxError, Cause, Error, Failure, HookResult, Result};
 pub use handle::Handle;
@@ -272,7 +276,6 @@ pub use process::Process;
 pub use runtime::Ctx;
 pub use share::{Share, ShareGuard};
 pub use skprocess_derive::Process;
-pub use spawn::is_child;
 pub use stats::Stats;
 pub use timers::{Timer, Timers};
 pub use wire::Json;
@@ -294,12 +297,12 @@ pub mod __bench {
 /// Used by the code `#[derive(Process)]` generates; not a public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::spawn::{Described, Entry, REGISTRY};
+    pub use crate::registry::{Described, Entry, REGISTRY};
     pub use linkme;
 
     /// The environment variable and value that make a re-exec of this
     /// binary exit before `main`: the raw baseline for spawn benchmarks.
-    pub const BARE_CHILD_ENV: (&str, &str) = (crate::spawn::ENV, crate::spawn::BARE);
+    pub const BARE_CHILD_ENV: (&str, &str) = (crate::spawn::BOOT_ENV, crate::spawn::BARE);
 
     /// Feeds arbitrary bytes to the frame reader and decoders (the fuzz
     /// target's entry point).

@@ -71,7 +71,9 @@ use serde::Serialize;
 ///     fn run(&mut self, _ctx: &mut Ctx) -> HookResult { Ok(()) }
 /// }
 /// ```
-pub trait Process: Serialize + DeserializeOwned + Send + 'static + crate::spawn::Described {
+pub trait Process:
+    Serialize + DeserializeOwned + Send + 'static + crate::registry::Described
+{
     /// Before each `run`.
     fn prerun(&mut self, ctx: &mut Ctx) -> HookResult {
         let _ = ctx;
@@ -98,7 +100,7 @@ pub trait Process: Serialize + DeserializeOwned + Send + 'static + crate::spawn:
     where
         Self: Sized,
     {
-        <Self as crate::spawn::Described>::config()
+        <Self as crate::registry::Described>::config()
     }
 
     /// Starts the process in a new child with [`Process::config`].

@@ -1,103 +1,42 @@
-//! The child's side: the lifecycle loop, the stop flag, the control thread,
-//! and hook timing.
+//! A process's lifecycle in its child: the loop over the hooks, what a hook
+//! sees ([`Ctx`]), panics turned into failures, and hook timing.
 //!
-//! A child runs two threads. The main thread (which took over before `main`)
-//! runs the hooks. The control thread reads the socket: a `tell` goes to the
-//! inbox that [`Ctx::listen`] reads, a stop request sets a flag the loop
-//! checks between iterations, and end of file (the parent is gone) ends the
-//! child at once, whatever the hooks are doing.
+//! The main thread (which took over before `main`) runs the hooks; the
+//! control thread (`child::link`) reads the socket meanwhile, so a stop
+//! request or a `tell` arrives while a hook runs.
 //!
 //! Each hook call is timed into a shared-memory page the parent can read at
 //! any moment; it also holds the hook being run and the iteration, so a child
 //! that dies is reported with where it was. Only hooks with a timeout cost a
 //! message (start and end), which the parent needs to arm its deadline.
 
+use crate::child::Link;
 use crate::config::Hook;
 use crate::error::{chain, Cause, Error, Failure, HookResult, Result};
-use crate::spawn::{self, RunArgs};
-use crate::stats::{Counters, Stats};
+use crate::proto::{kind, timer_words, Exit, HookMark, Plan, STATUS_HOOK, STATUS_RUN};
+use crate::stats::Stats;
 use crate::sys::{self, mem::SharedWords};
-use crate::timers::{self, Timer, Timers, TIMER_WORDS};
-use crate::wire::{self, kind, Frame, Reader, Writer};
+use crate::timers;
+use crate::wire;
 use crate::Process;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{RecvTimeoutError, TryRecvError};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::cell::{Cell, RefCell};
-use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Words of the status page: header, then one timer per hook.
-pub(crate) const STATUS_WORDS: usize = STATUS_HEADER + 4 * TIMER_WORDS;
-const STATUS_HEADER: usize = 8;
-/// `hook index + 1` while a hook runs, 0 between hooks.
-pub(crate) const STATUS_HOOK: usize = 1;
-/// The current iteration.
-pub(crate) const STATUS_RUN: usize = 2;
-/// In a pool worker: the items and batches begun so far.
-pub(crate) const STATUS_BEGUN: usize = 3;
-
-/// The timer words of `hook` in a status page.
-pub(crate) fn timer_words(
-    words: &[std::sync::atomic::AtomicU64],
-    hook: Hook,
-) -> &[std::sync::atomic::AtomicU64] {
-    let at = STATUS_HEADER + hook.index() * TIMER_WORDS;
-    &words[at..at + TIMER_WORDS]
-}
-
-/// The timers of every hook, read from a status page.
-pub(crate) fn status_timers(status: &SharedWords) -> Timers {
-    let w = status.words();
-    let mut t = Timers::default();
-    for h in Hook::ALL {
-        *t.get_mut(h) = Timer::load(timer_words(w, h));
-    }
-    t
-}
-
-/// How one attempt runs, sent with the value.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Plan {
-    pub(crate) runs: Option<u64>,
-    pub(crate) timed: [bool; 4],
-    pub(crate) attempt: u32,
-    pub(crate) lives: u32,
-    pub(crate) stop: bool,
-}
-
-/// The first frame a child reads. Descriptors: the status page, then those
-/// of the value.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum Init {
-    /// Run one process value to its end, then exit.
-    Process {
-        type_id: String,
-        plan: Plan,
-        /// The largest frame either side accepts (`Config::max_message`).
-        max_message: u64,
-        state: Vec<u8>,
-    },
-    /// Serve a pool: run the items and calls that arrive, until end of file.
-    Worker {},
-}
-
-/// A timed hook starting or ending: `(hook index, run index)`.
-pub(crate) type HookMark = (u8, u64);
-
-/// The child's end of its control channel.
+/// What a child needs to run one process value to its end.
 #[derive(Debug)]
-pub(crate) struct Link {
-    pub(crate) writer: Writer,
-    inbox: Receiver<Frame>,
-    pub(crate) others: Receiver<Frame>,
-    stop: AtomicBool,
-    max_message: usize,
-    counters: Counters,
+pub(crate) struct RunArgs<'a> {
+    pub(crate) ctx: &'a mut Ctx,
+    pub(crate) plan: &'a Plan,
+    pub(crate) status: &'a SharedWords,
+    pub(crate) state: &'a [u8],
+    pub(crate) fds: Vec<OwnedFd>,
 }
 
 /// What a hook sees of its process: messaging with the parent, stop
@@ -223,7 +162,7 @@ thread_local! {
     static PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
-fn install_panic_hook() {
+pub(crate) fn install_panic_hook() {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if IN_HOOK.with(Cell::get) {
@@ -341,6 +280,16 @@ impl Runner<'_> {
     }
 }
 
+/// Runs `f` as user code: a panic inside it (a `Serialize` or
+/// `Deserialize` impl of the process type, say) becomes its message and
+/// location, as a panic in a hook does.
+fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    IN_HOOK.with(|c| c.set(true));
+    let r = catch_unwind(AssertUnwindSafe(f));
+    IN_HOOK.with(|c| c.set(false));
+    r.map_err(|payload| panic_message(&*payload))
+}
+
 /// Decodes a `P`, runs its lifecycle, and encodes its final state.
 pub(crate) fn run_value<P: Process>(args: RunArgs<'_>) -> Result<wire::Encoded, Failure> {
     let runner = Runner {
@@ -348,135 +297,29 @@ pub(crate) fn run_value<P: Process>(args: RunArgs<'_>) -> Result<wire::Encoded, 
         status: args.status,
         name: P::NAME,
     };
-    let mut p: P = wire::decode(args.state, args.fds).map_err(|e| {
+    let codec = |what: &str, e: String| {
         runner.failure(
             None,
             None,
-            Cause::Codec(format!("the child could not rebuild the value: {e}")),
+            Cause::Codec(format!("the child could not {what}: {e}")),
         )
-    })?;
+    };
+    let panicked = |what: &str, panic: String| {
+        runner.failure(
+            None,
+            None,
+            Cause::Panicked(format!("while the child tried to {what}: {panic}")),
+        )
+    };
+    let mut p: P = match guarded(|| wire::decode(args.state, args.fds)) {
+        Ok(r) => r.map_err(|e| codec("rebuild the value", e.to_string()))?,
+        Err(panic) => return Err(panicked("rebuild the value", panic)),
+    };
     runner.lifecycle(&mut p, args.ctx)?;
-    wire::encode(&p).map_err(|e| {
-        runner.failure(
-            None,
-            None,
-            Cause::Codec(format!(
-                "the child could not send back the final value: {e}"
-            )),
-        )
-    })
-}
-
-// ---------------------------------------------------------------------------
-// The child's entry point.
-
-fn spawn_control_thread(
-    mut reader: Reader,
-    inbox: Sender<Frame>,
-    others: Sender<Frame>,
-    link: Arc<Link>,
-) {
-    let spawned = std::thread::Builder::new()
-        .name("skprocess-control".into())
-        .stack_size(256 * 1024)
-        .spawn(move || loop {
-            match reader.read(None) {
-                Ok(Some(f)) => match f.kind {
-                    kind::TELL => {
-                        let _ = inbox.send(f);
-                    }
-                    kind::STOP => link.stop.store(true, Ordering::Relaxed),
-                    _ => {
-                        let _ = others.send(f);
-                    }
-                },
-                Ok(None) => {}
-                // The parent is gone (or spoke nonsense): nobody is left to
-                // report to, so end now, whatever the hooks are doing.
-                Err(Error::Disconnected) => sys::proc::exit_now(0),
-                Err(e) => {
-                    eprintln!("skprocess child {}: {e}", sys::proc::getpid());
-                    sys::proc::exit_now(72)
-                }
-            }
-        });
-    if spawned.is_err() {
-        sys::proc::exit_now(73);
+    match guarded(|| wire::encode(&p)) {
+        Ok(r) => r.map_err(|e| codec("send back the final value", e.to_string())),
+        Err(panic) => Err(panicked("send back the final value", panic)),
     }
-}
-
-/// Runs in a spawned child, before `main`; never returns.
-pub(crate) fn child_main(control: OwnedFd) -> ! {
-    install_panic_hook();
-    let Ok((mut reader, writer)) = wire::split(control) else {
-        sys::proc::exit_now(74)
-    };
-    let mut log_setup = None;
-    let init = loop {
-        match reader.read(None) {
-            Ok(Some(f)) if f.kind == kind::INIT => break f,
-            Ok(Some(f)) if f.kind == kind::LOG_SETUP => log_setup = Some(f.payload),
-            // The parent went away before sending anything.
-            _ => sys::proc::exit_now(0),
-        }
-    };
-    let Ok(msg) = init.decode::<Init>() else {
-        sys::proc::exit_now(75)
-    };
-    let mut fds = init.fds;
-    let (inbox_tx, inbox) = crossbeam_channel::unbounded();
-    let (others_tx, others) = crossbeam_channel::unbounded();
-    crate::log::install_child(log_setup.as_deref(), writer.clone());
-    let max_message = match &msg {
-        Init::Process { max_message, .. } => usize::try_from(*max_message).unwrap_or(usize::MAX),
-        _ => wire::DEFAULT_MAX_FRAME,
-    };
-    reader.set_max_frame(max_message);
-    let link = Arc::new(Link {
-        writer,
-        inbox,
-        others,
-        stop: AtomicBool::new(false),
-        max_message,
-        counters: Counters::default(),
-    });
-    spawn_control_thread(reader, inbox_tx, others_tx, link.clone());
-
-    let code = match msg {
-        Init::Process {
-            type_id,
-            plan,
-            state,
-            ..
-        } => {
-            if fds.is_empty() {
-                sys::proc::exit_now(76);
-            }
-            let status = match SharedWords::from_fd(fds.remove(0)) {
-                Ok(s) if s.words().len() >= STATUS_WORDS => s,
-                _ => sys::proc::exit_now(77),
-            };
-            let outcome = match spawn::find(&type_id) {
-                Some(entry) => {
-                    let mut ctx = Ctx::new(link.clone(), &plan);
-                    (entry.run)(RunArgs {
-                        ctx: &mut ctx,
-                        plan: &plan,
-                        status: &status,
-                        state: &state,
-                        fds,
-                    })
-                }
-                None => Err(unregistered(&type_id, &plan)),
-            };
-            send_outcome(&link, outcome)
-        }
-        Init::Worker {} => crate::pool::worker::serve(&link, fds),
-    };
-    crate::log::flush();
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
-    std::process::exit(code)
 }
 
 /// The failure of a value whose type this binary does not have.
@@ -494,19 +337,19 @@ pub(crate) fn unregistered(type_id: &str, plan: &Plan) -> Failure {
     }
 }
 
-/// Sends the final state (`DONE`) or the failure (`FAILED`); returns the
-/// exit code to use.
-pub(crate) fn send_outcome(link: &Link, outcome: Result<wire::Encoded, Failure>) -> i32 {
+/// Sends the final state (`DONE`) or the failure (`FAILED`); returns how
+/// to exit.
+pub(crate) fn send_outcome(link: &Link, outcome: Result<wire::Encoded, Failure>) -> Exit {
     crate::log::flush();
     match outcome {
         Ok(enc) => match link.writer.send(kind::DONE, &enc.bytes, &enc.raw_fds()) {
-            Ok(()) => 0,
-            Err(_) => 1,
+            Ok(()) => Exit::Clean,
+            Err(_) => Exit::Reported,
         },
         Err(failure) => {
             let bytes = postcard::to_allocvec(&failure).unwrap_or_default();
             let _ = link.writer.send(kind::FAILED, &bytes, &[]);
-            1
+            Exit::Reported
         }
     }
 }

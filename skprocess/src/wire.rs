@@ -13,6 +13,7 @@
 //! type and points to [`Json`].
 
 use crate::error::{Error, Result};
+use crate::proto::kind;
 use crate::sys;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -25,42 +26,6 @@ use std::time::Instant;
 
 /// Bytes in a frame header.
 pub(crate) const HEADER: usize = 8;
-
-/// Largest payload accepted by default: 1 GiB.
-pub(crate) const DEFAULT_MAX_FRAME: usize = 1 << 30;
-
-/// Frame kinds. Parent-to-child kinds are below 16, child-to-parent kinds
-/// from 16, pool kinds from 32, pipe kinds from 48, log kinds from 64.
-pub(crate) mod kind {
-    /// Parent → child: what to run (`Init`), with descriptors.
-    pub(crate) const INIT: u8 = 1;
-    /// Either way: a user message (`tell`).
-    pub(crate) const TELL: u8 = 2;
-    /// Parent → child: finish the current iteration, then `onfinish`.
-    pub(crate) const STOP: u8 = 3;
-    /// Child → parent: a timed hook started (`HookMark`).
-    pub(crate) const HOOK_START: u8 = 16;
-    /// Child → parent: a timed hook ended (`HookMark`).
-    pub(crate) const HOOK_END: u8 = 17;
-    /// Child → parent: the final state (raw encoded process).
-    pub(crate) const DONE: u8 = 18;
-    /// Child → parent: a hook failed (`Failure`).
-    pub(crate) const FAILED: u8 = 19;
-    /// Parent → pool worker: process items to run, each answered with
-    /// `DONE` or `FAILED` (layout in `pool::batch`).
-    pub(crate) const POOL_ITEMS: u8 = 32;
-    /// Parent → pool worker: a batch of `map_fn` calls.
-    pub(crate) const POOL_CALLS: u8 = 33;
-    /// Pool worker → parent: the results of one `POOL_CALLS` batch.
-    pub(crate) const POOL_RESULTS: u8 = 34;
-    /// Either way on a `Pipe`: a user message.
-    pub(crate) const PIPE: u8 = 48;
-    /// Child → parent: a batch of `tracing` events (`log::Entry` after
-    /// `log::Entry`).
-    pub(crate) const LOG: u8 = 64;
-    /// Parent → child, before `INIT`: how to log (`log::Setup`).
-    pub(crate) const LOG_SETUP: u8 = 65;
-}
 
 /// One frame read off a socket.
 #[derive(Debug)]
@@ -156,7 +121,7 @@ impl Reader {
             start: 0,
             end: 0,
             fds: VecDeque::new(),
-            max_frame: DEFAULT_MAX_FRAME,
+            max_frame: crate::config::DEFAULT_MAX_MESSAGE,
             eof: false,
         }
     }
@@ -655,7 +620,7 @@ pub(crate) fn fuzz_frames(data: &[u8]) {
         reader.read(Some(Instant::now() + std::time::Duration::from_millis(100)))
     {
         let _ = decode_message::<(String, Vec<u64>, Option<bool>)>(&frame.payload, Vec::new());
-        let _ = frame.decode::<crate::runtime::Init>();
+        let _ = frame.decode::<crate::proto::Init>();
         let _ = frame.decode::<crate::error::Failure>();
     }
 }

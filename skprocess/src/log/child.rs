@@ -18,7 +18,8 @@
 //! definition in the stream.
 
 use super::{level_code, Setup, Value};
-use crate::wire::{kind, Writer};
+use crate::proto::kind;
+use crate::wire::Writer;
 use serde::ser::{SerializeSeq, Serializer};
 use serde::Serialize;
 use std::cell::RefCell;

@@ -1,8 +1,9 @@
 use super::child::{Funnel, FunnelLayer, Limits};
 use super::parent::{has_callsite_for, Forwarder, Stream, MAX_CALLSITES};
 use super::{Entry, ShapeDef, Short, Value};
+use crate::proto::kind;
 use crate::sys;
-use crate::wire::{self, kind, Reader, Writer};
+use crate::wire::{self, Reader, Writer};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::Span;

@@ -55,8 +55,9 @@
 
 use super::Role;
 use crate::error::{Error, Result};
+use crate::proto::kind;
 use crate::sys::{self, futex, region::Region};
-use crate::wire::{self, kind};
+use crate::wire;
 use std::io::IoSlice;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
@@ -399,7 +400,7 @@ struct Consumer {
 }
 
 /// The longest a frame can be, header included.
-const MAX_FRAME_BYTES: u64 = (wire::DEFAULT_MAX_FRAME + wire::HEADER) as u64;
+const MAX_FRAME_BYTES: u64 = (crate::config::DEFAULT_MAX_MESSAGE + wire::HEADER) as u64;
 
 /// A receive buffer larger than this is freed after its message, not kept.
 const KEEP_BUFFER: usize = 4 << 20;
@@ -823,10 +824,10 @@ impl End {
                     if h[4] != kind::PIPE || h[6] != 0 || h[7] != 0 {
                         return Err(corrupt(&format!("bad frame header {h:02x?}")));
                     }
-                    if len > wire::DEFAULT_MAX_FRAME {
+                    if len > crate::config::DEFAULT_MAX_MESSAGE {
                         return Err(Error::Wire(format!(
                             "a message of {len} bytes is over the {} byte limit",
-                            wire::DEFAULT_MAX_FRAME
+                            crate::config::DEFAULT_MAX_MESSAGE
                         )));
                     }
                     let start = c.tail;

@@ -1,14 +1,15 @@
 //! The socket flavor: frames on an `AF_UNIX` stream socket pair.
 //!
 //! Every message is one [`wire`](crate::wire) frame of kind
-//! [`PIPE`](crate::wire::kind::PIPE); descriptors inside a message ride along
+//! [`PIPE`](crate::proto::kind::PIPE); descriptors inside a message ride along
 //! as `SCM_RIGHTS`. The peer's death is end of file on the socket, which the
 //! kernel signals the moment the last copy of the other end is closed.
 
 use super::{Message, Role};
 use crate::error::{Error, Result};
+use crate::proto::kind;
 use crate::sys;
-use crate::wire::{kind, Reader, Writer};
+use crate::wire::{Reader, Writer};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 use std::time::Instant;

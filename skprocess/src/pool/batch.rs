@@ -16,7 +16,8 @@
 //! panic.
 
 use crate::error::{Error, Result};
-use crate::runtime::{self, Plan};
+use crate::proto::Plan;
+use crate::runtime;
 use crate::sys;
 use crate::wire;
 use serde::de::DeserializeOwned;

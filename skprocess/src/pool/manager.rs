@@ -27,12 +27,12 @@ use super::task::{Calls, Job, JobKind, Task, Unit, CALL_TRIES};
 use crate::config::Hook;
 use crate::error::{Cause, Error, Failure, Result};
 use crate::log;
-use crate::runtime::{self, Init, Plan, STATUS_BEGUN, STATUS_WORDS};
-use crate::spawn;
-use crate::sys::{self, mem::SharedWords};
+use crate::parent::child::{self, Child, End, Event, Launch, Role};
+use crate::parent::deadline::{Deadlines, Overrun};
+use crate::proto::{self, kind, Plan, STATUS_BEGUN};
+use crate::sys::mem::SharedWords;
 use crate::timers::Timers;
-use crate::watch::{self, Deadlines, Overrun};
-use crate::wire::{self, kind, Encoded, Frame, Reader, Writer};
+use crate::wire::{Encoded, Frame, Writer};
 use crossbeam_channel::{Receiver, TryRecvError};
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -74,8 +74,11 @@ pub(crate) struct Slots {
 impl Slots {
     pub(crate) fn new(workers: &[Worker]) -> Slots {
         Slots {
-            pids: workers.iter().map(|w| w.pid).collect(),
-            statuses: workers.iter().map(|w| Some(w.status.clone())).collect(),
+            pids: workers.iter().map(|w| w.child.pid()).collect(),
+            statuses: workers
+                .iter()
+                .map(|w| Some(w.child.status().clone()))
+                .collect(),
             past: Timers::default(),
         }
     }
@@ -84,7 +87,7 @@ impl Slots {
     pub(crate) fn timers(&self) -> Timers {
         let mut t = self.past.clone();
         for status in self.statuses.iter().flatten() {
-            t.merge(&runtime::status_timers(status));
+            t.merge(&proto::status_timers(status.words()));
         }
         t
     }
@@ -101,16 +104,10 @@ const IDLE_LABEL: &str = "skprocess::Pool";
 /// A running worker process.
 #[derive(Debug)]
 pub(crate) struct Worker {
-    pid: u32,
-    pidfd: OwnedFd,
-    reader: Reader,
-    writer: Writer,
-    status: Arc<SharedWords>,
+    child: Child,
     /// Items and batches it has answered.
     answered: u64,
-    /// Re-emits its `tracing` events.
-    log: Arc<log::Forwarder>,
-    /// The job whose name `log` is labelled with now.
+    /// The job whose name its events are labelled with now.
     labelled: String,
 }
 
@@ -118,30 +115,16 @@ impl Worker {
     /// Starts the worker of `slot` and tells it to serve; its events go to
     /// `origin`.
     pub(crate) fn spawn(origin: &log::Origin, slot: usize) -> Result<Worker> {
-        let s = spawn::spawn_child()?;
-        let status =
-            SharedWords::new(c"skprocess-pool-status", STATUS_WORDS).map_err(Error::Spawn)?;
-        let (reader, writer) = wire::split(s.socket)?;
-        let log = Arc::new(log::Forwarder::new(
-            label(IDLE_LABEL, slot),
-            s.pid,
-            origin.dispatch.clone(),
-            origin.span.clone(),
-        ));
-        let _ = writer.send(kind::LOG_SETUP, &log::setup_payload(origin, false), &[]);
-        let init =
-            postcard::to_allocvec(&Init::Worker {}).map_err(|e| Error::Wire(e.to_string()))?;
-        // A worker that died at once makes this fail; reading then sees end
-        // of file and reports the crash.
-        let _ = writer.send(kind::INIT, &init, &[status.fd().as_raw_fd()]);
+        let launch = Launch {
+            origin,
+            label: &label(IDLE_LABEL, slot),
+            log_dir: None,
+            capture_output: false,
+            max_frame: crate::config::DEFAULT_MAX_MESSAGE,
+        };
         Ok(Worker {
-            pid: s.pid,
-            pidfd: s.pidfd,
-            reader,
-            writer,
-            status: Arc::new(status),
+            child: Child::start(&launch, Role::Worker)?,
             answered: 0,
-            log,
             labelled: IDLE_LABEL.to_string(),
         })
     }
@@ -149,24 +132,20 @@ impl Worker {
     /// Ends the worker: closing its socket makes it exit; one that does not
     /// within [`EXIT_GRACE`] is killed. Reaps it.
     pub(crate) fn end(self) {
-        let Worker {
-            pid,
-            pidfd,
-            reader,
-            writer,
-            ..
-        } = self;
-        drop((reader, writer));
-        let _ = watch::reap_exiting(pid, &pidfd, EXIT_GRACE);
+        let _ = self.child.finish(End::Exiting {
+            grace: EXIT_GRACE,
+            take_group: false,
+        });
+    }
+
+    fn writer(&self) -> &Writer {
+        self.child.writer()
     }
 
     /// Whether it had begun the item or batch it was to answer next.
     fn began_next(&self) -> bool {
-        self.status.words()[STATUS_BEGUN].load(std::sync::atomic::Ordering::Relaxed) > self.answered
-    }
-
-    fn has_exited(&self) -> bool {
-        sys::sock::wait_readable(self.pidfd.as_fd(), Some(Instant::now())).unwrap_or(true)
+        self.child.status().words()[STATUS_BEGUN].load(std::sync::atomic::Ordering::Relaxed)
+            > self.answered
     }
 }
 
@@ -279,10 +258,10 @@ impl Manager {
     fn publish(&self, w: &Worker) {
         let mut slots = self.shared.slots();
         if let Some(p) = slots.pids.get_mut(self.slot) {
-            *p = w.pid;
+            *p = w.child.pid();
         }
         if let Some(s) = slots.statuses.get_mut(self.slot) {
-            *s = Some(w.status.clone());
+            *s = Some(w.child.status().clone());
         }
     }
 
@@ -296,7 +275,7 @@ impl Manager {
         if let Some(s) = slots.statuses.get_mut(self.slot) {
             *s = None;
         }
-        slots.past.merge(&runtime::status_timers(&w.status));
+        slots.past.merge(&w.child.timers());
         if let Some((hook, ran)) = killed_in {
             slots.past.get_mut(hook).record(ran);
         }
@@ -306,11 +285,11 @@ impl Manager {
     fn worker(&mut self) -> Result<&mut Worker> {
         // With work in flight, a dead worker is found by reading (and that
         // work is retried); checked here only when idle.
-        if self.flights.is_empty() && self.worker.as_ref().is_some_and(Worker::has_exited) {
+        if self.flights.is_empty() && self.worker.as_ref().is_some_and(|w| w.child.has_exited()) {
             // Died while idle (killed from outside): no item was running.
             if let Some(w) = self.worker.take() {
-                watch::kill_and_reap(w.pid, &w.pidfd);
                 self.retire(&w, None);
+                let _ = w.child.finish(End::Kill);
             }
         }
         if self.worker.is_none() {
@@ -329,10 +308,10 @@ impl Manager {
             Err(e) => return fail_flight(flight, &e),
         };
         let sent = match &flight {
-            Flight::Items { job, units } => send_items(&worker.writer, job, units),
+            Flight::Items { job, units } => send_items(worker.writer(), job, units),
             Flight::Calls(c) => {
                 worker
-                    .writer
+                    .writer()
                     .send(kind::POOL_CALLS, &c.payload.bytes, &c.payload.raw_fds())
             }
         };
@@ -388,41 +367,16 @@ impl Manager {
             .worker
             .as_mut()
             .expect("a worker while work is in flight");
-        let deadline = self
-            .head
-            .as_ref()
-            .and_then(|h| h.deadlines.as_ref())
-            .and_then(Deadlines::next);
-        loop {
-            // Checked before every read, so a worker that sends without
-            // pause cannot hold its deadline off.
-            let overrun = self
-                .head
-                .as_ref()
-                .and_then(|h| h.deadlines.as_ref())
-                .and_then(|d| d.overrun(Instant::now()));
-            if let Some(o) = overrun {
-                return Wake::Overrun(o);
-            }
-            if !worker.reader.has_frame() {
-                let ready =
-                    match sys::sock::poll(&[worker.reader.fd(), self.closing.as_fd()], deadline) {
-                        Ok(r) => r,
-                        Err(e) => return Wake::Broken(Error::Io(e)),
-                    };
-                if ready[1].readable {
-                    return Wake::Closing;
-                }
-                if !ready[0].readable {
-                    continue;
-                }
-            }
-            match worker.reader.read(Some(Instant::now())) {
-                Ok(Some(f)) => return Wake::Frame(f),
-                Ok(None) => continue,
-                Err(Error::Disconnected) => return Wake::Closed,
-                Err(e) => return Wake::Broken(e),
-            }
+        let deadlines = self.head.as_mut().and_then(|h| h.deadlines.as_mut());
+        match worker
+            .child
+            .next_event(deadlines, Some(self.closing.as_fd()))
+        {
+            Event::Frame(f) => Wake::Frame(f),
+            Event::Overrun(o) => Wake::Overrun(o),
+            Event::Closed => Wake::Closed,
+            Event::Broken(e) => Wake::Broken(e),
+            Event::Woken => Wake::Closing,
         }
     }
 
@@ -431,11 +385,6 @@ impl Manager {
         if matches!(frame.kind, kind::DONE | kind::FAILED | kind::POOL_RESULTS) {
             if let Some(w) = &mut self.worker {
                 w.answered += 1;
-            }
-        }
-        if let Some(d) = self.head.as_mut().and_then(|h| h.deadlines.as_mut()) {
-            if d.on_frame(&frame) {
-                return;
             }
         }
         match (frame.kind, self.flights.front()) {
@@ -468,11 +417,11 @@ impl Manager {
         };
         if let Some(job) = self.flights.front().map(flight_job) {
             if w.labelled != job.name {
-                w.log.set_label(&label(&job.name, self.slot));
+                w.child.log().set_label(&label(&job.name, self.slot));
                 w.labelled.clone_from(&job.name);
             }
         }
-        w.log.emit(payload);
+        w.child.log().emit(payload);
     }
 
     fn item_ended(&mut self, frame: Frame, now: Instant) {
@@ -523,7 +472,7 @@ impl Manager {
     /// charge the head, and hand everything else to a fresh worker.
     fn lose_worker(&mut self, overrun: Option<Overrun>, what: String) {
         let Some(w) = self.worker.take() else { return };
-        let (hook, run) = watch::position(&w.status);
+        let (hook, run) = w.child.position();
         // A worker that died before it began the head (killed from outside
         // while idle) costs nobody a life.
         let charge = overrun.is_some() || w.began_next();
@@ -533,13 +482,13 @@ impl Manager {
         };
         self.retire(&w, killed_in);
         let what = if overrun.is_none() && what.is_empty() {
-            drop((w.reader, w.writer));
-            match watch::reap_exiting(w.pid, &w.pidfd, EXIT_GRACE) {
-                Ok(s) => format!("the pool worker {s}"),
-                Err(e) => format!("the pool worker could not be reaped: {e}"),
-            }
+            let status = w.child.finish(End::Exiting {
+                grace: EXIT_GRACE,
+                take_group: true,
+            });
+            format!("the pool worker {}", child::describe(&status))
         } else {
-            watch::kill_and_reap(w.pid, &w.pidfd);
+            let _ = w.child.finish(End::Kill);
             format!("the pool worker {what}")
         };
         self.head = None;

@@ -17,11 +17,10 @@
 //! behind it run unharmed. Dropping the pool closes every worker's socket
 //! (the workers exit), reaps them, and kills any that do not exit in time.
 
-mod batch;
+pub(crate) mod batch;
 mod dispatch;
 mod manager;
 mod task;
-pub(crate) mod worker;
 
 use crate::error::{Error, Result};
 use crate::log;

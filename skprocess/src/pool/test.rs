@@ -1,5 +1,5 @@
 use super::batch::{self, ItemsHead, Parts};
-use crate::runtime::Plan;
+use crate::proto::Plan;
 use crate::sys;
 use std::os::fd::{AsRawFd, OwnedFd};
 

@@ -11,7 +11,7 @@ extern "C" fn init(
     _argv: *const *const libc::c_char,
     _envp: *const *const libc::c_char,
 ) {
-    crate::spawn::boot();
+    crate::child::boot();
 }
 
 #[used]

@@ -121,6 +121,12 @@ pub(crate) fn kill_group(pgid: u32, sig: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// This process's process group.
+pub(crate) fn getpgrp() -> u32 {
+    // SAFETY: getpgrp takes no arguments and cannot fail.
+    unsafe { libc::getpgrp() as u32 }
+}
+
 /// This process's pid.
 pub(crate) fn getpid() -> u32 {
     std::process::id()

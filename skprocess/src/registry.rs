@@ -8,10 +8,8 @@
 
 use crate::config::Config;
 use crate::error::Failure;
-use crate::runtime::{Ctx, Plan};
-use crate::sys::mem::SharedWords;
+use crate::runtime::RunArgs;
 use crate::wire::Encoded;
-use std::os::fd::OwnedFd;
 
 /// Implemented by `#[derive(Process)]`: the type's name, id and
 /// `#[process(...)]` configuration.
@@ -23,16 +21,6 @@ pub trait Described {
     const ID: &'static str;
     /// The configuration from `#[process(...)]`.
     fn config() -> Config;
-}
-
-/// What a child needs to run one process value to its end.
-#[derive(Debug)]
-pub(crate) struct RunArgs<'a> {
-    pub(crate) ctx: &'a mut Ctx,
-    pub(crate) plan: &'a Plan,
-    pub(crate) status: &'a SharedWords,
-    pub(crate) state: &'a [u8],
-    pub(crate) fds: Vec<OwnedFd>,
 }
 
 type RunFn = fn(RunArgs<'_>) -> Result<Encoded, Failure>;

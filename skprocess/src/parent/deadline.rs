@@ -1,6 +1,5 @@
-//! What the parent enforces on a running child, shared by [`Handle`](crate::Handle)
-//! and the pool's workers: the deadline of the timed hook that is running,
-//! `join_in`, where the child was when it ended, and reaping it.
+//! What the parent enforces on a running child: the deadline of the timed
+//! hook that is running, and `join_in`.
 //!
 //! A child reports the start and end of each hook that has a timeout
 //! (`HOOK_START` / `HOOK_END` marks); [`Deadlines`] turns those marks into
@@ -9,11 +8,8 @@
 //! the hook is stuck in C code.
 
 use crate::config::{Config, Hook};
-use crate::runtime::{HookMark, STATUS_HOOK, STATUS_RUN};
-use crate::sys::{self, mem::SharedWords, proc::ExitStatus};
-use crate::wire::{kind, Frame};
-use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::Ordering;
+use crate::proto::{kind, HookMark};
+use crate::wire::Frame;
 use std::time::{Duration, Instant};
 
 /// A limit that has passed.
@@ -103,40 +99,4 @@ impl Deadlines {
             ran,
         })
     }
-}
-
-/// Where a child was, from its status page: the hook it was in and the
-/// iteration, or `(None, None)` between hooks.
-pub(crate) fn position(status: &SharedWords) -> (Option<Hook>, Option<u64>) {
-    let w = status.words();
-    let hook = w[STATUS_HOOK].load(Ordering::Relaxed);
-    let run = w[STATUS_RUN].load(Ordering::Relaxed);
-    match hook.checked_sub(1).and_then(Hook::from_index) {
-        Some(h) => (Some(h), Some(run)),
-        None => (None, None),
-    }
-}
-
-/// Kills a child now, with what its hooks started (its process group), and
-/// reaps it.
-pub(crate) fn kill_and_reap(pid: u32, pidfd: &OwnedFd) {
-    let _ = sys::proc::pidfd_signal(pidfd, libc::SIGKILL);
-    // Not reaped yet, so the group's id still names the child's group.
-    let _ = sys::proc::kill_group(pid, libc::SIGKILL);
-    let _ = sys::proc::wait(pid);
-}
-
-/// Reaps a child whose control socket has closed: it is exiting, but give
-/// it `grace`, then kill it (a child that closed its socket on purpose and
-/// kept running must not hang its parent).
-pub(crate) fn reap_exiting(
-    pid: u32,
-    pidfd: &OwnedFd,
-    grace: Duration,
-) -> std::io::Result<ExitStatus> {
-    let deadline = Instant::now().checked_add(grace);
-    if !sys::sock::wait_readable(pidfd.as_fd(), deadline)? {
-        sys::proc::pidfd_signal(pidfd, libc::SIGKILL)?;
-    }
-    sys::proc::wait(pid)
 }

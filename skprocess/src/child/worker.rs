@@ -1,7 +1,7 @@
 //! The worker's side: a child that runs items and calls until its pool
 //! closes the socket.
 //!
-//! The control thread (see `runtime`) forwards the pool's frames to the
+//! The control thread (see `child::link`) forwards the pool's frames to the
 //! worker loop, one batch per frame. Each process item runs its full
 //! lifecycle with a fresh [`Ctx`], exactly as in a child of its own, and is
 //! answered at once with `DONE` or `FAILED`: a crash later in the batch
@@ -9,44 +9,39 @@
 //! one `POOL_RESULTS` frame. End of file on the socket ends the process
 //! (the control thread exits), whatever it is doing.
 
-use super::batch::{self, Parts};
-use crate::runtime::{self, Ctx, Link, Plan, STATUS_BEGUN, STATUS_HOOK, STATUS_RUN, STATUS_WORDS};
-use crate::spawn::{self, RunArgs};
+use super::Link;
+use crate::pool::batch::{self, Parts};
+use crate::proto::{kind, Exit, Plan, STATUS_BEGUN, STATUS_HOOK, STATUS_RUN};
+use crate::registry;
+use crate::runtime::{self, Ctx, RunArgs};
 use crate::sys::{self, mem::SharedWords};
-use crate::wire::{kind, Frame};
+use crate::wire::Frame;
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Serves the pool; returns the exit code.
-pub(crate) fn serve(link: &Arc<Link>, mut fds: Vec<OwnedFd>) -> i32 {
-    if fds.is_empty() {
-        return 76;
-    }
-    let status = match SharedWords::from_fd(fds.remove(0)) {
-        Ok(s) if s.words().len() >= STATUS_WORDS => s,
-        _ => return 77,
-    };
+/// Serves the pool until it closes the socket; returns how to exit.
+pub(crate) fn serve(link: &Arc<Link>, status: &SharedWords) -> Exit {
     while let Ok(frame) = link.others.recv() {
         let done = match frame.kind {
-            kind::POOL_ITEMS => run_items(link, &status, frame),
-            kind::POOL_CALLS => run_calls(link, &status, frame),
+            kind::POOL_ITEMS => run_items(link, status, frame),
+            kind::POOL_CALLS => run_calls(link, status, frame),
             other => Err(format!("unknown frame kind {other}")),
         };
         if let Err(msg) = done {
             // The parent spoke nonsense: it sees this exit and its message.
             eprintln!("skprocess pool worker {}: {msg}", sys::proc::getpid());
-            return 78;
+            return Exit::WorkerProtocol;
         }
     }
-    0
+    Exit::Clean
 }
 
 fn run_items(link: &Arc<Link>, status: &SharedWords, frame: Frame) -> Result<(), String> {
     let (head, parts) = batch::read_items(&frame.payload).map_err(|e| e.to_string())?;
-    let entry = spawn::find(&head.type_id);
+    let entry = registry::find(&head.type_id);
     let mut attempts = head.attempts.iter();
     let parts = Parts::new(parts, frame.fds);
     for part in parts {

@@ -1,0 +1,154 @@
+//! The child's side: taking over before `main`, then running the role the
+//! parent asked for, a single process's lifecycle ([`runtime`](crate::runtime))
+//! or a pool worker ([`worker`]), as peers.
+//!
+//! # How a child starts
+//!
+//! The parent spawns `/proc/self/exe` with one extra environment variable
+//! (`SKPROCESS_BOOT`: a format version, the control descriptor number and the
+//! parent's pid) and its end of a socket pair at descriptor 3 (see
+//! [`spawn`](crate::spawn)). Nothing of the process value is in argv or the
+//! environment: it arrives as the first frame on the socket.
+//!
+//! An `.init_array` entry (see `sys::boot`) calls [`boot`] before `main`: it
+//! removes the variable (so the child's own subprocesses are ordinary
+//! programs), arranges to die with its parent, and hands the socket to
+//! [`main`], which never returns. Code in `main` never runs in a child, so a
+//! binary, example, test harness or bench needs no set-up line.
+
+mod link;
+pub(crate) mod worker;
+
+pub(crate) use link::Link;
+
+use crate::proto::{Exit, Init, STATUS_WORDS};
+use crate::spawn::{self, BOOT_ENV};
+use crate::sys::{self, mem::SharedWords};
+use crate::wire;
+use crate::{registry, runtime};
+use std::io::Write;
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static IS_CHILD: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process was started by skprocess (and is running a
+/// process or a pool worker).
+///
+/// # Examples
+///
+/// ```
+/// // Doc tests run in an ordinary process.
+/// assert!(!skprocess::is_child());
+/// ```
+pub fn is_child() -> bool {
+    IS_CHILD.load(Ordering::Relaxed)
+}
+
+/// Runs before `main` in every process that links skprocess. Returns at
+/// once unless this process is a spawned child; in a child it never returns.
+pub(crate) fn boot() {
+    let Some(value) = std::env::var_os(BOOT_ENV) else {
+        return;
+    };
+    sys::proc::remove_env(BOOT_ENV);
+    if value == spawn::BARE {
+        // The baseline of the spawn benchmark: a re-exec of this binary
+        // that ends as soon as it would take over.
+        sys::proc::exit_now(Exit::Clean.code());
+    }
+    let Some((fd, ppid)) = parse_boot(&value) else {
+        eprintln!("skprocess: ignoring malformed {BOOT_ENV}={value:?}");
+        return;
+    };
+    // Die with the parent; then check it did not die before we asked.
+    if sys::proc::set_parent_death_signal().is_err() || sys::proc::getppid() != ppid {
+        sys::proc::exit_now(Exit::ParentGone.code());
+    }
+    sys::proc::ignore_sigpipe();
+    IS_CHILD.store(true, Ordering::Relaxed);
+    let control = sys::proc::adopt_inherited_fd(fd);
+    main(control)
+}
+
+fn parse_boot(v: &std::ffi::OsStr) -> Option<(RawFd, u32)> {
+    let s = v.to_str()?;
+    let mut it = s.split(':');
+    if it.next()? != spawn::BOOT_FORMAT {
+        return None;
+    }
+    let fd = it.next()?.parse().ok()?;
+    let ppid = it.next()?.parse().ok()?;
+    it.next().is_none().then_some((fd, ppid))
+}
+
+/// Reads `INIT` and runs the role it names; never returns.
+fn main(control: OwnedFd) -> ! {
+    runtime::install_panic_hook();
+    let Ok((mut reader, writer)) = wire::split(control) else {
+        sys::proc::exit_now(Exit::NoControlSocket.code())
+    };
+    let (init, early) = link::read_init(&mut reader);
+    let Ok(msg) = init.decode::<Init>() else {
+        sys::proc::exit_now(Exit::BadInit.code())
+    };
+    let mut fds = init.fds;
+    crate::log::install_child(early.log_setup.as_deref(), writer.clone());
+    let max_message = match &msg {
+        Init::Process { max_message, .. } => usize::try_from(*max_message).unwrap_or(usize::MAX),
+        Init::Worker {} => crate::config::DEFAULT_MAX_MESSAGE,
+    };
+    reader.set_max_frame(max_message);
+    let Ok(link) = link::Link::start(reader, writer, max_message, early) else {
+        sys::proc::exit_now(Exit::NoControlThread.code())
+    };
+    if fds.is_empty() {
+        sys::proc::exit_now(Exit::NoStatusPage.code());
+    }
+    let status = match SharedWords::from_fd(fds.remove(0)) {
+        Ok(s) if s.words().len() >= STATUS_WORDS => s,
+        _ => sys::proc::exit_now(Exit::BadStatusPage.code()),
+    };
+    let exit = match msg {
+        Init::Process {
+            type_id,
+            plan,
+            state,
+            ..
+        } => {
+            let outcome = match registry::find(&type_id) {
+                Some(entry) => {
+                    let mut ctx = runtime::Ctx::new(link.clone(), &plan);
+                    (entry.run)(runtime::RunArgs {
+                        ctx: &mut ctx,
+                        plan: &plan,
+                        status: &status,
+                        state: &state,
+                        fds,
+                    })
+                }
+                None => Err(runtime::unregistered(&type_id, &plan)),
+            };
+            runtime::send_outcome(&link, outcome)
+        }
+        Init::Worker {} => worker::serve(&link, &status),
+    };
+    crate::log::flush();
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    std::process::exit(exit.code())
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn boot_variable_parses_strictly() {
+        assert_eq!(parse_boot("1:3:42".as_ref()), Some((3, 42)));
+        assert_eq!(parse_boot("2:3:42".as_ref()), None);
+        assert_eq!(parse_boot("1:3".as_ref()), None);
+        assert_eq!(parse_boot("1:3:42:9".as_ref()), None);
+        assert_eq!(parse_boot("1:x:42".as_ref()), None);
+    }
+}

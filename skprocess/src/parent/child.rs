@@ -1,0 +1,328 @@
+//! One child, as its parent sees it, from spawn to reap.
+//!
+//! [`Child::start`] spawns the binary, maps the child's status page, starts
+//! forwarding its logs, and sends `LOG_SETUP` and `INIT`; if any step after
+//! the spawn fails, the child is killed and reaped before the error is
+//! returned. [`Child::next_event`] reads its frames with the deadlines of
+//! the hook that runs. [`Child::finish`] ends it one way or another and
+//! reaps it; a `Child` dropped without `finish` is killed and reaped, so no
+//! path leaves a zombie or an orphan.
+
+use super::deadline::{Deadlines, Overrun};
+use crate::config::Hook;
+use crate::error::{Error, Result};
+use crate::log;
+use crate::proto::{self, kind, Exit, Init, STATUS_WORDS};
+use crate::spawn::{self, SpawnOptions};
+use crate::sys::{self, mem::SharedWords, proc::ExitStatus};
+use crate::timers::Timers;
+use crate::wire::{self, Encoded, Frame, Reader, Writer};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What a child is started for.
+#[derive(Debug)]
+pub(crate) enum Role {
+    /// One process value, run to its end.
+    Process {
+        type_id: &'static str,
+        plan: proto::Plan,
+        value: Encoded,
+    },
+    /// A pool worker.
+    Worker,
+}
+
+/// How to start a child.
+#[derive(Debug)]
+pub(crate) struct Launch<'a> {
+    /// Where its `tracing` events go.
+    pub(crate) origin: &'a log::Origin,
+    /// The `process` field of its events (and its log file's name).
+    pub(crate) label: &'a str,
+    pub(crate) log_dir: Option<&'a Path>,
+    pub(crate) capture_output: bool,
+    /// The largest frame either side accepts.
+    pub(crate) max_frame: usize,
+}
+
+/// What woke a parent up while it waited on its child.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A frame other than a hook mark (those arm and disarm the deadlines).
+    Frame(Frame),
+    /// A limit passed; the child is still running.
+    Overrun(Overrun),
+    /// End of file: the child exited, or was killed.
+    Closed,
+    /// The socket gave nonsense, or failed.
+    Broken(Error),
+    /// The other descriptor given to `next_event` became readable.
+    Woken,
+}
+
+/// How to end a child.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum End {
+    /// Kill it now, with its process group.
+    Kill,
+    /// It is exiting (or should: its socket is closed): give it `grace`,
+    /// then kill it. `take_group` also ends what its hooks started.
+    Exiting { grace: Duration, take_group: bool },
+}
+
+/// A running child.
+#[derive(Debug)]
+pub(crate) struct Child {
+    pid: u32,
+    pidfd: Arc<OwnedFd>,
+    reader: Option<Reader>,
+    writer: Option<Writer>,
+    status: Arc<SharedWords>,
+    log: Arc<log::Forwarder>,
+    capture: Option<log::Capture>,
+    reaped: bool,
+}
+
+impl Child {
+    /// Spawns a child for `role` and sends it what it needs to start.
+    pub(crate) fn start(launch: &Launch<'_>, role: Role) -> Result<Child> {
+        let status =
+            Arc::new(SharedWords::new(c"skprocess-status", STATUS_WORDS).map_err(Error::Spawn)?);
+        let s = spawn::spawn_child(SpawnOptions {
+            capture_output: launch.capture_output,
+        })?;
+        let (pid, pidfd) = (s.pid, Arc::new(s.pidfd));
+        let mut child =
+            match Self::attach(launch, s.socket, s.stdout, s.stderr, pid, &pidfd, status) {
+                Ok(c) => c,
+                Err(e) => {
+                    kill_and_reap(pid, &pidfd);
+                    return Err(e);
+                }
+            };
+        child.send_init(launch, role)?;
+        Ok(child)
+    }
+
+    fn attach(
+        launch: &Launch<'_>,
+        socket: OwnedFd,
+        stdout: Option<OwnedFd>,
+        stderr: Option<OwnedFd>,
+        pid: u32,
+        pidfd: &Arc<OwnedFd>,
+        status: Arc<SharedWords>,
+    ) -> Result<Child> {
+        let log = launch.origin.forwarder(launch.label, pid, launch.log_dir)?;
+        let (mut reader, writer) = wire::split(socket)?;
+        reader.set_max_frame(launch.max_frame);
+        let capture = log::Capture::start(log.clone(), stdout, stderr, pidfd.clone());
+        Ok(Child {
+            pid,
+            pidfd: pidfd.clone(),
+            reader: Some(reader),
+            writer: Some(writer),
+            status,
+            log,
+            capture,
+            reaped: false,
+        })
+    }
+
+    fn send_init(&mut self, launch: &Launch<'_>, role: Role) -> Result<()> {
+        let writer = self.writer();
+        let setup = log::setup_payload(launch.origin, launch.log_dir.is_some());
+        let (init, value) = match role {
+            Role::Process {
+                type_id,
+                plan,
+                value,
+            } => (
+                Init::Process {
+                    type_id: type_id.to_string(),
+                    plan,
+                    max_message: launch.max_frame as u64,
+                    state: value.bytes,
+                },
+                value.fds,
+            ),
+            Role::Worker => (Init::Worker {}, Vec::new()),
+        };
+        let bytes = postcard::to_allocvec(&init).map_err(|e| Error::Wire(e.to_string()))?;
+        let mut fds = vec![self.status.fd().as_raw_fd()];
+        fds.extend(value.iter().map(AsRawFd::as_raw_fd));
+        // A child that died at once makes these fail; reading then sees end
+        // of file and reports the crash with its exit status.
+        let _ = writer
+            .send(kind::LOG_SETUP, &setup, &[])
+            .and_then(|()| writer.send(kind::INIT, &bytes, &fds));
+        Ok(())
+    }
+
+    /// The child's pid.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The pidfd: readable once the child has ended.
+    pub(crate) fn pidfd(&self) -> &Arc<OwnedFd> {
+        &self.pidfd
+    }
+
+    /// The sending half of the control socket.
+    pub(crate) fn writer(&self) -> &Writer {
+        self.writer.as_ref().expect("the writer lives until finish")
+    }
+
+    /// The status page.
+    pub(crate) fn status(&self) -> &Arc<SharedWords> {
+        &self.status
+    }
+
+    /// The forwarder of its events.
+    pub(crate) fn log(&self) -> &log::Forwarder {
+        &self.log
+    }
+
+    /// Where it is: the hook running and the iteration.
+    pub(crate) fn position(&self) -> (Option<Hook>, Option<u64>) {
+        proto::position(self.status.words())
+    }
+
+    /// Its hook timers so far.
+    pub(crate) fn timers(&self) -> Timers {
+        proto::status_timers(self.status.words())
+    }
+
+    /// Whether it has ended (without reading anything).
+    pub(crate) fn has_exited(&self) -> bool {
+        sys::sock::wait_readable(self.pidfd.as_fd(), Some(Instant::now())).unwrap_or(true)
+    }
+
+    /// Waits for its next frame, a passed limit of `deadlines` (whose hook
+    /// marks it consumes), or `wake` becoming readable.
+    pub(crate) fn next_event(
+        &mut self,
+        mut deadlines: Option<&mut Deadlines>,
+        wake: Option<BorrowedFd<'_>>,
+    ) -> Event {
+        let Some(reader) = self.reader.as_mut() else {
+            return Event::Closed;
+        };
+        loop {
+            // Checked before every read, so a child that sends without
+            // pause cannot hold its deadline off.
+            let now = Instant::now();
+            if let Some(o) = deadlines.as_ref().and_then(|d| d.overrun(now)) {
+                return Event::Overrun(o);
+            }
+            let until = deadlines.as_ref().and_then(|d| d.next());
+            if !reader.has_frame() {
+                let mut fds = vec![reader.fd()];
+                fds.extend(wake);
+                let ready = match sys::sock::poll(&fds, until) {
+                    Ok(r) => r,
+                    Err(e) => return Event::Broken(Error::Io(e)),
+                };
+                if ready.get(1).is_some_and(|r| r.readable) {
+                    return Event::Woken;
+                }
+                if !ready[0].readable {
+                    continue;
+                }
+            }
+            match reader.read(Some(Instant::now())) {
+                Ok(Some(f)) => {
+                    if deadlines.as_mut().is_some_and(|d| d.on_frame(&f)) {
+                        continue;
+                    }
+                    return Event::Frame(f);
+                }
+                Ok(None) => continue,
+                Err(Error::Disconnected) => return Event::Closed,
+                Err(e) => return Event::Broken(e),
+            }
+        }
+    }
+
+    /// Sends SIGKILL to it and its process group, without reaping (so the
+    /// group's id cannot name anyone else yet). Safe to call from any
+    /// thread holding the pidfd: see [`kill_child`].
+    pub(crate) fn kill(&self) {
+        kill_child(self.pid, &self.pidfd);
+    }
+
+    /// Ends it as `how` says, reaps it, and waits for its captured output.
+    /// Returns how it ended.
+    pub(crate) fn finish(mut self, how: End) -> std::io::Result<ExitStatus> {
+        self.reader = None;
+        self.writer = None;
+        let status = match how {
+            End::Kill => {
+                self.kill();
+                sys::proc::wait(self.pid)
+            }
+            End::Exiting { grace, take_group } => {
+                let deadline = Instant::now().checked_add(grace);
+                let exited =
+                    sys::sock::wait_readable(self.pidfd.as_fd(), deadline).unwrap_or(false);
+                if !exited {
+                    self.kill();
+                } else if take_group {
+                    let _ = sys::proc::kill_group(self.pid, libc::SIGKILL);
+                }
+                sys::proc::wait(self.pid)
+            }
+        };
+        self.reaped = true;
+        if let Some(c) = self.capture.take() {
+            c.finish();
+        }
+        status
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if !self.reaped {
+            self.kill();
+            let _ = sys::proc::wait(self.pid);
+            if let Some(c) = self.capture.take() {
+                c.finish();
+            }
+        }
+    }
+}
+
+/// SIGKILL to a child and then to its process group. The pidfd names the
+/// child race-free; the group id is the child's pid, which stays reserved
+/// until the child is reaped, and only the thread that owns the `Child`
+/// reaps it.
+pub(crate) fn kill_child(pid: u32, pidfd: &OwnedFd) {
+    let _ = sys::proc::pidfd_signal(pidfd, libc::SIGKILL);
+    let _ = sys::proc::kill_group(pid, libc::SIGKILL);
+}
+
+/// Kills a child that never became a [`Child`], and reaps it.
+fn kill_and_reap(pid: u32, pidfd: &OwnedFd) {
+    kill_child(pid, pidfd);
+    let _ = sys::proc::wait(pid);
+}
+
+/// How a child ended, in words: `exited with code 3`, `was killed by
+/// signal 9 (SIGKILL)`, or what one of skprocess's own exit codes means.
+pub(crate) fn describe(status: &std::io::Result<ExitStatus>) -> String {
+    match status {
+        Ok(ExitStatus::Code(c)) => match Exit::from_code(*c) {
+            Some(Exit::Clean | Exit::Reported) | None => {
+                format!("exited with code {c} before sending its result")
+            }
+            Some(e) => format!("{} (exit code {c})", e.describe()),
+        },
+        Ok(s) => s.to_string(),
+        Err(e) => format!("could not be reaped: {e}"),
+    }
+}
