@@ -71,10 +71,10 @@ pub enum Error {
     Wire(String),
     /// Starting a child process failed.
     #[error("could not start a child process: {0}")]
-    Spawn(#[source] std::io::Error),
+    Spawn(std::io::Error),
     /// An operating-system call failed.
     #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// A misuse of the API, described in the message.
     #[error("{0}")]
     Usage(String),
@@ -82,6 +82,7 @@ pub enum Error {
 
 /// What went wrong in a failed process, with where and when.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub struct Failure {
     /// The process type (`module::Name`).
     pub process: String,
@@ -199,6 +200,43 @@ impl Error {
         matches!(self, Error::Killed { .. })
     }
 
+    /// Whether the other side has ended ([`Error::Disconnected`]).
+    pub fn is_disconnected(&self) -> bool {
+        matches!(self, Error::Disconnected)
+    }
+
+    /// The same error again, for a second receiver of one failure (every
+    /// item of a batch that could not be sent, say). An I/O error keeps its
+    /// kind, its OS code and its text.
+    pub(crate) fn duplicate(&self) -> Error {
+        let io = |e: &std::io::Error| match e.raw_os_error() {
+            Some(code) => std::io::Error::from_raw_os_error(code),
+            None => std::io::Error::new(e.kind(), e.to_string()),
+        };
+        match self {
+            Error::Process(f) => Error::Process(f.clone()),
+            Error::Killed { process } => Error::Killed { process },
+            Error::AlreadyWaited { process } => Error::AlreadyWaited { process },
+            Error::Disconnected => Error::Disconnected,
+            Error::Encode { type_name, reason } => Error::Encode {
+                type_name,
+                reason: reason.clone(),
+            },
+            Error::Decode { type_name, reason } => Error::Decode {
+                type_name,
+                reason: reason.clone(),
+            },
+            Error::WrongType { expected, got } => Error::WrongType {
+                expected: expected.clone(),
+                got: got.clone(),
+            },
+            Error::Wire(m) => Error::Wire(m.clone()),
+            Error::Spawn(e) => Error::Spawn(io(e)),
+            Error::Io(e) => Error::Io(io(e)),
+            Error::Usage(m) => Error::Usage(m.clone()),
+        }
+    }
+
     /// The attempt (1-based) the failure happened in.
     pub fn attempt(&self) -> Option<u32> {
         self.failure().map(|f| f.attempt)
@@ -211,6 +249,12 @@ impl Error {
 
     pub(crate) fn usage(msg: impl Into<String>) -> Self {
         Error::Usage(msg.into())
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e)
     }
 }
 
@@ -227,4 +271,47 @@ pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = src.source();
     }
     s
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn io_errors_print_their_text_once() {
+        let e = Error::Io(std::io::Error::from_raw_os_error(libc::EMFILE));
+        let text = chain(&e);
+        assert_eq!(text.matches("Too many open files").count(), 1, "{text}");
+        let e = Error::Spawn(std::io::Error::other("no fork"));
+        assert_eq!(chain(&e).matches("no fork").count(), 1);
+    }
+
+    #[test]
+    fn a_duplicate_keeps_variant_and_text() {
+        let all = [
+            Error::Encode {
+                type_name: "T",
+                reason: "r".into(),
+            },
+            Error::Decode {
+                type_name: "T",
+                reason: "r".into(),
+            },
+            Error::WrongType {
+                expected: "a".into(),
+                got: "b".into(),
+            },
+            Error::Io(std::io::Error::from_raw_os_error(libc::EMFILE)),
+            Error::Disconnected,
+            Error::Killed { process: "p" },
+        ];
+        for e in all {
+            let d = e.duplicate();
+            assert_eq!(d.to_string(), e.to_string());
+            assert_eq!(std::mem::discriminant(&d), std::mem::discriminant(&e));
+        }
+        let d = Error::Io(std::io::Error::from_raw_os_error(libc::EMFILE)).duplicate();
+        assert!(matches!(d, Error::Io(ref io) if io.raw_os_error() == Some(libc::EMFILE)));
+        assert!(Error::Disconnected.is_disconnected());
+    }
 }

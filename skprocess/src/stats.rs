@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// # }
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub struct Stats {
     /// Messages sent.
     pub messages_sent: u64,

@@ -390,7 +390,7 @@ fn explain_decode(type_name: &'static str, e: postcard::Error) -> Error {
              skprocess::Json<T>"
                 .to_string()
         }
-        other => format!("{other} (was a message of another type sent?)"),
+        other => other.to_string(),
     };
     Error::Decode { type_name, reason }
 }
@@ -413,6 +413,15 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, prefix: Vec<u8>) -> 
         Some(reason) => Error::Encode {
             type_name: std::any::type_name::<T>(),
             reason,
+        },
+        // postcard keeps no text for an error the value's own `Serialize`
+        // raised; a self-describing encoder keeps it, so ask one.
+        None if matches!(e, postcard::Error::SerdeSerCustom) => match serde_json::to_vec(value) {
+            Err(j) => Error::Encode {
+                type_name: std::any::type_name::<T>(),
+                reason: j.to_string(),
+            },
+            Ok(_) => explain_encode(std::any::type_name::<T>(), e),
         },
         None => explain_encode(std::any::type_name::<T>(), e),
     })?;
@@ -438,10 +447,7 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Re
         Ok((v, [])) => Ok(v),
         Ok((_, rest)) => Err(Error::Decode {
             type_name: std::any::type_name::<T>(),
-            reason: format!(
-                "{} bytes were left over (was a message of another type sent?)",
-                rest.len()
-            ),
+            reason: format!("{} bytes were left over", rest.len()),
         }),
         Err(e) => Err(explain_decode(std::any::type_name::<T>(), e)),
     }
@@ -477,14 +483,20 @@ fn normalise_owned(name: &str) -> String {
     n.to_string()
 }
 
-/// Encodes a user message: `[u16 name length][type name][postcard value]`.
+/// Bytes of the type-name length before a user message.
+const NAME_LEN: usize = 4;
+
+/// Encodes a user message: `[u32 name length][type name][postcard value]`.
 pub(crate) fn encode_message<T: Serialize + ?Sized>(value: &T) -> Result<Encoded> {
     let name = normalise(std::any::type_name::<T>());
     let name = name.as_bytes();
-    let len = u16::try_from(name.len()).unwrap_or(u16::MAX);
-    let mut prefix = Vec::with_capacity(2 + name.len() + 16);
+    let len = u32::try_from(name.len()).map_err(|_| Error::Encode {
+        type_name: std::any::type_name::<T>(),
+        reason: "its type name is over 4 GiB".into(),
+    })?;
+    let mut prefix = Vec::with_capacity(NAME_LEN + name.len() + 16);
     prefix.extend_from_slice(&len.to_le_bytes());
-    prefix.extend_from_slice(&name[..len as usize]);
+    prefix.extend_from_slice(name);
     encode_into(value, prefix)
 }
 
@@ -512,13 +524,16 @@ pub(crate) fn receive_message<T: DeserializeOwned>(
 /// Decodes a user message as `T`; a message sent as another type is an
 /// `Err` (the message is consumed, the channel stays usable).
 pub(crate) fn decode_message<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T> {
-    if bytes.len() < 2 {
+    let Some(len) = bytes.get(..NAME_LEN) else {
         return Err(Error::Wire(
             "message frame too short for its type tag".into(),
         ));
-    }
-    let len = u16::from_le_bytes([bytes[0], bytes[1]]) as usize;
-    let Some(name) = bytes.get(2..2 + len) else {
+    };
+    let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+    let Some(name) = NAME_LEN
+        .checked_add(len)
+        .and_then(|end| bytes.get(NAME_LEN..end))
+    else {
         return Err(Error::Wire(
             "message frame shorter than its type tag".into(),
         ));
@@ -531,7 +546,7 @@ pub(crate) fn decode_message<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd
             got: got.into_owned(),
         });
     }
-    decode(&bytes[2 + len..], fds)
+    decode(&bytes[NAME_LEN + len..], fds)
 }
 
 // ---------------------------------------------------------------------------

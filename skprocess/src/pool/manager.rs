@@ -584,23 +584,10 @@ fn fail_flight(flight: Flight, e: &Error) {
     match flight {
         Flight::Items { units, .. } => {
             for u in units {
-                u.answer(Err(copy_error(e)), Duration::ZERO);
+                u.answer(Err(e.duplicate()), Duration::ZERO);
             }
         }
-        Flight::Calls(c) => c.answer(Err(copy_error(e))),
-    }
-}
-
-/// An error for one more item, from one that hit several.
-fn copy_error(e: &Error) -> Error {
-    match e {
-        Error::Process(f) => Error::Process(f.clone()),
-        Error::Spawn(io) => Error::Spawn(std::io::Error::new(io.kind(), io.to_string())),
-        Error::Io(io) => Error::Io(std::io::Error::new(io.kind(), io.to_string())),
-        Error::Wire(m) => Error::Wire(m.clone()),
-        Error::Usage(m) => Error::Usage(m.clone()),
-        Error::Disconnected => Error::Disconnected,
-        other => Error::Wire(other.to_string()),
+        Flight::Calls(c) => c.answer(Err(e.duplicate())),
     }
 }
 
