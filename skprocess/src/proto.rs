@@ -10,6 +10,7 @@ use crate::config::Hook;
 use crate::timers::{Timer, Timers, TIMER_WORDS};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Frame kinds. Parent-to-child kinds are below 16, child-to-parent kinds
 /// from 16, pool kinds from 32, pipe kinds from 48, log kinds from 64.
@@ -65,10 +66,15 @@ pub(crate) enum Init {
         plan: Plan,
         /// The largest frame either side accepts (`Config::max_message`).
         max_message: u64,
+        /// How long a stop may take once the parent is gone.
+        stop_grace: Duration,
         state: Vec<u8>,
     },
     /// Serve a pool: run the items and calls that arrive, until end of file.
-    Worker {},
+    Worker {
+        /// How long a stop may take once the parent is gone.
+        stop_grace: Duration,
+    },
 }
 
 /// A timed hook starting or ending: `(hook index, run index)`.

@@ -66,7 +66,8 @@ fn a_parent_killed_by_sigkill_takes_its_descendants_along() {
     assert!(finish(&mut h).err().expect("killed").is_killed());
     assert_gone(pids[0]);
     for &p in &pids[1..] {
-        assert_gone_within(p, Duration::from_secs(3));
+        // Each level stops gracefully, bounded by its stop_grace plus a second.
+        assert_gone_within(p, Duration::from_secs(20));
     }
 }
 
@@ -106,6 +107,6 @@ fn a_killed_middle_process_is_reported_by_its_parent() {
         "{}",
         top.message
     );
-    assert_gone_within(pids[1], Duration::from_secs(3));
+    assert_gone_within(pids[1], Duration::from_secs(20));
     support::assert_no_shm_files();
 }

@@ -3,9 +3,14 @@
 //! The control thread reads every frame the parent sends: a `tell` goes to
 //! the inbox that [`Ctx::listen`](crate::Ctx::listen) reads, a stop request
 //! sets a flag the lifecycle checks between iterations, and pool tasks go to
-//! the worker loop. End of file means the parent is gone: nobody is left to
-//! report to, so the child ends at once, with everything its hooks started
-//! (its process group), whatever the hooks are doing.
+//! the worker loop.
+//!
+//! End of file means the parent is gone. That is a stop, as `Handle::stop`
+//! is: the current iteration finishes and `onfinish` runs. Then the child
+//! ends with what its hooks started (its process group). Nobody is left to
+//! wait for it, so the stop is bounded: after `stop_grace` plus one second
+//! the control thread ends the group itself, even if a hook is stuck in C
+//! code.
 
 use crate::error::{Error, Result};
 use crate::proto::{kind, Exit};
@@ -15,6 +20,10 @@ use crate::wire::{Frame, Reader, Writer};
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// What a stop may take beyond `stop_grace` once the parent is gone.
+const PARENT_GONE_SLACK: Duration = Duration::from_secs(1);
 
 /// The child's end of its control channel.
 #[derive(Debug)]
@@ -24,8 +33,14 @@ pub(crate) struct Link {
     pub(crate) inbox: Receiver<Frame>,
     /// Pool tasks (for a worker).
     pub(crate) others: Receiver<Frame>,
-    /// The parent asked for a stop.
+    /// A stop was asked for: by the parent, a signal, or the parent's end.
     pub(crate) stop: AtomicBool,
+    /// SIGTERM or SIGINT arrived.
+    pub(crate) signalled: AtomicBool,
+    /// The parent is gone.
+    parent_gone: AtomicBool,
+    /// How long a stop may take once the parent is gone.
+    pub(crate) stop_grace: Duration,
     pub(crate) max_message: usize,
     pub(crate) counters: Counters,
 }
@@ -67,6 +82,7 @@ impl Link {
         reader: Reader,
         writer: Writer,
         max_message: usize,
+        stop_grace: Duration,
         early: Early,
     ) -> Result<Arc<Link>> {
         let (inbox_tx, inbox) = crossbeam_channel::unbounded();
@@ -79,6 +95,9 @@ impl Link {
             inbox,
             others,
             stop: AtomicBool::new(early.stop),
+            signalled: AtomicBool::new(false),
+            parent_gone: AtomicBool::new(false),
+            stop_grace,
             max_message,
             counters: Counters::default(),
         });
@@ -86,12 +105,35 @@ impl Link {
         std::thread::Builder::new()
             .name("skprocess-control".into())
             .stack_size(256 * 1024)
-            .spawn(move || control(reader, &inbox_tx, &others_tx, &l))
+            .spawn(move || {
+                control(reader, &inbox_tx, &others_tx, &l);
+                // The parent is gone. Closing the channels tells `listen`
+                // and a pool worker's loop; then the stop gets its time.
+                drop((inbox_tx, others_tx));
+                l.parent_lost();
+            })
             .map_err(Error::Io)?;
         Ok(link)
     }
+
+    /// Whether the parent is gone.
+    pub(crate) fn is_parent_gone(&self) -> bool {
+        self.parent_gone.load(Ordering::Relaxed)
+    }
+
+    /// The parent is gone: stop, and end the process group if the stop has
+    /// not ended the process after `stop_grace` plus a second. Blocks the
+    /// calling thread until then.
+    pub(crate) fn parent_lost(&self) -> ! {
+        self.parent_gone.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
+        std::thread::sleep(self.stop_grace.saturating_add(PARENT_GONE_SLACK));
+        end_group(Exit::Clean)
+    }
 }
 
+/// Reads the parent's frames until end of file (returns) or nonsense (ends
+/// the process).
 fn control(mut reader: Reader, inbox: &Sender<Frame>, others: &Sender<Frame>, link: &Link) {
     loop {
         match reader.read(None) {
@@ -105,8 +147,7 @@ fn control(mut reader: Reader, inbox: &Sender<Frame>, others: &Sender<Frame>, li
                 }
             },
             Ok(None) => {}
-            // The parent is gone: end now, with what the hooks started.
-            Err(Error::Disconnected) => end_group(Exit::Clean),
+            Err(Error::Disconnected) => return,
             Err(e) => {
                 eprintln!("skprocess child {}: {e}", sys::proc::getpid());
                 end_group(Exit::ControlBroken)

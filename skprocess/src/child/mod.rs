@@ -17,6 +17,7 @@
 //! binary, example, test harness or bench needs no set-up line.
 
 mod link;
+mod signals;
 pub(crate) mod worker;
 
 pub(crate) use link::Link;
@@ -68,7 +69,7 @@ pub(crate) fn boot() {
     sys::proc::ignore_sigpipe();
     IS_CHILD.store(true, Ordering::Relaxed);
     let control = sys::proc::adopt_inherited_fd(fd);
-    main(control)
+    main(control, ppid)
 }
 
 fn parse_boot(v: &std::ffi::OsStr) -> Option<(RawFd, u32)> {
@@ -83,7 +84,7 @@ fn parse_boot(v: &std::ffi::OsStr) -> Option<(RawFd, u32)> {
 }
 
 /// Reads `INIT` and runs the role it names; never returns.
-fn main(control: OwnedFd) -> ! {
+fn main(control: OwnedFd, ppid: u32) -> ! {
     runtime::install_panic_hook();
     let Ok((mut reader, writer)) = wire::split(control) else {
         sys::proc::exit_now(Exit::NoControlSocket.code())
@@ -94,14 +95,24 @@ fn main(control: OwnedFd) -> ! {
     };
     let mut fds = init.fds;
     crate::log::install_child(early.log_setup.as_deref(), writer.clone());
-    let max_message = match &msg {
-        Init::Process { max_message, .. } => usize::try_from(*max_message).unwrap_or(usize::MAX),
-        Init::Worker {} => crate::config::DEFAULT_MAX_MESSAGE,
+    let (max_message, stop_grace) = match &msg {
+        Init::Process {
+            max_message,
+            stop_grace,
+            ..
+        } => (
+            usize::try_from(*max_message).unwrap_or(usize::MAX),
+            *stop_grace,
+        ),
+        Init::Worker { stop_grace } => (crate::config::DEFAULT_MAX_MESSAGE, *stop_grace),
     };
     reader.set_max_frame(max_message);
-    let Ok(link) = link::Link::start(reader, writer, max_message, early) else {
+    let Ok(link) = link::Link::start(reader, writer, max_message, stop_grace, early) else {
         sys::proc::exit_now(Exit::NoControlThread.code())
     };
+    if signals::install(&link, ppid).is_err() {
+        sys::proc::exit_now(Exit::NoControlThread.code());
+    }
     if fds.is_empty() {
         sys::proc::exit_now(Exit::NoStatusPage.code());
     }
@@ -131,11 +142,15 @@ fn main(control: OwnedFd) -> ! {
             };
             runtime::send_outcome(&link, outcome)
         }
-        Init::Worker {} => worker::serve(&link, &status),
+        Init::Worker { .. } => worker::serve(&link, &status),
     };
     crate::log::flush();
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
+    if link.is_parent_gone() {
+        // Nobody will reap what the hooks started: take it along.
+        link::end_group(exit);
+    }
     std::process::exit(exit.code())
 }
 

@@ -35,6 +35,11 @@ pub(crate) fn serve(link: &Arc<Link>, status: &SharedWords) -> Exit {
             eprintln!("skprocess pool worker {}: {msg}", sys::proc::getpid());
             return Exit::WorkerProtocol;
         }
+        if link.signalled.load(Ordering::Relaxed) {
+            // SIGTERM or SIGINT: the item running then was stopped; the
+            // worker ends, and its pool starts another in its place.
+            return Exit::Clean;
+        }
     }
     Exit::Clean
 }

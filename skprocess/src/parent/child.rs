@@ -46,6 +46,8 @@ pub(crate) struct Launch<'a> {
     pub(crate) capture_output: bool,
     /// The largest frame either side accepts.
     pub(crate) max_frame: usize,
+    /// How long its stop may take once its parent is gone.
+    pub(crate) stop_grace: Duration,
 }
 
 /// What woke a parent up while it waited on its child.
@@ -145,11 +147,17 @@ impl Child {
                     type_id: type_id.to_string(),
                     plan,
                     max_message: launch.max_frame as u64,
+                    stop_grace: launch.stop_grace,
                     state: value.bytes,
                 },
                 value.fds,
             ),
-            Role::Worker => (Init::Worker {}, Vec::new()),
+            Role::Worker => (
+                Init::Worker {
+                    stop_grace: launch.stop_grace,
+                },
+                Vec::new(),
+            ),
         };
         let bytes = postcard::to_allocvec(&init).map_err(|e| Error::Wire(e.to_string()))?;
         let mut fds = vec![self.status.fd().as_raw_fd()];

@@ -305,6 +305,7 @@ impl Lives {
             log_dir: self.config.log_dir.as_deref(),
             capture_output: self.config.capture_output,
             max_frame: self.config.max_message,
+            stop_grace: self.config.stop_grace,
         };
         Child::start(
             &launch,

@@ -121,6 +121,7 @@ impl Worker {
             log_dir: None,
             capture_output: false,
             max_frame: crate::config::DEFAULT_MAX_MESSAGE,
+            stop_grace: crate::Config::default().get_stop_grace(),
         };
         Ok(Worker {
             child: Child::start(&launch, Role::Worker)?,

@@ -138,15 +138,16 @@ pub(crate) fn getppid() -> u32 {
     unsafe { libc::getppid() as u32 }
 }
 
-/// Asks the kernel to send SIGKILL to this process when the thread that
-/// spawned it ends.
+/// Asks the kernel to send SIGTERM to this process when the thread that
+/// spawned it ends: the child turns it into a graceful stop, bounded in time
+/// (see `child::signals`).
 pub(crate) fn set_parent_death_signal() -> io::Result<()> {
     // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number as its only
     // argument; no pointers are involved.
     cvt(unsafe {
         libc::prctl(
             libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
+            libc::SIGTERM as libc::c_ulong,
             0,
             0,
             0,

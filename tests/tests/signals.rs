@@ -1,0 +1,155 @@
+//! SIGTERM, SIGINT and the parent's death reach a child as a stop, not a
+//! death: the iteration finishes, `onfinish` runs, no life is lost; and
+//! what its hooks started goes with it.
+
+mod support;
+
+use serde::{Deserialize, Serialize};
+use skprocess::prelude::*;
+use std::time::{Duration, Instant};
+use support::{assert_gone, assert_gone_within, finish, watchdog};
+
+/// Runs until stopped; says when it is running; records `onfinish`.
+#[derive(Process, Serialize, Deserialize)]
+#[process(lives = 3)]
+struct Service {
+    runs: u64,
+    finished: bool,
+}
+
+impl Process for Service {
+    fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+        if self.runs == 0 {
+            ctx.tell("running")?;
+        }
+        self.runs += 1;
+        std::thread::sleep(Duration::from_millis(1));
+        Ok(())
+    }
+    fn onfinish(&mut self, _ctx: &mut Ctx) -> HookResult {
+        self.finished = true;
+        Ok(())
+    }
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill takes plain integers.
+    let r = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    assert_eq!(r, 0, "kill({pid}, {sig})");
+}
+
+fn stopped_by(sig: i32) {
+    watchdog();
+    let mut h = Service {
+        runs: 0,
+        finished: false,
+    }
+    .start()
+    .unwrap();
+    let up: String = h.listen(support::DEADLINE).unwrap().expect("running");
+    assert_eq!(up, "running");
+    signal(h.pid(), sig);
+    let done = finish(&mut h).unwrap();
+    assert!(done.finished, "onfinish ran");
+    assert!(done.runs >= 1);
+    assert_eq!(h.attempt(), 1, "a signal costs no life");
+    assert_gone(h.pid());
+}
+
+#[test]
+fn sigterm_is_a_graceful_stop() {
+    stopped_by(libc::SIGTERM);
+}
+
+#[test]
+fn sigint_is_a_graceful_stop() {
+    stopped_by(libc::SIGINT);
+}
+
+/// Runs until stopped, with a `sleep` subprocess; `onfinish` marks a share.
+#[derive(Process, Serialize, Deserialize)]
+struct Orphaned {
+    finished: Share<bool>,
+    stuck: bool,
+}
+
+impl Process for Orphaned {
+    fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+        if ctx.run_index() == 0 {
+            let sub = std::process::Command::new("sleep").arg("1000").spawn()?;
+            ctx.tell(&(ctx.pid(), sub.id()))?;
+        }
+        if self.stuck {
+            // Deaf to stops: only the bound ends it.
+            std::thread::sleep(Duration::from_secs(1000));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+        Ok(())
+    }
+    fn onfinish(&mut self, _ctx: &mut Ctx) -> HookResult {
+        self.finished.set(true)?;
+        Ok(())
+    }
+}
+
+/// Starts an `Orphaned`, passes its pids up, then waits to be killed.
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1)]
+struct Parent {
+    finished: Share<bool>,
+    stuck: bool,
+}
+
+impl Process for Parent {
+    fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+        let h = Orphaned {
+            finished: self.finished.clone(),
+            stuck: self.stuck,
+        }
+        .start()?;
+        let pids: (u32, u32) = h.listen(Duration::from_secs(30))?.ok_or("no pids")?;
+        ctx.tell(&pids)?;
+        std::thread::sleep(Duration::from_secs(1000));
+        drop(h);
+        Ok(())
+    }
+}
+
+fn orphan(stuck: bool) -> (Share<bool>, u32, u32) {
+    watchdog();
+    let finished = Share::new(false).unwrap();
+    let mut h = Parent {
+        finished: finished.clone(),
+        stuck,
+    }
+    .start()
+    .unwrap();
+    let (child, sub): (u32, u32) = h.listen(support::DEADLINE).unwrap().expect("pids");
+    // SIGKILL: the parent gets no chance to stop its child itself.
+    h.kill().unwrap();
+    assert!(finish(&mut h).err().unwrap().is_killed());
+    (finished, child, sub)
+}
+
+#[test]
+fn a_parents_death_is_a_graceful_stop_that_takes_subprocesses_along() {
+    let (finished, child, sub) = orphan(false);
+    let until = Instant::now() + support::DEADLINE;
+    while !finished.get().unwrap() {
+        assert!(Instant::now() < until, "onfinish never ran");
+        std::thread::yield_now();
+    }
+    assert_gone_within(child, support::DEADLINE);
+    assert_gone_within(sub, support::DEADLINE);
+}
+
+#[test]
+fn a_child_stuck_after_its_parents_death_is_ended_with_its_subprocesses() {
+    let (finished, child, sub) = orphan(true);
+    assert_gone_within(child, support::DEADLINE);
+    assert_gone_within(sub, support::DEADLINE);
+    assert!(
+        !finished.get().unwrap(),
+        "a stuck hook never reached onfinish"
+    );
+}
