@@ -813,15 +813,9 @@ impl Process for Babbler {
 fn a_hook_that_logs_without_pause_still_times_out() -> skprocess::Result<()> {
     support::watchdog();
     let (cap, _g) = Captured::install();
-    let t0 = Instant::now();
     let mut h = Babbler.start()?;
     let err = finish(&mut h).err().expect("the hook times out");
     assert!(err.is_timeout(), "{err}");
-    assert!(
-        t0.elapsed() < Duration::from_secs(30),
-        "took {:?}",
-        t0.elapsed()
-    );
     // What arrived is in order, with no gap.
     let ev = cap.of(h.pid());
     assert!(!ev.is_empty());

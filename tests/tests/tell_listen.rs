@@ -115,10 +115,7 @@ fn listen_times_out_with_none() -> skprocess::Result<()> {
     let t0 = Instant::now();
     assert_eq!(h.listen::<Msg>(Duration::from_millis(50))?, None);
     let took = t0.elapsed();
-    assert!(
-        took >= Duration::from_millis(50) && took < Duration::from_secs(2),
-        "{took:?}"
-    );
+    assert!(took >= Duration::from_millis(50), "{took:?}");
     assert_eq!(h.try_listen::<Msg>()?, None);
     h.tell(&Msg::Stop)?;
     finish(&mut h)?;
@@ -173,15 +170,13 @@ fn messages_sent_before_the_end_can_still_be_read_then_err() -> skprocess::Resul
     for i in 0..500u64 {
         assert_eq!(h.listen::<u64>(support::DEADLINE)?, Some(i));
     }
-    let t0 = Instant::now();
+    // An hour: only the end being known (not the timeout) can return it
+    // within the test's watchdog.
+    support::watchdog();
     assert!(matches!(
-        h.listen::<u64>(Duration::from_secs(30)),
+        h.listen::<u64>(Duration::from_secs(3600)),
         Err(Error::Disconnected)
     ));
-    assert!(
-        t0.elapsed() < Duration::from_secs(1),
-        "did not wait out the timeout"
-    );
     assert!(matches!(h.tell(&1u8), Err(Error::Disconnected)));
     Ok(())
 }
@@ -192,18 +187,13 @@ fn listen_on_a_killed_child_is_an_error_promptly() -> skprocess::Result<()> {
     h.tell(&Msg::Num(1))?;
     assert_eq!(h.listen::<Msg>(support::DEADLINE)?, Some(Msg::Num(2)));
     h.kill()?;
-    let t0 = Instant::now();
-    assert!(h.listen::<Msg>(Duration::from_secs(30)).is_err());
-    assert!(t0.elapsed() < Duration::from_secs(2));
-    let t0 = Instant::now();
-    // tell on a dead child fails fast too (once the handle has seen it end).
-    while h.tell(&Msg::Num(1)).is_ok() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(2),
-            "tell kept succeeding on a dead child"
-        );
-        std::thread::yield_now();
-    }
+    support::watchdog();
+    assert!(matches!(
+        h.listen::<Msg>(Duration::from_secs(3600)),
+        Err(Error::Disconnected)
+    ));
+    // The process has ended: tell fails at once.
+    assert!(matches!(h.tell(&Msg::Num(1)), Err(Error::Disconnected)));
     Ok(())
 }
 
@@ -213,9 +203,8 @@ fn child_listen_sees_a_dead_parent_channel_as_the_end() -> skprocess::Result<()>
     // not left blocked: the drop completes promptly.
     let h = Doubler::default().start()?;
     let pid = h.pid();
-    let t0 = Instant::now();
+    support::watchdog();
     drop(h);
-    assert!(t0.elapsed() < Duration::from_secs(3));
     support::assert_gone(pid);
     Ok(())
 }
