@@ -83,6 +83,8 @@ pub struct Config {
     pub(crate) max_message: usize,
     pub(crate) capture_output: bool,
     pub(crate) log_dir: Option<PathBuf>,
+    pub(crate) heartbeat: Option<Duration>,
+    pub(crate) memory_limit: Option<u64>,
 }
 
 impl Default for Config {
@@ -96,6 +98,8 @@ impl Default for Config {
             max_message: DEFAULT_MAX_MESSAGE,
             capture_output: false,
             log_dir: None,
+            heartbeat: None,
+            memory_limit: None,
         }
     }
 }
@@ -235,5 +239,54 @@ impl Config {
     /// The grace period of a dropped handle.
     pub fn get_stop_grace(&self) -> Duration {
         self.stop_grace
+    }
+
+    /// Hang detection: a child that shows no sign of life for `every` (no
+    /// hook starting or ending, no [`Ctx::heartbeat`](crate::Ctx::heartbeat),
+    /// no [`Ctx::report`](crate::Ctx::report)) is hung; the parent kills it,
+    /// which costs a life ([`Error::is_hung`](crate::Error::is_hung)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use skprocess::Config;
+    /// use std::time::Duration;
+    ///
+    /// let cfg = Config::default().heartbeat(Duration::from_secs(2));
+    /// assert_eq!(cfg.get_heartbeat(), Some(Duration::from_secs(2)));
+    /// ```
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = Some(every);
+        self
+    }
+
+    /// The hang-detection period, if set.
+    pub fn get_heartbeat(&self) -> Option<Duration> {
+        self.heartbeat
+    }
+
+    /// Limits the child's resident memory (what it really uses, not its
+    /// address space) to `bytes`: past it the parent kills the child, which
+    /// costs a life ([`Error::is_out_of_memory`](crate::Error::is_out_of_memory),
+    /// with a message naming the limit). The parent checks every few
+    /// milliseconds, so a child that allocates very fast can pass the limit
+    /// briefly before it is stopped; it never takes the parent down.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use skprocess::Config;
+    ///
+    /// let cfg = Config::default().memory_limit(256 << 20);
+    /// assert_eq!(cfg.get_memory_limit(), Some(256 << 20));
+    /// ```
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// The memory limit, if set.
+    pub fn get_memory_limit(&self) -> Option<u64> {
+        self.memory_limit
     }
 }

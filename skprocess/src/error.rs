@@ -96,6 +96,10 @@ pub struct Failure {
     pub lives: u32,
     /// What happened.
     pub cause: Cause,
+    /// The error was [`fatal`](crate::fatal): no further life was tried.
+    pub fatal: bool,
+    /// In a pool, the item's index in the input.
+    pub item: Option<usize>,
 }
 
 /// The cause of a [`Failure`].
@@ -114,6 +118,37 @@ pub enum Cause {
     Crashed(String),
     /// The child could not rebuild or send back the process value.
     Codec(String),
+    /// The child showed no sign of life for its heartbeat period.
+    Hung(Duration),
+    /// The child's resident memory went past its limit.
+    OutOfMemory {
+        /// The limit, in bytes.
+        limit: u64,
+        /// What it was seen using, in bytes.
+        used: u64,
+    },
+}
+
+impl Failure {
+    pub(crate) fn new(
+        process: String,
+        hook: Option<Hook>,
+        run: Option<u64>,
+        attempt: u32,
+        lives: u32,
+        cause: Cause,
+    ) -> Failure {
+        Failure {
+            process,
+            hook,
+            run,
+            attempt,
+            lives,
+            cause,
+            fatal: false,
+            item: None,
+        }
+    }
 }
 
 impl fmt::Display for Failure {
@@ -124,23 +159,30 @@ impl fmt::Display for Failure {
             Cause::HookTimeout(_) => "timed out",
             Cause::JoinTimeout(_) => "ran past join_in",
             Cause::Crashed(_) => "crashed",
+            Cause::Hung(_) => "hung",
+            Cause::OutOfMemory { .. } => "ran out of memory",
         };
         write!(f, "process {} {verb} ", self.process)?;
+        let fatal = if self.fatal { ", fatal" } else { "" };
         match (self.hook, self.run) {
             (Some(h), Some(r)) if h != Hook::Onfinish => write!(
                 f,
-                "in {h} (run #{r}, attempt {} of {})",
+                "in {h} (run #{r}, attempt {} of {}{fatal})",
                 self.attempt, self.lives
             )?,
             (Some(h), Some(r)) => write!(
                 f,
-                "in {h} (after {r} runs, attempt {} of {})",
+                "in {h} (after {r} runs, attempt {} of {}{fatal})",
                 self.attempt, self.lives
             )?,
-            (Some(h), None) => write!(f, "in {h} (attempt {} of {})", self.attempt, self.lives)?,
+            (Some(h), None) => write!(
+                f,
+                "in {h} (attempt {} of {}{fatal})",
+                self.attempt, self.lives
+            )?,
             (None, _) => write!(
                 f,
-                "outside any hook (attempt {} of {})",
+                "outside any hook (attempt {} of {}{fatal})",
                 self.attempt, self.lives
             )?,
         }
@@ -157,6 +199,17 @@ impl fmt::Display for Failure {
                 f,
                 ": exceeded join_in of {}",
                 humantime::format_duration(*d)
+            ),
+            Cause::Hung(d) => write!(
+                f,
+                ": showed no sign of life for its heartbeat period of {}",
+                humantime::format_duration(*d)
+            ),
+            Cause::OutOfMemory { limit, used } => write!(
+                f,
+                ": its resident memory reached {} MiB, past its memory_limit of {} MiB ({limit} bytes)",
+                used >> 20,
+                limit >> 20
             ),
         }
     }
@@ -193,6 +246,32 @@ impl Error {
     /// Whether a hook panicked.
     pub fn is_panic(&self) -> bool {
         matches!(self.failure().map(|f| &f.cause), Some(Cause::Panicked(_)))
+    }
+
+    /// Whether the child was killed for showing no sign of life for its
+    /// [heartbeat](crate::Config::heartbeat) period.
+    pub fn is_hung(&self) -> bool {
+        matches!(self.failure().map(|f| &f.cause), Some(Cause::Hung(_)))
+    }
+
+    /// Whether the child was killed for going past its
+    /// [memory limit](crate::Config::memory_limit).
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(
+            self.failure().map(|f| &f.cause),
+            Some(Cause::OutOfMemory { .. })
+        )
+    }
+
+    /// Whether the process ended on a [`fatal`](crate::fatal) error, with no
+    /// further life tried.
+    pub fn is_fatal(&self) -> bool {
+        self.failure().is_some_and(|f| f.fatal)
+    }
+
+    /// For an error of a pool item, the item's index in the input.
+    pub fn item(&self) -> Option<usize> {
+        self.failure().and_then(|f| f.item)
     }
 
     /// Whether the process was killed through its handle.
@@ -256,6 +335,56 @@ impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         Error::Io(e)
     }
+}
+
+/// An error that ends its process at once, whatever lives it has left: for
+/// a deterministic failure (bad input, say) that another attempt would only
+/// repeat. Made by [`fatal`]; a hook returns it like any error.
+#[derive(Debug)]
+pub struct Fatal(BoxError);
+
+impl fmt::Display for Fatal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Fatal {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// Wraps `e` so that returning it from a hook ends the process now, with
+/// no further life ([`Error::is_fatal`] then says so).
+///
+/// # Examples
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use skprocess::prelude::*;
+///
+/// #[derive(Process, Serialize, Deserialize)]
+/// #[process(lives = 5)]
+/// struct Parse { input: String }
+///
+/// impl Process for Parse {
+///     fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+///         let _n: u64 = self.input.parse().map_err(skprocess::fatal)?;
+///         Ok(())
+///     }
+/// }
+///
+/// # fn main() -> skprocess::Result<()> {
+/// let mut h = Parse { input: "not a number".into() }.start()?;
+/// let e = h.wait().err().expect("a fatal error");
+/// assert!(e.is_fatal());
+/// assert_eq!(e.attempt(), Some(1)); // no retry
+/// # Ok(())
+/// # }
+/// ```
+pub fn fatal(e: impl Into<BoxError>) -> Fatal {
+    Fatal(e.into())
 }
 
 /// Formats an error with its chain of sources, `a: b: c`.

@@ -83,7 +83,7 @@ impl<P: Process> Handle<P> {
         let encoded = wire::encode(&value)?;
         wire::check_size(encoded.bytes.len(), config.max_message)?;
         drop(value);
-        let control = Arc::new(Control::new(P::NAME, &config));
+        let control = Arc::new(Control::new(P::NAME, &config)?);
         let grace = config.stop_grace;
         let mut lives = Lives::new(control.clone(), P::ID, encoded, config);
         let first = lives.start_first()?;
@@ -237,6 +237,47 @@ impl<P> Handle<P> {
     /// The pid of the current child (or the last one, once ended).
     pub fn pid(&self) -> u32 {
         self.control.pid()
+    }
+
+    /// The newest value the process reported with
+    /// [`Ctx::report`](crate::Ctx::report), without blocking: `None` before
+    /// the first report. The last report stays readable after a restart and
+    /// after the end.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WrongType`] if the report was of another type.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use serde::{Deserialize, Serialize};
+    /// use skprocess::prelude::*;
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Progress { done: u64 }
+    ///
+    /// #[derive(Process, Serialize, Deserialize)]
+    /// #[process(runs = 100)]
+    /// struct Job;
+    ///
+    /// impl Process for Job {
+    ///     fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+    ///         ctx.report(&Progress { done: ctx.run_index() + 1 })?;
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # fn main() -> skprocess::Result<()> {
+    /// let mut h = Job.start()?;
+    /// h.wait()?;
+    /// let p: Option<Progress> = h.report()?;
+    /// assert_eq!(p.map(|p| p.done), Some(100));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn report<T: DeserializeOwned>(&self) -> Result<Option<T>> {
+        self.control.report.read()
     }
 
     /// The attempt running now (1-based; the last one, once ended).

@@ -257,6 +257,7 @@ mod pool;
 mod process;
 mod proto;
 mod registry;
+mod report;
 mod runtime;
 mod share;
 mod spawn;
@@ -268,7 +269,7 @@ mod wire;
 
 pub use child::is_child;
 pub use config::{Config, Hook};
-pub use error::{BoxError, Cause, Error, Failure, HookResult, Result};
+pub use error::{fatal, BoxError, Cause, Error, Failure, Fatal, HookResult, Result};
 pub use handle::Handle;
 pub use pipe::{Pipe, PipeReceiver, PipeSender};
 pub use pool::{Imap, Pool};

@@ -56,8 +56,8 @@ pub(crate) struct Plan {
     pub(crate) stop: bool,
 }
 
-/// The first frame a child reads. Descriptors: the status page, then those
-/// of the value.
+/// The first frame a child reads. Descriptors: the status page, for a
+/// process its report page, then those of the value.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Init {
     /// Run one process value to its end, then exit.
@@ -93,6 +93,9 @@ pub(crate) const STATUS_HOOK: usize = 1;
 pub(crate) const STATUS_RUN: usize = 2;
 /// In a pool worker: the items and batches begun so far.
 pub(crate) const STATUS_BEGUN: usize = 3;
+/// Signs of life: bumped when a hook starts or ends, on `ctx.heartbeat()`
+/// and on `ctx.report()`.
+pub(crate) const STATUS_BEAT: usize = 4;
 
 /// The timer words of `hook` in a status page.
 pub(crate) fn timer_words(words: &[AtomicU64], hook: Hook) -> &[AtomicU64] {

@@ -12,8 +12,9 @@
 
 use crate::child::Link;
 use crate::config::Hook;
-use crate::error::{chain, Cause, Error, Failure, HookResult, Result};
-use crate::proto::{kind, timer_words, Exit, HookMark, Plan, STATUS_HOOK, STATUS_RUN};
+use crate::error::{chain, Cause, Error, Failure, Fatal, HookResult, Result};
+use crate::proto::{kind, timer_words, Exit, HookMark, Plan, STATUS_BEAT, STATUS_HOOK, STATUS_RUN};
+use crate::report::ReportPage;
 use crate::stats::Stats;
 use crate::sys::{self, mem::SharedWords};
 use crate::timers;
@@ -44,6 +45,10 @@ pub(crate) struct RunArgs<'a> {
 #[derive(Debug)]
 pub struct Ctx {
     link: Arc<Link>,
+    /// The status page: where signs of life are counted.
+    status: Arc<SharedWords>,
+    /// Where reports go (`None` in a pool item: nobody reads them).
+    report: Option<Arc<ReportPage>>,
     run_index: u64,
     attempt: u32,
     lives: u32,
@@ -107,6 +112,33 @@ impl Ctx {
         self.link.counters.snapshot()
     }
 
+    /// Publishes `status` as this process's newest report, which the parent
+    /// reads with [`Handle::report`](crate::Handle::report) (or a
+    /// supervisor's `report`). Never blocks and never queues: only the
+    /// newest value is kept, so reporting often costs the parent nothing.
+    /// It is also a sign of life (see [`heartbeat`](Ctx::heartbeat)). In a
+    /// pool item, reports go nowhere.
+    ///
+    /// # Errors
+    ///
+    /// If the value cannot be encoded, holds a handle (a `Share`, a
+    /// `Pipe`), or is over 64 KiB encoded.
+    pub fn report<T: Serialize + ?Sized>(&self, status: &T) -> Result<()> {
+        self.heartbeat();
+        match &self.report {
+            Some(page) => page.publish(status),
+            None => Ok(()),
+        }
+    }
+
+    /// Says "still alive" from inside a long hook, for
+    /// [`Config::heartbeat`](crate::Config::heartbeat): a child that shows
+    /// no sign of life (no hook starting or ending, no heartbeat, no report)
+    /// for the heartbeat period is hung, and killed.
+    pub fn heartbeat(&self) {
+        self.status.words()[STATUS_BEAT].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Ends the loop after this iteration (its `postrun` still runs), then
     /// `onfinish` runs.
     pub fn stop(&mut self) {
@@ -139,12 +171,19 @@ impl Ctx {
         self.pid
     }
 
-    pub(crate) fn new(link: Arc<Link>, plan: &Plan) -> Ctx {
+    pub(crate) fn new(
+        link: Arc<Link>,
+        plan: &Plan,
+        status: Arc<SharedWords>,
+        report: Option<Arc<ReportPage>>,
+    ) -> Ctx {
         if plan.stop {
             link.stop.store(true, Ordering::Relaxed);
         }
         Ctx {
             link,
+            status,
+            report,
             run_index: 0,
             attempt: plan.attempt,
             lives: plan.lives,
@@ -206,14 +245,14 @@ struct Runner<'a> {
 
 impl Runner<'_> {
     fn failure(&self, hook: Option<Hook>, run: Option<u64>, cause: Cause) -> Failure {
-        Failure {
-            process: self.name.to_string(),
+        Failure::new(
+            self.name.to_string(),
             hook,
             run,
-            attempt: self.plan.attempt,
-            lives: self.plan.lives,
+            self.plan.attempt,
+            self.plan.lives,
             cause,
-        }
+        )
     }
 
     fn call<P>(
@@ -227,6 +266,7 @@ impl Runner<'_> {
         let run = ctx.run_index;
         words[STATUS_RUN].store(run, Ordering::Relaxed);
         words[STATUS_HOOK].store(hook.index() as u64 + 1, Ordering::Relaxed);
+        words[STATUS_BEAT].fetch_add(1, Ordering::Relaxed);
         let timed = self.plan.timed[hook.index()];
         if timed {
             self.mark(ctx, kind::HOOK_START, hook, run)?;
@@ -237,18 +277,21 @@ impl Runner<'_> {
         let elapsed = t0.elapsed();
         IN_HOOK.with(|c| c.set(false));
         timers::record(timer_words(words, hook), elapsed);
+        words[STATUS_BEAT].fetch_add(1, Ordering::Relaxed);
         if timed {
             self.mark(ctx, kind::HOOK_END, hook, run)?;
         }
-        let cause = match r {
+        let (cause, fatal) = match r {
             Ok(Ok(())) => {
                 words[STATUS_HOOK].store(0, Ordering::Relaxed);
                 return Ok(());
             }
-            Ok(Err(e)) => Cause::Returned(chain(&*e)),
-            Err(payload) => Cause::Panicked(panic_message(&*payload)),
+            Ok(Err(e)) => (Cause::Returned(chain(&*e)), is_fatal(&*e)),
+            Err(payload) => (Cause::Panicked(panic_message(&*payload)), false),
         };
-        Err(self.failure(Some(hook), Some(run), cause))
+        let mut f = self.failure(Some(hook), Some(run), cause);
+        f.fatal = fatal;
+        Err(f)
     }
 
     fn mark(&self, ctx: &Ctx, k: u8, hook: Hook, run: u64) -> Result<(), Failure> {
@@ -278,6 +321,18 @@ impl Runner<'_> {
         ctx.run_index = i;
         self.call(p, ctx, Hook::Onfinish, P::onfinish)
     }
+}
+
+/// Whether `e`, or an error it wraps, is [`Fatal`].
+fn is_fatal(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if e.is::<Fatal>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 /// Runs `f` as user code: a panic inside it (a `Serialize` or
@@ -324,17 +379,17 @@ pub(crate) fn run_value<P: Process>(args: RunArgs<'_>) -> Result<wire::Encoded, 
 
 /// The failure of a value whose type this binary does not have.
 pub(crate) fn unregistered(type_id: &str, plan: &Plan) -> Failure {
-    Failure {
-        process: type_id.split('@').next().unwrap_or(type_id).to_string(),
-        hook: None,
-        run: None,
-        attempt: plan.attempt,
-        lives: plan.lives,
-        cause: Cause::Codec(
+    Failure::new(
+        type_id.split('@').next().unwrap_or(type_id).to_string(),
+        None,
+        None,
+        plan.attempt,
+        plan.lives,
+        Cause::Codec(
             "the child binary has no such process type registered (was the binary replaced?)"
                 .into(),
         ),
-    }
+    )
 }
 
 /// Sends the final state (`DONE`) or the failure (`FAILED`); returns how

@@ -23,6 +23,7 @@ pub(crate) mod worker;
 pub(crate) use link::Link;
 
 use crate::proto::{Exit, Init, STATUS_WORDS};
+use crate::report::ReportPage;
 use crate::spawn::{self, BOOT_ENV};
 use crate::sys::{self, mem::SharedWords};
 use crate::wire;
@@ -30,6 +31,7 @@ use crate::{registry, runtime};
 use std::io::Write;
 use std::os::fd::{OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 static IS_CHILD: AtomicBool = AtomicBool::new(false);
 
@@ -117,7 +119,7 @@ fn main(control: OwnedFd, ppid: u32) -> ! {
         sys::proc::exit_now(Exit::NoStatusPage.code());
     }
     let status = match SharedWords::from_fd(fds.remove(0)) {
-        Ok(s) if s.words().len() >= STATUS_WORDS => s,
+        Ok(s) if s.words().len() >= STATUS_WORDS => Arc::new(s),
         _ => sys::proc::exit_now(Exit::BadStatusPage.code()),
     };
     let exit = match msg {
@@ -127,9 +129,21 @@ fn main(control: OwnedFd, ppid: u32) -> ! {
             state,
             ..
         } => {
+            let report = match fds.is_empty() {
+                false => ReportPage::from_fd(fds.remove(0)).ok(),
+                true => None,
+            };
+            let Some(report) = report else {
+                sys::proc::exit_now(Exit::BadStatusPage.code())
+            };
             let outcome = match registry::find(&type_id) {
                 Some(entry) => {
-                    let mut ctx = runtime::Ctx::new(link.clone(), &plan);
+                    let mut ctx = runtime::Ctx::new(
+                        link.clone(),
+                        &plan,
+                        status.clone(),
+                        Some(Arc::new(report)),
+                    );
                     (entry.run)(runtime::RunArgs {
                         ctx: &mut ctx,
                         plan: &plan,

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Serves the pool until it closes the socket; returns how to exit.
-pub(crate) fn serve(link: &Arc<Link>, status: &SharedWords) -> Exit {
+pub(crate) fn serve(link: &Arc<Link>, status: &Arc<SharedWords>) -> Exit {
     while let Ok(frame) = link.others.recv() {
         let done = match frame.kind {
             kind::POOL_ITEMS => run_items(link, status, frame),
@@ -44,7 +44,7 @@ pub(crate) fn serve(link: &Arc<Link>, status: &SharedWords) -> Exit {
     Exit::Clean
 }
 
-fn run_items(link: &Arc<Link>, status: &SharedWords, frame: Frame) -> Result<(), String> {
+fn run_items(link: &Arc<Link>, status: &Arc<SharedWords>, frame: Frame) -> Result<(), String> {
     let (head, parts) = batch::read_items(&frame.payload).map_err(|e| e.to_string())?;
     let entry = registry::find(&head.type_id);
     let mut attempts = head.attempts.iter();
@@ -64,7 +64,7 @@ fn run_items(link: &Arc<Link>, status: &SharedWords, frame: Frame) -> Result<(),
         begin(status);
         let outcome = match entry {
             Some(entry) => {
-                let mut ctx = Ctx::new(link.clone(), &plan);
+                let mut ctx = Ctx::new(link.clone(), &plan, status.clone(), None);
                 (entry.run)(RunArgs {
                     ctx: &mut ctx,
                     plan: &plan,

@@ -8,11 +8,12 @@
 //! reaps it; a `Child` dropped without `finish` is killed and reaped, so no
 //! path leaves a zombie or an orphan.
 
-use super::deadline::{Deadlines, Overrun};
+use super::deadline::{Deadlines, Overrun, Vitals};
 use crate::config::Hook;
 use crate::error::{Error, Result};
 use crate::log;
-use crate::proto::{self, kind, Exit, Init, STATUS_WORDS};
+use crate::proto::{self, kind, Exit, Init, STATUS_BEAT, STATUS_WORDS};
+use crate::report::ReportPage;
 use crate::spawn::{self, SpawnOptions};
 use crate::sys::{self, mem::SharedWords, proc::ExitStatus};
 use crate::timers::Timers;
@@ -30,6 +31,8 @@ pub(crate) enum Role {
         type_id: &'static str,
         plan: proto::Plan,
         value: Encoded,
+        /// Where it reports (the same page for every life).
+        report: Arc<ReportPage>,
     },
     /// A pool worker.
     Worker,
@@ -137,21 +140,24 @@ impl Child {
     fn send_init(&mut self, launch: &Launch<'_>, role: Role) -> Result<()> {
         let writer = self.writer();
         let setup = log::setup_payload(launch.origin, launch.log_dir.is_some());
+        let mut fds = vec![self.status.fd().as_raw_fd()];
         let (init, value) = match role {
             Role::Process {
                 type_id,
                 plan,
                 value,
-            } => (
-                Init::Process {
+                report,
+            } => {
+                fds.push(report.fd().as_raw_fd());
+                let init = Init::Process {
                     type_id: type_id.to_string(),
                     plan,
                     max_message: launch.max_frame as u64,
                     stop_grace: launch.stop_grace,
                     state: value.bytes,
-                },
-                value.fds,
-            ),
+                };
+                (init, value.fds)
+            }
             Role::Worker => (
                 Init::Worker {
                     stop_grace: launch.stop_grace,
@@ -160,7 +166,6 @@ impl Child {
             ),
         };
         let bytes = postcard::to_allocvec(&init).map_err(|e| Error::Wire(e.to_string()))?;
-        let mut fds = vec![self.status.fd().as_raw_fd()];
         fds.extend(value.iter().map(AsRawFd::as_raw_fd));
         // A child that died at once makes these fail; reading then sees end
         // of file and reports the crash with its exit status.
@@ -220,11 +225,15 @@ impl Child {
         let Some(reader) = self.reader.as_mut() else {
             return Event::Closed;
         };
+        let vitals = ChildVitals {
+            pid: self.pid,
+            status: &self.status,
+        };
         loop {
             // Checked before every read, so a child that sends without
             // pause cannot hold its deadline off.
             let now = Instant::now();
-            if let Some(o) = deadlines.as_ref().and_then(|d| d.overrun(now)) {
+            if let Some(o) = deadlines.as_mut().and_then(|d| d.overrun(now, &vitals)) {
                 return Event::Overrun(o);
             }
             let until = deadlines.as_ref().and_then(|d| d.next());
@@ -290,6 +299,32 @@ impl Child {
             c.finish();
         }
         status
+    }
+}
+
+/// What the deadlines read of a running child.
+struct ChildVitals<'a> {
+    pid: u32,
+    status: &'a SharedWords,
+}
+
+impl Vitals for ChildVitals<'_> {
+    fn beat(&self) -> u64 {
+        self.status.words()[STATUS_BEAT].load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn resident(&self) -> Option<u64> {
+        sys::proc::resident_bytes(self.pid)
+    }
+}
+
+impl Child {
+    /// What the deadlines read of it.
+    pub(crate) fn vitals(&self) -> impl Vitals + '_ {
+        ChildVitals {
+            pid: self.pid,
+            status: &self.status,
+        }
     }
 }
 

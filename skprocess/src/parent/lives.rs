@@ -25,6 +25,7 @@ use crate::config::{Config, Hook};
 use crate::error::{Cause, Error, Failure, Result};
 use crate::log;
 use crate::proto::{self, kind, Plan};
+use crate::report::ReportPage;
 use crate::stats::Counters;
 use crate::sys::mem::SharedWords;
 use crate::timers::Timers;
@@ -82,11 +83,13 @@ pub(crate) struct Control {
     /// `tell` and `listen` traffic.
     pub(crate) counters: Counters,
     pub(crate) max_message: usize,
+    /// Its newest report, kept across lives and after the end.
+    pub(crate) report: Arc<ReportPage>,
 }
 
 impl Control {
-    pub(crate) fn new(name: &'static str, config: &Config) -> Control {
-        Control {
+    pub(crate) fn new(name: &'static str, config: &Config) -> Result<Control> {
+        Ok(Control {
             name,
             state: Mutex::new(State {
                 phase: Phase::Starting,
@@ -100,7 +103,8 @@ impl Control {
             inbox: Inbox::new(inbox::DEFAULT_LIMIT),
             counters: Counters::default(),
             max_message: config.max_message,
-        }
+            report: Arc::new(ReportPage::new().map_err(Error::Spawn)?),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -270,14 +274,14 @@ impl Lives {
     }
 
     fn failure(&self, attempt: u32, hook: Option<Hook>, run: Option<u64>, cause: Cause) -> Failure {
-        Failure {
-            process: self.control.name.to_string(),
+        Failure::new(
+            self.control.name.to_string(),
             hook,
             run,
             attempt,
-            lives: self.config.lives,
+            self.config.lives,
             cause,
-        }
+        )
     }
 
     /// Starts life `attempt` (not yet published).
@@ -313,6 +317,7 @@ impl Lives {
                 type_id: self.type_id,
                 plan,
                 value,
+                report: self.control.report.clone(),
             },
         )
     }
@@ -376,7 +381,8 @@ impl Lives {
             // Backpressure: no reading while the inbox is full, but the
             // deadlines still hold.
             while !inbox.wait_room(Some(Instant::now())) {
-                if let Some(o) = deadlines.overrun(Instant::now()) {
+                let overrun = deadlines.overrun(Instant::now(), &child.vitals());
+                if let Some(o) = overrun {
                     return self.overrun(child, attempt, o);
                 }
                 if child.has_exited() {
@@ -406,7 +412,11 @@ impl Lives {
                                 Cause::Crashed(format!("unreadable failure report: {e}")),
                             )
                         });
-                        outcome = Some(Outcome::Failed(failure));
+                        outcome = Some(if failure.fatal {
+                            Outcome::Final(failure)
+                        } else {
+                            Outcome::Failed(failure)
+                        });
                     }
                     other => {
                         let e = Error::Wire(format!("unknown frame kind {other}"));
@@ -437,25 +447,14 @@ impl Lives {
 
     /// Kills a child that overran a limit and says how the life ended.
     fn overrun(&self, child: Child, attempt: u32, overrun: Overrun) -> Outcome {
-        let (hook, run) = child.position();
-        let killed_in = match overrun {
-            Overrun::Hook { hook, ran, .. } => Some((hook, ran)),
-            Overrun::Join(_) => None,
-        };
-        self.control.unpublish(&child, killed_in);
+        let v = overrun.verdict(child.position());
+        self.control.unpublish(&child, v.killed_in);
         let _ = child.finish(End::Kill);
-        match overrun {
-            Overrun::Join(limit) => {
-                Outcome::Final(self.failure(attempt, hook, run, Cause::JoinTimeout(limit)))
-            }
-            Overrun::Hook {
-                hook, run, limit, ..
-            } => Outcome::Failed(self.failure(
-                attempt,
-                Some(hook),
-                Some(run),
-                Cause::HookTimeout(limit),
-            )),
+        let f = self.failure(attempt, v.hook, v.run, v.cause);
+        if v.last {
+            Outcome::Final(f)
+        } else {
+            Outcome::Failed(f)
         }
     }
 

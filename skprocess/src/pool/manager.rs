@@ -454,7 +454,8 @@ impl Manager {
                 )
             });
             f.process = format!("{} item #{}", job.name, unit.index);
-            if unit.attempt < f.lives {
+            f.item = Some(unit.index);
+            if unit.attempt < f.lives && !f.fatal {
                 // The worker is healthy: the next attempt runs there, after
                 // what is already queued.
                 unit.attempt += 1;
@@ -477,10 +478,7 @@ impl Manager {
         // A worker that died before it began the head (killed from outside
         // while idle) costs nobody a life.
         let charge = overrun.is_some() || w.began_next();
-        let killed_in = match overrun {
-            Some(Overrun::Hook { hook, ran, .. }) => Some((hook, ran)),
-            _ => None,
-        };
+        let killed_in = overrun.and_then(|o| o.verdict((hook, run)).killed_in);
         self.retire(&w, killed_in);
         let what = if overrun.is_none() && what.is_empty() {
             let status = w.child.finish(End::Exiting {
@@ -530,10 +528,10 @@ fn charge_head(
         Flight::Items { job, mut units } => {
             let mut unit = units.pop_front().expect("an items flight is never empty");
             let (hook, run, cause, last) = match overrun {
-                Some(Overrun::Join(limit)) => (hook, run, Cause::JoinTimeout(limit), true),
-                Some(Overrun::Hook {
-                    hook, run, limit, ..
-                }) => (Some(hook), Some(run), Cause::HookTimeout(limit), false),
+                Some(o) => {
+                    let v = o.verdict((hook, run));
+                    (v.hook, v.run, v.cause, v.last)
+                }
                 None => (hook, run, Cause::Crashed(what), false),
             };
             let f = job.failure(unit.index, unit.attempt, hook, run, cause);
@@ -555,6 +553,8 @@ fn charge_head(
                 .job
                 .failure(c.start, c.tries, Some(Hook::Run), None, cause);
             f.process = format!("{} items #{}..{}", c.job.name, c.start, c.start + c.count);
+            // Which item of the batch failed is not known.
+            f.item = None;
             c.answer(Err(Error::Process(Box::new(f))));
             None
         }

@@ -56,14 +56,16 @@ impl Job {
             JobKind::Items { config, .. } => config.lives,
             JobKind::Calls => CALL_TRIES,
         };
-        Failure {
-            process: format!("{} item #{index}", self.name),
+        let mut f = Failure::new(
+            format!("{} item #{index}", self.name),
             hook,
             run,
             attempt,
             lives,
             cause,
-        }
+        );
+        f.item = Some(index);
+        f
     }
 }
 

@@ -218,3 +218,18 @@ pub(crate) fn wait_with_peak_rss(pid: u32) -> io::Result<(ExitStatus, u64)> {
     cvt_retry(|| unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut ru) })?;
     Ok((decode_status(status), ru.ru_maxrss as u64 * 1024))
 }
+
+/// The resident memory of process `pid`, in bytes, from
+/// `/proc/<pid>/statm`; `None` if it cannot be read (the process is gone).
+pub(crate) fn resident_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages.saturating_mul(page_size()))
+}
+
+/// The size of a memory page.
+pub(crate) fn page_size() -> u64 {
+    // SAFETY: sysconf takes an integer name and has no other preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(n).unwrap_or(4096)
+}
