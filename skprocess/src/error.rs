@@ -78,6 +78,10 @@ pub enum Error {
     /// A misuse of the API, described in the message.
     #[error("{0}")]
     Usage(String),
+    /// A supervisor's children restarted more often than its intensity
+    /// allows: it stopped them all.
+    #[error("the supervisor gave up: {0}")]
+    GaveUp(String),
 }
 
 /// What went wrong in a failed process, with where and when.
@@ -313,6 +317,7 @@ impl Error {
             Error::Spawn(e) => Error::Spawn(io(e)),
             Error::Io(e) => Error::Io(io(e)),
             Error::Usage(m) => Error::Usage(m.clone()),
+            Error::GaveUp(m) => Error::GaveUp(m.clone()),
         }
     }
 

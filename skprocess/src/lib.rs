@@ -262,6 +262,7 @@ mod runtime;
 mod share;
 mod spawn;
 mod stats;
+pub mod supervise;
 #[allow(unsafe_code)]
 mod sys;
 mod timers;
