@@ -245,6 +245,7 @@
 
 #![deny(unsafe_code)]
 
+#[cfg(feature = "bench-internals")]
 mod bench;
 mod config;
 mod error;
@@ -285,7 +286,9 @@ pub mod prelude {
     };
 }
 
-/// Helpers for skprocess's own benches and tests; not a public API.
+/// Helpers for skprocess's own benches and tests; not a public API
+/// (built with the `bench-internals` feature).
+#[cfg(feature = "bench-internals")]
 #[doc(hidden)]
 pub mod __bench {
     pub use crate::bench::*;
