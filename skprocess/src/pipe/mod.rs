@@ -757,6 +757,8 @@ serde_and_debug!(PipeReceiver, Role::Recv);
 pub(crate) trait RawEnd {
     /// The descriptors this end uses.
     fn raw_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>>;
+    /// See [`End::backlog`].
+    fn backlog(&self) -> Option<(u64, u64)>;
 }
 
 #[cfg(feature = "bench-internals")]
@@ -767,12 +769,25 @@ impl End {
             Flavor::Socket(s) => vec![s.fd()],
         }
     }
+
+    /// For a shared-memory end: the bytes published and not yet read in
+    /// the ring it receives from (or, if it only sends, the one it sends
+    /// to), and the ring's capacity.
+    pub(crate) fn backlog(&self) -> Option<(u64, u64)> {
+        match &self.flavor {
+            Flavor::Ring(r) => Some(r.backlog()),
+            Flavor::Socket(_) => None,
+        }
+    }
 }
 
 #[cfg(feature = "bench-internals")]
 impl RawEnd for Pipe {
     fn raw_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
         self.end.raw_fds()
+    }
+    fn backlog(&self) -> Option<(u64, u64)> {
+        self.end.backlog()
     }
 }
 
@@ -781,11 +796,17 @@ impl RawEnd for PipeSender {
     fn raw_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
         self.end.raw_fds()
     }
+    fn backlog(&self) -> Option<(u64, u64)> {
+        self.end.backlog()
+    }
 }
 
 #[cfg(feature = "bench-internals")]
 impl RawEnd for PipeReceiver {
     fn raw_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
         self.end.raw_fds()
+    }
+    fn backlog(&self) -> Option<(u64, u64)> {
+        self.end.backlog()
     }
 }

@@ -222,6 +222,21 @@ impl End {
         self.cap
     }
 
+    /// The bytes published and not yet read in the ring this end
+    /// receives from (or, for a sending end, sends to), and its capacity.
+    #[cfg(feature = "bench-internals")]
+    pub(crate) fn backlog(&self) -> (u64, u64) {
+        let ring = match (&self.rx, &self.tx) {
+            (Some(c), _) => c.lock().unwrap_or_else(|e| e.into_inner()).ring,
+            (None, Some(p)) => p.lock().unwrap_or_else(|e| e.into_inner()).ring,
+            (None, None) => 0,
+        };
+        let r = Ring::new(&self.region, self.cap, ring);
+        let head = r.head().load(Ordering::Acquire);
+        let tail = r.tail().load(Ordering::Acquire);
+        (head.wrapping_sub(tail), self.cap as u64)
+    }
+
     /// What to serialize to move this end: its descriptors and layout.
     /// Fails while a message is half received (it would be lost) or another
     /// thread is using the end.
