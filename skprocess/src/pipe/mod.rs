@@ -282,11 +282,23 @@ enum Wait {
 /// talks to whoever holds the other end. An end is `Send + Sync`; threads
 /// that share one take turns (one sender and one receiver at a time).
 ///
+/// An end is used by one process at a time. If it was copied (sent to a
+/// process with [`Handle::tell`](crate::Handle::tell) while kept, say),
+/// the copy that sends (or receives) second gets an [`Error::Usage`] while
+/// the first is in use by a live process; a copy may take over once the
+/// other was dropped or its process has ended, as the next life of a
+/// process does.
+///
 /// # Peer death
 ///
 /// A receiver whose peer has ended gets every message the peer sent, then
 /// [`Error::Disconnected`], within a second or two of the death: it never
-/// blocks forever. An end is gone when every copy of it is closed. A process
+/// blocks forever. A sender whose peer has ended gets
+/// [`Error::Disconnected`] too, at the latest when the buffer is full. A
+/// message its sender died in the middle of (a lost life) is never
+/// received, whole or in part: the receiver reads on from the next one.
+/// [`try_send`](Pipe::try_send) and [`send_timeout`](Pipe::send_timeout)
+/// bound how long a live receiver that does not read can hold a sender up. An end is gone when every copy of it is closed. A process
 /// that received an end as a field holds the only copy once its handle has
 /// given it to the last life; a process with `lives > 1` is restarted from
 /// copies its handle keeps, so the other end sees the peer gone when the
@@ -449,12 +461,12 @@ impl Pipe {
     /// # fn main() -> skprocess::Result<()> {
     /// let (a, b) = Pipe::pair_with_capacity(4096)?;
     /// let mut sent = 0;
-    /// while a.try_send(&[0u8; 100])? {
+    /// while a.try_send(&[0u8; 32])? {
     ///     sent += 1; // nobody reads yet: the buffer fills up
     /// }
     /// assert!(sent > 0);
-    /// let _: [u8; 100] = b.recv()?;
-    /// assert!(a.try_send(&[0u8; 100])?); // room again
+    /// let _: [u8; 32] = b.recv()?;
+    /// assert!(a.try_send(&[0u8; 32])?); // room again
     /// # Ok(())
     /// # }
     /// ```
@@ -485,8 +497,10 @@ impl Pipe {
     /// // Larger than the buffer, and nobody reads: it cannot get through.
     /// let big = vec![1u8; 100_000];
     /// assert!(!a.send_timeout(&big, Duration::from_millis(10))?);
+    /// // A reader comes: what part of the big one was written is dropped.
+    /// let reader = std::thread::spawn(move || b.recv::<u32>());
     /// assert!(a.send_timeout(&7u32, Duration::from_secs(5))?);
-    /// assert_eq!(b.recv::<u32>()?, 7); // the big one was never delivered
+    /// assert_eq!(reader.join().unwrap()?, 7);
     /// # Ok(())
     /// # }
     /// ```
@@ -639,11 +653,11 @@ impl PipeSender {
     ///
     /// # fn main() -> skprocess::Result<()> {
     /// let (tx, rx) = Pipe::one_way_with_capacity(4096)?;
-    /// while tx.try_send(&[0u8; 512])? {}
+    /// while tx.try_send(&[0u8; 32])? {}
     /// // Full, and nobody reads.
-    /// assert!(!tx.send_timeout(&[0u8; 512], Duration::from_millis(10))?);
-    /// let _: [u8; 512] = rx.recv()?;
-    /// assert!(tx.send_timeout(&[0u8; 512], Duration::from_secs(5))?);
+    /// assert!(!tx.send_timeout(&[0u8; 32], Duration::from_millis(10))?);
+    /// let _: [u8; 32] = rx.recv()?;
+    /// assert!(tx.send_timeout(&[0u8; 32], Duration::from_secs(5))?);
     /// # Ok(())
     /// # }
     /// ```
