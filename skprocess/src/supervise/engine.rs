@@ -87,12 +87,14 @@ struct Slot {
     /// Taken down by its supervisor (a strategy, `restart`): start again
     /// as soon as it has ended.
     pending_restart: bool,
+    /// Being started (a spawn under way, outside the lock).
+    launching: bool,
     report: Arc<ReportPage>,
 }
 
 impl Slot {
     fn is_running(&self) -> bool {
-        self.control.is_some() || matches!(self.state, State::Starting)
+        self.control.is_some() || self.launching
     }
 
     fn is_settled(&self) -> bool {
@@ -240,6 +242,7 @@ impl Inner {
                     kill_at: None,
                     stopped: false,
                     pending_restart: false,
+                    launching: false,
                     report,
                 });
             }
@@ -263,6 +266,7 @@ impl Inner {
                 None
             } else {
                 slot.generation += 1;
+                slot.launching = true;
                 slot.state = State::Starting;
                 slot.start_at = None;
                 let control = Arc::new(Control::with_report(
@@ -305,6 +309,7 @@ impl Inner {
         match started {
             Ok(_) => {
                 let slot = &mut sup.slots[i];
+                slot.launching = false;
                 let pid = control.pid();
                 slot.pid = Some(pid);
                 slot.started = Instant::now();
@@ -319,6 +324,8 @@ impl Inner {
                 sup.emit(Event::Started { name, pid });
             }
             Err(e) => {
+                // Still "launching" until the end is handled, so that no
+                // one sees the child settled in between.
                 drop(sup);
                 let _ = self.wake.send(Msg::Ended {
                     slot: i,
@@ -344,6 +351,7 @@ impl Inner {
             return;
         }
         slot.control = None;
+        slot.launching = false;
         slot.kill_at = None;
         let name = slot.spec.name.clone();
         let hung = result.as_ref().err().is_some_and(Error::is_hung);
@@ -382,7 +390,10 @@ impl Inner {
         match restart {
             None => {}
             // Taken down by its supervisor: start again at once.
-            Some(false) => schedule(&mut sup, i, now, Duration::ZERO),
+            Some(false) => {
+                sup.slots[i].restarts += 1;
+                schedule(&mut sup, i, now, Duration::ZERO);
+            }
             Some(true) => {
                 let (max, period) = self.intensity;
                 sup.recent.push_back(now);
@@ -516,11 +527,13 @@ impl Inner {
         let i = find(&sup, name)?;
         let slot = &mut sup.slots[i];
         slot.stopped = false;
-        slot.restarts += 1;
         if slot.control.is_some() {
+            // Counted as a restart when it has ended.
             slot.pending_restart = true;
             slot.take_down(now);
         } else if !slot.is_running() {
+            slot.restarts += 1;
+            slot.start_at = None;
             schedule(&mut sup, i, now, Duration::ZERO);
         }
         drop(sup);
@@ -623,7 +636,7 @@ fn give_up(sup: &mut Sup, name: &str, e: Error, now: Instant) {
         slot.start_at = None;
         if slot.control.is_some() {
             slot.take_down(now);
-        } else if !slot.is_running() && !matches!(slot.state, State::Exited | State::Failed) {
+        } else if !slot.launching && !matches!(slot.state, State::Exited | State::Failed) {
             slot.state = State::Stopped;
         }
     }
