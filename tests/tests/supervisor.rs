@@ -263,7 +263,7 @@ fn past_its_intensity_the_supervisor_gives_up_and_stops_everything() {
         ..Svc::forever(&done)
     };
     sup.add_with("crashy", crashy, quick()).unwrap();
-    let e = sup.wait().err().expect("gave up");
+    let e = sup.wait().expect_err("gave up");
     assert!(matches!(e, Error::GaveUp(_)), "{e}");
     assert!(e.to_string().contains("crashy"), "{e}");
     assert!(e.to_string().contains("failed on purpose"), "{e}");
