@@ -365,6 +365,98 @@ fn chapter_5() -> skprocess::Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------
+// Chapter 6: services under a supervisor.
+
+/// A long-running worker that reports its progress. With `crash` set, its
+/// first start dies at item 10 (a SIGABRT from a bad library, say); the
+/// share counts the starts, across restarts.
+#[derive(Process, Serialize, Deserialize)]
+struct Ingest {
+    crash: Option<Share<u32>>,
+    items: u64,
+}
+
+impl Process for Ingest {
+    fn prerun(&mut self, ctx: &mut Ctx) -> HookResult {
+        if ctx.run_index() == 0 {
+            if let Some(starts) = &self.crash {
+                starts.update(|n| *n += 1)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+        self.items += 1;
+        if let Some(starts) = &self.crash {
+            if self.items == 10 && starts.get()? == 1 {
+                std::process::abort();
+            }
+        }
+        ctx.report(&self.items)?;
+        std::thread::sleep(Duration::from_millis(5));
+        Ok(())
+    }
+
+    fn onfinish(&mut self, _ctx: &mut Ctx) -> HookResult {
+        tracing::info!(items = self.items, "ingest stopped cleanly");
+        Ok(())
+    }
+}
+
+fn chapter_6() -> skprocess::Result<()> {
+    use skprocess::supervise::{Backoff, Child, Event, Supervisor};
+    println!("== 6. services: named workers, restarts, status, graceful stop");
+    let sup = Supervisor::new();
+    let events = sup.events();
+    sup.add_with(
+        "flaky",
+        Ingest {
+            crash: Some(Share::new(0)?),
+            items: 0,
+        },
+        Child::new().backoff(Backoff::fixed(Duration::from_millis(50))),
+    )?;
+    sup.add_group("steady", 2, |_| Ingest {
+        crash: None,
+        items: 0,
+    })?;
+    // The flaky one crashes once and is started again from its value.
+    loop {
+        match events.recv_timeout(Duration::from_secs(30)) {
+            Ok(Event::Restarting { name, delay }) => {
+                println!(
+                    "{name} crashed: {}",
+                    sup.status(&name)?.last_error.unwrap_or_default()
+                );
+                println!("{name} restarts in {delay:?}");
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => return Err(skprocess::Error::Usage("no restart seen".into())),
+        }
+    }
+    // Its second start gets well past where the first one died.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sup.report::<u64>("flaky")?.unwrap_or(0) < 20 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for name in sup.names() {
+        let st = sup.status(&name)?;
+        let items: u64 = sup.report(&name)?.unwrap_or(0);
+        println!(
+            "{name:<10} {:?} restarts={} items={items}",
+            st.state, st.restarts
+        );
+    }
+    // Graceful: every onfinish runs, in reverse start order.
+    sup.stop_all()?;
+    sup.wait()?;
+    println!();
+    Ok(())
+}
+
 fn main() -> skprocess::Result<()> {
     // Only the parent sets up logging; children need nothing.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -377,5 +469,6 @@ fn main() -> skprocess::Result<()> {
     chapter_3()?;
     chapter_4()?;
     chapter_5()?;
+    chapter_6()?;
     Ok(())
 }
