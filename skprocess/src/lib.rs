@@ -271,7 +271,7 @@ pub use config::{Config, Hook};
 pub use error::{BoxError, Cause, Error, Failure, HookResult, Result};
 pub use handle::Handle;
 pub use pipe::{Pipe, PipeReceiver, PipeSender};
-pub use pool::{Imap, Pool};
+pub use pool::{Imap, ImapNext, Pool, PoolCall};
 pub use process::Process;
 pub use runtime::Ctx;
 pub use share::{Share, ShareGuard};
