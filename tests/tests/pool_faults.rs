@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use skprocess::prelude::*;
 use std::os::fd::AsRawFd;
 use std::sync::mpsc::RecvTimeoutError;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{RwLock, RwLockReadGuard};
 use support::{watchdog, DEADLINE};
 
 /// The soft limit most systems start a process with.
