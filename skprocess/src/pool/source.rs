@@ -81,30 +81,59 @@ fn unencodable(index: usize, e: Error) -> Reply {
     }
 }
 
-/// Items left in an input: those `iter` has (none once `done`), and one
-/// `carried`.
-fn left<I: Iterator>(done: bool, iter: &I, carried: bool) -> (usize, Option<usize>) {
-    let (lo, hi) = if done { (0, Some(0)) } else { iter.size_hint() };
-    let carried = usize::from(carried);
-    (lo + carried, hi.map(|h| h + carried))
+/// The input of a call, read item by item, each with its index.
+struct Input<I> {
+    iter: I,
+    /// The iterator has ended (it is not asked again).
+    done: bool,
+    next: usize,
+}
+
+impl<I: Iterator> Input<I> {
+    fn new(iter: I) -> Self {
+        Input {
+            iter,
+            done: false,
+            next: 0,
+        }
+    }
+
+    /// The next item and its index.
+    fn pull(&mut self) -> Option<(usize, I::Item)> {
+        if self.done {
+            return None;
+        }
+        let Some(item) = self.iter.next() else {
+            self.done = true;
+            return None;
+        };
+        self.next += 1;
+        Some((self.next - 1, item))
+    }
+
+    /// Items left, counting one `carried` (taken but not sent yet).
+    fn size_hint(&self, carried: bool) -> (usize, Option<usize>) {
+        let (lo, hi) = if self.done {
+            (0, Some(0))
+        } else {
+            self.iter.size_hint()
+        };
+        let carried = usize::from(carried);
+        (lo + carried, hi.map(|h| h + carried))
+    }
 }
 
 /// Process items.
 pub(crate) struct Items<I> {
-    iter: I,
-    /// The input has ended.
-    done: bool,
-    next: usize,
+    input: Input<I>,
     /// An encoded item that did not fit its task.
     carry: Option<(usize, Encoded)>,
 }
 
-impl<I> Items<I> {
+impl<I: Iterator> Items<I> {
     pub(crate) fn new(iter: I) -> Self {
         Items {
-            iter,
-            done: false,
-            next: 0,
+            input: Input::new(iter),
             carry: None,
         }
     }
@@ -121,14 +150,10 @@ where
         while units.len() < budget.items && bytes < MAX_BYTES {
             let (index, value) = match self.carry.take() {
                 Some(c) => c,
-                None if self.done => break,
                 None => {
-                    let Some(item) = self.iter.next() else {
-                        self.done = true;
+                    let Some((index, item)) = self.input.pull() else {
                         break;
                     };
-                    let index = self.next;
-                    self.next += 1;
                     match wire::encode(&item) {
                         Ok(v) => (index, v),
                         Err(e) => {
@@ -148,7 +173,7 @@ where
         }
         match units.len() {
             0 if self.carry.is_some() => Step::Wait,
-            0 if self.done => Step::End,
+            0 if self.input.done => Step::End,
             0 => Step::Again,
             n => Step::Task(
                 Task::Items {
@@ -161,17 +186,14 @@ where
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        left(self.done, &self.iter, self.carry.is_some())
+        self.input.size_hint(self.carry.is_some())
     }
 }
 
 /// `map_fn` arguments.
 pub(crate) struct Args<I> {
-    iter: I,
-    /// The input has ended.
-    done: bool,
+    input: Input<I>,
     entry: u64,
-    next: usize,
     scratch: Vec<u8>,
     /// An encoded argument that did not fit its task.
     carry: Option<(usize, Vec<u8>, Vec<OwnedFd>)>,
@@ -180,13 +202,11 @@ pub(crate) struct Args<I> {
     bytes_per_item: usize,
 }
 
-impl<I> Args<I> {
+impl<I: Iterator> Args<I> {
     pub(crate) fn new(iter: I, entry: u64) -> Self {
         Args {
-            iter,
-            done: false,
+            input: Input::new(iter),
             entry,
-            next: 0,
             scratch: Vec::new(),
             carry: None,
             bytes_per_item: 16,
@@ -216,14 +236,10 @@ where
                     self.scratch = bytes;
                     (index, item_fds)
                 }
-                None if self.done => break,
                 None => {
-                    let Some(item) = self.iter.next() else {
-                        self.done = true;
+                    let Some((index, item)) = self.input.pull() else {
                         break;
                     };
-                    let index = self.next;
-                    self.next += 1;
                     match batch::encode_reusing(&mut self.scratch, &item) {
                         Ok(item_fds) => (index, item_fds),
                         Err(e) => {
@@ -262,12 +278,12 @@ where
                 Step::Task(Task::Calls(calls), count)
             }
             None if self.carry.is_some() => Step::Wait,
-            None if self.done => Step::End,
+            None if self.input.done => Step::End,
             None => Step::Again,
         }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        left(self.done, &self.iter, self.carry.is_some())
+        self.input.size_hint(self.carry.is_some())
     }
 }
