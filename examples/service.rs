@@ -54,7 +54,7 @@ struct Parser {
 impl Process for Parser {
     fn run(&mut self, ctx: &mut Ctx) -> HookResult {
         self.parsed += 1;
-        if self.parsed % 100 == 0 {
+        if self.parsed.is_multiple_of(100) {
             std::process::abort();
         }
         ctx.report(&Progress {

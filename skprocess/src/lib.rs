@@ -274,7 +274,7 @@ pub use config::{Config, Hook};
 pub use error::{fatal, BoxError, Cause, Error, Failure, Fatal, HookResult, Result};
 pub use handle::Handle;
 pub use pipe::{Pipe, PipeReceiver, PipeSender};
-pub use pool::{Imap, Pool};
+pub use pool::{Imap, ImapNext, Pool, PoolCall};
 pub use process::Process;
 pub use runtime::Ctx;
 pub use share::{Share, ShareGuard};

@@ -18,33 +18,32 @@
 //! (the workers exit), reaps them, and kills any that do not exit in time.
 
 pub(crate) mod batch;
+mod call;
+mod decode;
 mod dispatch;
+mod imap;
 mod manager;
+mod progress;
+mod source;
 mod task;
 
 use crate::error::{Error, Result};
 use crate::log;
 use crate::sys;
 use crate::timers::Timers;
-use crate::wire;
 use crate::Process;
+use call::Options;
+pub use call::PoolCall;
 use crossbeam_channel::Sender;
-use dispatch::{Args, Items, Run};
+pub use imap::{Imap, ImapNext};
 use manager::{Manager, Shared, Slots, Worker};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::fmt;
-use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use task::{Job, JobKind, Reply, Task};
-
-/// The error `map_fn` gives for a closure that captures state.
-const CAPTURING_CLOSURE: &str =
-    "map_fn takes a fn or a closure that captures nothing; pass the state in the items instead";
+use task::Task;
 
 /// A fixed set of worker processes that run process items and plain
 /// functions, reused across items and calls.
@@ -79,6 +78,22 @@ const CAPTURING_CLOSURE: &str =
 /// [`Config::log_dir`](crate::Config::log_dir) apply to processes started
 /// on their own, not to pool items: a worker writes to the parent's
 /// standard streams, and its events go to the subscriber only.
+///
+/// # Items that hold descriptors
+///
+/// An item holding a [`Share`](crate::Share) or a pipe end sends a
+/// duplicate of its descriptor with it. Items are encoded only as workers
+/// need them, and the descriptors in flight, over every call in the
+/// process, are kept under a quarter of its open-file limit
+/// (`RLIMIT_NOFILE`), so any number of such items runs under the usual
+/// limit of 1024. An item whose descriptor cannot be duplicated (the
+/// process has run out) fails with an error that says so.
+///
+/// # Options of one call
+///
+/// A `with_*` method returns a [`PoolCall`] with the same methods and an
+/// option that applies to that call only: with the `progress` feature,
+/// `with_progress` draws a progress bar.
 ///
 /// While items are short, a worker holds the next task while it runs one,
 /// so it never waits for work; an item that then turns out to run long
@@ -120,7 +135,6 @@ pub struct Pool {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
     workers: usize,
-    progress: AtomicBool,
 }
 
 impl fmt::Debug for Pool {
@@ -128,7 +142,6 @@ impl fmt::Debug for Pool {
         f.debug_struct("Pool")
             .field("workers", &self.workers)
             .field("pids", &self.pids())
-            .field("progress", &self.progress.load(Ordering::Relaxed))
             .finish()
     }
 }
@@ -181,7 +194,6 @@ impl Pool {
             shared: shared.clone(),
             threads: Vec::with_capacity(workers),
             workers,
-            progress: AtomicBool::new(false),
         };
         for (slot, worker) in started.into_iter().enumerate() {
             let manager = Manager::new(slot, rx.clone(), theirs.clone(), shared.clone(), worker);
@@ -245,48 +257,32 @@ impl Pool {
         self.shared.slots().timers()
     }
 
-    /// Draws a progress bar on stderr for maps that run longer than half a
-    /// second (off by default). Nothing is drawn when stderr is not a
-    /// terminal.
+    /// A call that draws a progress bar on stderr, once it has run for half
+    /// a second: items done, the total when the input knows its length,
+    /// the rate and the time left. Nothing is drawn when stderr is not a
+    /// terminal; the bar is cleared when the call ends. Other calls on the
+    /// pool are not affected.
+    ///
+    /// Available with the `progress` feature (off by default).
     ///
     /// # Examples
     ///
     /// ```
     /// # fn main() -> skprocess::Result<()> {
     /// let pool = skprocess::Pool::new(1)?;
-    /// let v: Vec<u32> = pool.progress(true).map_fn(|x: u32| x + 1, 0..3u32)?;
+    /// let v: Vec<u32> = pool.with_progress().map_fn(|x: u32| x + 1, 0..3u32)?;
     /// assert_eq!(v, [1, 2, 3]);
     /// # Ok(())
     /// # }
     /// ```
-    pub fn progress(&self, on: bool) -> &Self {
-        self.progress.store(on, Ordering::Relaxed);
-        self
+    #[cfg(feature = "progress")]
+    pub fn with_progress(&self) -> PoolCall<'_> {
+        self.call().with_progress()
     }
 
-    fn start<S: dispatch::Source>(&self, name: String, kind: JobKind, source: S) -> Run<S> {
-        let tasks = self.tasks.clone().expect("a pool in use is not dropped");
-        let make_job = |replies| Job {
-            name,
-            kind,
-            replies,
-            cancelled: AtomicBool::new(false),
-        };
-        Run::new(
-            tasks,
-            self.workers,
-            self.progress.load(Ordering::Relaxed),
-            make_job,
-            source,
-        )
-    }
-
-    fn start_items<P: Process, I: Iterator<Item = P>>(&self, items: I) -> Run<Items<I>> {
-        let kind = JobKind::Items {
-            type_id: P::ID,
-            config: <P as Process>::config(),
-        };
-        self.start(P::NAME.to_string(), kind, Items::new(items))
+    /// A call with the default options.
+    fn call(&self) -> PoolCall<'_> {
+        PoolCall::new(self)
     }
 
     /// Runs every item in the pool and returns their final states in input
@@ -302,14 +298,7 @@ impl Pool {
         P: Process,
         I: IntoIterator<Item = P>,
     {
-        let items = items.into_iter();
-        let mut out = InOrder::with_capacity(items.size_hint().0);
-        let mut run = self.start_items::<P, _>(items);
-        while let Some(reply) = run.next_reply() {
-            let (index, result) = decode_item::<P>(reply);
-            out.put(index, result);
-        }
-        out.finish()
+        self.call().map(items)
     }
 
     /// Like [`map`](Pool::map), but returns the final states in the order
@@ -323,21 +312,7 @@ impl Pool {
         P: Process,
         I: IntoIterator<Item = P>,
     {
-        let mut run = self.start_items::<P, _>(items.into_iter());
-        let mut out = Vec::new();
-        let mut first_err = None;
-        while let Some(reply) = run.next_reply() {
-            match decode_item::<P>(reply).1 {
-                Ok(p) => out.push(p),
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(out),
-        }
+        self.call().unordered_map(items)
     }
 
     /// Runs the items in the pool and yields one `Result` per item, in
@@ -372,7 +347,7 @@ impl Pool {
         P: Process,
         I: IntoIterator<Item = P>,
     {
-        Imap::new(self.start_items::<P, _>(items.into_iter()), true)
+        self.call().imap(items)
     }
 
     /// Like [`imap`](Pool::imap), but yields each item as soon as it ends,
@@ -382,7 +357,7 @@ impl Pool {
         P: Process,
         I: IntoIterator<Item = P>,
     {
-        Imap::new(self.start_items::<P, _>(items.into_iter()), false)
+        self.call().unordered_imap(items)
     }
 
     /// Calls `f` on every item in the workers and returns the results in
@@ -424,85 +399,7 @@ impl Pool {
         R: Serialize + DeserializeOwned,
         I: IntoIterator<Item = A>,
     {
-        if sys::zst::conjure::<F>().is_none() {
-            return Err(Error::usage(CAPTURING_CLOSURE));
-        }
-        let _ = f;
-        let entry = sys::code::entry_offset(batch::call_batch::<A, R, F>);
-        let name = format!("map_fn({})", std::any::type_name::<F>());
-        let items = items.into_iter();
-        let mut out = InOrder::with_capacity(items.size_hint().0);
-        let mut run = self.start(name, JobKind::Calls, Args::new(items, entry));
-        while let Some(reply) = run.next_reply() {
-            match reply {
-                Reply::Item { index, result, .. } => {
-                    // Only arguments that could not be encoded come back so.
-                    let e = result.err().unwrap_or_else(|| {
-                        Error::Wire("a map_fn item was answered as a process item".into())
-                    });
-                    out.put(index, Err(e));
-                }
-                Reply::Calls {
-                    start,
-                    count,
-                    result,
-                } => {
-                    match result.and_then(|payload| {
-                        dispatch::results::<R>(run.job(), start, count, payload)
-                    }) {
-                        Ok(results) => {
-                            for (i, r) in results.into_iter().enumerate() {
-                                out.put(start + i, r);
-                            }
-                        }
-                        Err(e) => out.put(start, Err(e)),
-                    }
-                }
-            }
-        }
-        out.finish()
-    }
-}
-
-/// Results gathered into input order, keeping the error of the first item
-/// (in input order) that failed.
-struct InOrder<T> {
-    out: Vec<Option<T>>,
-    first_err: Option<(usize, Error)>,
-}
-
-impl<T> InOrder<T> {
-    fn with_capacity(n: usize) -> Self {
-        InOrder {
-            out: Vec::with_capacity(n),
-            first_err: None,
-        }
-    }
-
-    fn put(&mut self, index: usize, result: Result<T>) {
-        match result {
-            Ok(v) => {
-                if self.out.len() <= index {
-                    self.out.resize_with(index + 1, || None);
-                }
-                self.out[index] = Some(v);
-            }
-            Err(e) => {
-                if self.first_err.as_ref().is_none_or(|(i, _)| index < *i) {
-                    self.first_err = Some((index, e));
-                }
-            }
-        }
-    }
-
-    fn finish(self) -> Result<Vec<T>> {
-        if let Some((_, e)) = self.first_err {
-            return Err(e);
-        }
-        self.out
-            .into_iter()
-            .collect::<Option<Vec<T>>>()
-            .ok_or_else(|| Error::Wire("a pool item was never answered".into()))
+        self.call().map_fn(f, items)
     }
 }
 
@@ -514,95 +411,6 @@ impl Drop for Pool {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-    }
-}
-
-/// The index and decoded final state of a process item.
-fn decode_item<P: Process>(reply: Reply) -> (usize, Result<P>) {
-    match reply {
-        Reply::Item { index, result, .. } => (
-            index,
-            result.and_then(|enc| wire::decode::<P>(&enc.bytes, enc.fds)),
-        ),
-        Reply::Calls { start, .. } => (
-            start,
-            Err(Error::Wire(
-                "a process item was answered as a map_fn batch".into(),
-            )),
-        ),
-    }
-}
-
-/// The iterator of [`Pool::imap`] and [`Pool::unordered_imap`]: one
-/// `Result` per item, each final state as soon as it can be yielded.
-///
-/// Dropping it before the end skips the items that have not started; those
-/// running finish in their workers and are discarded.
-pub struct Imap<'p, P, I> {
-    run: Run<Items<I>>,
-    ordered: bool,
-    /// The next index to yield, when ordered.
-    next: usize,
-    /// Items that ended before an earlier one, when ordered.
-    early: BTreeMap<usize, Result<P>>,
-    _pool: PhantomData<&'p Pool>,
-}
-
-impl<P, I> fmt::Debug for Imap<'_, P, I> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Imap")
-            .field("run", &self.run)
-            .field("ordered", &self.ordered)
-            .field("next", &self.next)
-            .field("buffered", &self.early.len())
-            .finish()
-    }
-}
-
-impl<P, I> Imap<'_, P, I> {
-    fn new(run: Run<Items<I>>, ordered: bool) -> Self {
-        Imap {
-            run,
-            ordered,
-            next: 0,
-            early: BTreeMap::new(),
-            _pool: PhantomData,
-        }
-    }
-}
-
-impl<P, I> Iterator for Imap<'_, P, I>
-where
-    P: Process,
-    I: Iterator<Item = P>,
-{
-    type Item = Result<P>;
-
-    fn next(&mut self) -> Option<Result<P>> {
-        loop {
-            if self.ordered {
-                if let Some(r) = self.early.remove(&self.next) {
-                    self.next += 1;
-                    return Some(r);
-                }
-            }
-            let Some(reply) = self.run.next_reply() else {
-                // Every item is answered; anything buffered (an index that
-                // was skipped, which does not happen) goes out in order.
-                return self.early.pop_first().map(|(_, r)| r);
-            };
-            let (index, result) = decode_item::<P>(reply);
-            if !self.ordered {
-                return Some(result);
-            }
-            self.early.insert(index, result);
-        }
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let (pending, more) = self.run.pending();
-        let have = pending + self.early.len();
-        (have, if more { None } else { Some(have) })
     }
 }
 

@@ -237,7 +237,7 @@ fn an_entry_offset_names_the_same_function() {
 
 #[test]
 fn a_task_never_holds_more_descriptors_than_a_frame_can_carry() {
-    use super::dispatch::{Args, Items, Source, Step};
+    use super::source::{Args, Budget, Items, Source, Step};
     use super::task::{Job, JobKind, Task};
     use std::collections::VecDeque;
     use std::sync::Arc;
@@ -250,9 +250,15 @@ fn a_task_never_holds_more_descriptors_than_a_frame_can_carry() {
         cancelled: Default::default(),
     });
     let mut early = VecDeque::new();
+    let budget = Budget {
+        items: 1000,
+        fds_per_task: usize::MAX,
+        fds_room: usize::MAX,
+        force: false,
+    };
     let mut counts = vec![];
     let mut args = Args::new((0..300).map(|_| Fd(memfd(8))), 0);
-    while let Step::Task(task, n) = args.next_task(&job, 1000, &mut early) {
+    while let Step::Task(task, n) = args.next_task(&job, budget, &mut early) {
         let Task::Calls(c) = &task else {
             panic!("calls")
         };
@@ -269,7 +275,7 @@ fn a_task_never_holds_more_descriptors_than_a_frame_can_carry() {
 
     let mut counts = vec![];
     let mut items = Items::new((0..300).map(|_| Fd(memfd(8))));
-    while let Step::Task(task, n) = items.next_task(&job, 1000, &mut early) {
+    while let Step::Task(task, n) = items.next_task(&job, budget, &mut early) {
         let Task::Items { units, .. } = &task else {
             panic!("items")
         };
@@ -287,7 +293,7 @@ fn a_task_never_holds_more_descriptors_than_a_frame_can_carry() {
 
 #[test]
 fn a_worker_answering_the_wrong_number_of_results_is_an_error() {
-    use super::dispatch::results;
+    use super::decode::results;
     use super::task::{Job, JobKind};
     let (replies, _rx) = crossbeam_channel::unbounded();
     let job = Job {
