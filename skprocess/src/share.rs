@@ -145,7 +145,7 @@ fn tag<T>() -> u64 {
 fn sys_error(e: io::Error) -> Error {
     match e.kind() {
         io::ErrorKind::InvalidData => Error::Wire(e.to_string()),
-        io::ErrorKind::WouldBlock => Error::usage(e.to_string()),
+        io::ErrorKind::Deadlock => Error::usage(e.to_string()),
         _ => Error::Io(e),
     }
 }

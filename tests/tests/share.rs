@@ -283,6 +283,81 @@ impl Process for Maker {
     }
 }
 
+/// The value the fairness test shares: every acquisition adds one to
+/// `turns`, so the value's version and `turns` move together.
+#[derive(Serialize, Deserialize, Default, Debug, Clone)]
+struct Turns {
+    turns: u64,
+    stop: bool,
+}
+
+/// Re-locks the share in a loop, holding it about a millisecond each time,
+/// until the value says stop (or a bounded number of turns).
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1)]
+struct Hammerer {
+    share: Share<Turns>,
+}
+
+impl Process for Hammerer {
+    fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+        for i in 0..100_000u32 {
+            let mut g = self.share.lock()?;
+            if g.stop {
+                break;
+            }
+            g.turns += 1;
+            // Work done while holding the lock, not a synchronisation.
+            std::thread::sleep(Duration::from_millis(1));
+            drop(g);
+            if i == 0 {
+                ctx.tell("hammering")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Asks for the lock `rounds` times while the hammerers hold it in turn,
+/// and records how many other acquisitions happened between each request
+/// and its grant; then tells the hammerers to stop.
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1)]
+struct TurnCounter {
+    share: Share<Turns>,
+    rounds: u32,
+    waited: Vec<u64>,
+}
+
+/// The share's version as `Debug` shows it (read without the lock).
+fn version<T>(share: &Share<T>) -> u64 {
+    let text = format!("{share:?}");
+    let at = text.find("version: ").expect("Debug shows the version") + "version: ".len();
+    text[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a version number")
+}
+
+impl Process for TurnCounter {
+    fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        for _ in 0..self.rounds {
+            // Spaces the requests out so each one arrives while a hammerer
+            // holds the lock (not a synchronisation).
+            std::thread::sleep(Duration::from_millis(2));
+            // Every write adds one to both, so the version read before the
+            // request is the number of turns taken until then.
+            let requested = version(&self.share);
+            let mut g = self.share.lock()?;
+            self.waited.push(g.turns.saturating_sub(requested));
+            g.turns += 1;
+        }
+        self.share.lock()?.stop = true;
+        Ok(())
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The API as written.
 
@@ -360,6 +435,45 @@ fn counts_are_exact_under_contention_from_several_processes_and_the_parent() -> 
         finish(h)?;
     }
     assert_eq!(share.get()?.counter, PER * (CHILDREN + 1));
+    Ok(())
+}
+
+#[test]
+fn a_waiter_gets_the_lock_within_a_few_turns_of_busy_holders() -> skprocess::Result<()> {
+    const HAMMERERS: u64 = 3;
+    let share = Share::new(Turns::default())?;
+    let mut hammerers: Vec<_> = (0..HAMMERERS)
+        .map(|_| {
+            Hammerer {
+                share: share.clone(),
+            }
+            .start()
+        })
+        .collect::<skprocess::Result<_>>()?;
+    for h in &hammerers {
+        assert_eq!(h.listen::<String>(DEADLINE)?.as_deref(), Some("hammering"));
+    }
+    let mut counter = TurnCounter {
+        share: share.clone(),
+        rounds: 30,
+        waited: vec![],
+    }
+    .start()?;
+    let waited = finish(&mut counter)?.waited;
+    for h in &mut hammerers {
+        finish(h)?;
+    }
+    assert_eq!(waited.len(), 30);
+    // The holder finishes its turn and each other hammerer may already be
+    // waiting (HAMMERERS turns); one that asks after the waiter comes after
+    // it. One more turn of slack for a hammerer that asked at the same
+    // moment. (A lock that lets the releasing holder barge in lets each
+    // hammerer go twice or more, and now and then many times.)
+    let worst = waited.iter().copied().max().unwrap_or(0);
+    assert!(
+        worst <= HAMMERERS + 2,
+        "a waiter saw {worst} other acquisitions before its own (all: {waited:?})"
+    );
     Ok(())
 }
 
