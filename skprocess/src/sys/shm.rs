@@ -44,11 +44,12 @@
 //! bounds.
 
 use super::mutex::{MutexGuard, SharedMutex};
+use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
 use std::cell::UnsafeCell;
 use std::ffi::CStr;
 use std::io;
 use std::mem::ManuallyDrop;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -92,13 +93,7 @@ const _: () = assert!(LOCK_OFFSET + SharedMutex::SIZE <= MIN_PAGE);
 const _: () = assert!(LOCK_OFFSET.is_multiple_of(std::mem::align_of::<SharedMutex>()));
 
 fn page_size() -> usize {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p <= 0 {
-        MIN_PAGE
-    } else {
-        (p as usize).max(MIN_PAGE)
-    }
+    rustix::param::page_size().max(MIN_PAGE)
 }
 
 fn corrupt(what: &str) -> io::Error {
@@ -112,30 +107,25 @@ fn round_up(n: u64, to: u64) -> Option<u64> {
     n.checked_add(to - 1).map(|v| v / to * to)
 }
 
-fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
-    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a valid out-pointer for the duration of the call.
-    super::cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
-    Ok(st)
-}
-
 fn fstat_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
-    Ok(fstat(fd)?.st_size as u64)
+    Ok(rustix::fs::fstat(fd)?.st_size as u64)
 }
 
 /// The identity of the file behind `fd` (device, inode): equal for every
 /// descriptor of one memfd, and unique among files that are open.
 pub(crate) fn file_id(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
-    let st = fstat(fd)?;
+    let st = rustix::fs::fstat(fd)?;
     Ok((st.st_dev, st.st_ino))
 }
 
 fn set_size(fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
-    let size =
-        libc::off_t::try_from(size).map_err(|_| io::Error::other("shared value is too large"))?;
-    // SAFETY: ftruncate has no memory-safety preconditions.
-    super::cvt_retry(|| unsafe { libc::ftruncate(fd.as_raw_fd(), size) }).map(drop)
+    loop {
+        match rustix::fs::ftruncate(fd, size) {
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::FBIG | rustix::io::Errno::INVAL) => return Err(too_large()),
+            other => return Ok(other?),
+        }
+    }
 }
 
 /// Process-local state of a [`Segment`]: the data mapping and the caller's
@@ -212,16 +202,10 @@ impl<L> Segment<L> {
         let size = page
             .checked_add(cap.checked_mul(2).ok_or_else(too_large)?)
             .ok_or_else(too_large)?;
-        // SAFETY: `name` is a valid NUL-terminated string for the call.
-        let fd = super::cvt(unsafe {
-            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
-        })?;
-        // SAFETY: the kernel just returned this fd; nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
         set_size(fd.as_fd(), size)?;
         // Nobody may shrink the file under another process's mapping.
-        // SAFETY: F_ADD_SEALS takes an int argument; no pointers involved.
-        super::cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) })?;
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK)?;
         let header = memmap2::MmapOptions::new()
             .len(page as usize)
             .map_raw(fd.as_raw_fd())?;
@@ -263,10 +247,9 @@ impl<L> Segment<L> {
         }
         // Only a segment sealed against shrinking is safe to map: otherwise
         // another process could cut the file under this one's mapping.
-        // SAFETY: F_GET_SEALS takes no argument; it fails on anything but a
-        // memfd.
-        let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
-        if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+        // Fails on anything but a memfd.
+        let sealed = rustix::fs::fcntl_get_seals(&fd).is_ok_and(|s| s.contains(SealFlags::SHRINK));
+        if !sealed {
             return Err(corrupt("the descriptor is not a sealed shared-memory file"));
         }
         let h_peek = memmap2::MmapOptions::new()
@@ -496,16 +479,14 @@ impl<L> Held<'_, L> {
             h.slots[target].cap.store(new_cap, Ordering::Relaxed);
             // Give the old region's memory back (best effort).
             if cap > 0 {
-                // SAFETY: fallocate has no memory-safety preconditions; the
-                // range is the inactive slot's old region, which nobody reads.
-                unsafe {
-                    libc::fallocate(
-                        self.seg.fd.as_raw_fd(),
-                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                        (self.seg.data_off + old_off) as libc::off_t,
-                        cap as libc::off_t,
-                    )
-                };
+                // The range is the inactive slot's old region, which nobody
+                // reads.
+                let _ = rustix::fs::fallocate(
+                    &self.seg.fd,
+                    FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+                    self.seg.data_off + old_off,
+                    cap,
+                );
             }
         }
         let (off, _, _) = self.slot(target, mapped)?;
