@@ -338,7 +338,7 @@ impl<L> Segment<L> {
 }
 
 fn too_large() -> io::Error {
-    io::Error::other("shared value is too large")
+    io::Error::new(io::ErrorKind::FileTooLarge, "shared value is too large")
 }
 
 fn map_data(fd: BorrowedFd<'_>, data_off: u64, size: u64) -> io::Result<memmap2::MmapRaw> {
