@@ -9,44 +9,51 @@
 //!   that ends) leaves the lock to the kernel's robust-futex clean-up; the
 //!   next locker gets it, marked [recovered](MutexGuard::recovered). A
 //!   waiter that dies while it waits stalls nobody (see below).
-//! - **Fairness**: a waiter is served after the waiters that asked before
-//!   it, so it waits a bounded number of other holders' turns, however hard
-//!   the others re-lock. A pthread mutex alone lets whoever unlocks take the
-//!   lock again before the waiter it woke has run.
+//! - **Fairness**: a waiter is served after the waiters that queued before
+//!   it, and lets others cut in only for a short [`PATIENCE`], so it waits
+//!   a bounded number of other holders' turns, however hard the others
+//!   re-lock. A pthread mutex alone lets whoever unlocks take the lock again
+//!   before the waiter it woke has run.
 //! - **Deadlines** on the monotonic clock, and an error (not a hang) when
 //!   the thread that holds the lock asks for it again.
 //!
 //! # How
 //!
-//! Beside the data lock sit two counters, `next` (tickets handed out) and
-//! `done` (every ticket below it has been served or abandoned), and a ring
-//! of [`SLOTS`] slots, each a robust mutex of its own and the ticket of the
-//! waiter that holds it.
+//! Beside the data lock sit a ticket counter `next`, a flag `strict`, and a
+//! ring of [`SLOTS`] places, each a robust mutex of its own and the ticket
+//! of the waiter that holds it.
 //!
-//! - **Fast path.** While no one is queued (`done == next`) a locker tries
-//!   the data lock directly, spinning a little while a holder is inside:
-//!   uncontended and briefly contended locks cost what the bare mutex costs.
-//! - **Queue.** Otherwise the locker takes ticket `t`, locks slot `t %
-//!   SLOTS` (its *presence*: held for as long as it waits) and waits until
-//!   the slot of ticket `t - 1` is released, by locking and at once
-//!   unlocking it. Only then does it block on the data lock, where it
-//!   competes with the holder alone: newcomers see `done != next` and queue
-//!   behind it. Once it holds the data lock it raises `done` past its
-//!   ticket and releases its slot, which wakes its successor.
-//! - **A waiter that dies** releases its slot through the same kernel
-//!   clean-up: its successor gets the slot with `EOWNERDEAD`, clears it and
-//!   moves up. A waiter that dies between taking its ticket and locking its
-//!   slot never blocks its successor, which finds the slot free; `done`
-//!   then lags until the next queued locker is served and raises it, so the
-//!   fast path only pauses.
-//! - **More waiters than slots** share slots: ticket `t + SLOTS` waits for
-//!   ticket `t` to leave the slot, which is in order. If a younger waiter
-//!   took the slot a waiter is watching, the watcher notices (the slot's
-//!   ticket is newer than the one it waits for) at the latest after
+//! - **Fast path.** Unless `strict` is set, a locker tries the data lock
+//!   directly, looking again now and then (with growing pauses) while a
+//!   holder is inside: uncontended and briefly contended locks cost what
+//!   the bare mutex costs.
+//! - **Queue.** Otherwise, or when the holder stays, the locker takes
+//!   ticket `t`, locks place `t % SLOTS` (its presence: held for as long as
+//!   it waits) and waits until the place of ticket `t - 1` is released, by
+//!   locking and at once unlocking it.
+//! - **First in line.** It then waits for the data lock, letting holders
+//!   that come back at once take it first for [`PATIENCE`] from the moment
+//!   it queued (so quick holders on other cores do not hand the lock and the
+//!   data back and forth on every turn). Then it sets `strict`: every
+//!   locker now queues behind it, and the next release is its. Once it holds
+//!   the data lock it clears `strict` and releases its place, which wakes
+//!   its successor, who has queued for longer than its patience when
+//!   holders keep the lock for long, and so sets `strict` at once: waiters
+//!   are served in order, each after a bounded number of turns.
+//! - **A waiter that dies** releases its place through the same kernel
+//!   clean-up: its successor gets the place with `EOWNERDEAD`, clears it
+//!   and moves up. A waiter that dies between taking its ticket and locking
+//!   its place never blocks its successor, which finds the place free. A
+//!   first in line that dies with `strict` set only makes everyone queue
+//!   until the next waiter is served and clears it.
+//! - **More waiters than places** share places: ticket `t + SLOTS` waits
+//!   for ticket `t` to leave the place, which is in order. If a younger
+//!   waiter took the place a waiter is watching, the watcher notices (the
+//!   place's ticket is newer than the one it waits for) at the latest after
 //!   [`SLICE`] and moves on.
 //!
 //! The queue only orders the waiters; exclusion rests on the data lock
-//! alone, so any misstep in the queue (a lagging `done`, a waiter that
+//! alone, so any misstep in the queue (a stale `strict`, a waiter that
 //! arrives late for its place) costs fairness for a moment, never safety.
 
 use std::cell::{Cell, UnsafeCell};
@@ -59,12 +66,25 @@ use std::time::{Duration, Instant};
 /// places (see the module docs).
 pub(crate) const SLOTS: usize = 32;
 
+/// How long the first waiter in line lets holders that come back at once
+/// take the lock before it: short enough to be a few of their turns when
+/// holders keep the lock for long, long enough that quick holders hand the
+/// lock over between cores rarely.
+const PATIENCE: Duration = Duration::from_micros(100);
+
 /// How often a waiter watching a place re-checks that the place still
 /// belongs to the waiter it follows.
 const SLICE: Duration = Duration::from_millis(100);
 
-/// Tries of the data lock before queueing, while a holder is inside.
-const SPINS: u32 = 200;
+/// Looks at the data lock before queueing, while a holder is inside; the
+/// pause between two looks doubles up to [`MAX_PAUSE`] spins, so a holder
+/// that re-locks at once keeps the lock for a while (fewer hand-overs,
+/// each of which moves the lock and the data between cores) until the
+/// spinner queues and the queue makes the holder wait its turn.
+const SPINS: u32 = 24;
+
+/// The longest pause between two looks at the data lock, in spins.
+const MAX_PAUSE: u32 = 64;
 
 /// The owner's thread id in a robust futex word (kernel ABI).
 const TID_MASK: u32 = 0x3fff_ffff;
@@ -312,8 +332,9 @@ pub(crate) struct SharedMutex {
     data: Robust,
     /// Tickets handed out.
     next: AtomicU64,
-    /// Every ticket below this one has been served or abandoned.
-    done: AtomicU64,
+    /// Non-zero while the first waiter in line has run out of patience:
+    /// nobody may then take the data lock without queueing.
+    strict: AtomicU64,
     slots: [Slot; SLOTS],
 }
 
@@ -321,7 +342,7 @@ impl std::fmt::Debug for SharedMutex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedMutex")
             .field("owner", &self.data.owner())
-            .field("queued", &self.queued())
+            .field("strict", &self.is_strict())
             .finish()
     }
 }
@@ -404,7 +425,7 @@ impl SharedMutex {
             slot.ticket.store(0, Ordering::Relaxed);
         }
         self.next.store(0, Ordering::Relaxed);
-        self.done.store(0, Ordering::Release);
+        self.strict.store(0, Ordering::Release);
         Ok(())
     }
 
@@ -415,9 +436,9 @@ impl SharedMutex {
         tid != 0 && std::path::Path::new(&format!("/proc/self/task/{tid}")).exists()
     }
 
-    /// Whether some waiter holds a ticket that has not been served.
-    fn queued(&self) -> bool {
-        self.done.load(Ordering::Acquire) != self.next.load(Ordering::Acquire)
+    /// Whether lockers must queue (the first in line ran out of patience).
+    fn is_strict(&self) -> bool {
+        self.strict.load(Ordering::Acquire) != 0
     }
 
     fn guard(&self, took: Took) -> MutexGuard<'_> {
@@ -437,7 +458,7 @@ impl SharedMutex {
     /// If this thread holds the lock already (`ErrorKind::Deadlock`), or
     /// the lock's memory is corrupt.
     pub(crate) fn lock(&self, deadline: Option<Instant>) -> io::Result<Option<MutexGuard<'_>>> {
-        if let Some(took) = self.spin(|| !self.queued())? {
+        if let Some(took) = self.spin(|| !self.is_strict())? {
             return Ok(Some(self.guard(took)));
         }
         if self.data.owner() == this_thread() {
@@ -449,6 +470,7 @@ impl SharedMutex {
     /// Tries the data lock a few times while `go()` holds and the lock
     /// looks free; `None` if it was not taken.
     fn spin(&self, go: impl Fn() -> bool) -> io::Result<Option<Took>> {
+        let mut pause = 1;
         for _ in 0..SPINS {
             if !go() {
                 return Ok(None);
@@ -459,13 +481,17 @@ impl SharedMutex {
                     took => return Ok(Some(took)),
                 }
             }
-            std::hint::spin_loop();
+            for _ in 0..pause {
+                std::hint::spin_loop();
+            }
+            pause = (2 * pause).min(MAX_PAUSE);
         }
         Ok(None)
     }
 
     /// The fair path: queue behind the waiters that asked before.
     fn queue(&self, deadline: Option<Instant>) -> io::Result<Option<MutexGuard<'_>>> {
+        let patience_ends = Instant::now().checked_add(PATIENCE);
         let ticket = self.next.fetch_add(1, Ordering::AcqRel);
         let slot = &self.slots[(ticket % SLOTS as u64) as usize];
         // Normally free; held only by a waiter `SLOTS` tickets older, or by
@@ -482,18 +508,49 @@ impl SharedMutex {
         if ticket > 0 && !self.wait_for(ticket - 1, deadline)? {
             return Ok(None);
         }
-        // First in line: only the holder is ahead now.
-        let took = match self.spin(|| true)? {
-            Some(took) => took,
-            None => self.data.lock(deadline)?,
-        };
+        // First in line: only the holder is ahead now, and whoever takes
+        // the lock without queueing until patience runs out.
+        let took = self.first_in_line(deadline, patience_ends);
+        // Served, given up or failed: others may take the lock directly
+        // until the next first in line runs out of patience.
+        self.strict.store(0, Ordering::Release);
+        let took = took?;
         if took == Took::TimedOut {
             return Ok(None);
         }
-        self.done.fetch_max(ticket + 1, Ordering::AcqRel);
         // Lets the successor move up to the data lock.
         drop(place);
         Ok(Some(self.guard(took)))
+    }
+
+    /// Takes the data lock for the first waiter in line: lets others take
+    /// it first until `patience_ends`, then makes everyone queue.
+    fn first_in_line(
+        &self,
+        deadline: Option<Instant>,
+        patience_ends: Option<Instant>,
+    ) -> io::Result<Took> {
+        loop {
+            if let Some(took) = self.spin(|| true)? {
+                return Ok(took);
+            }
+            let now = Instant::now();
+            if patience_ends.is_none_or(|p| now >= p) {
+                self.strict.store(1, Ordering::Release);
+                return self.data.lock(deadline);
+            }
+            let until = match (deadline, patience_ends) {
+                (Some(d), Some(p)) => Some(d.min(p)),
+                (d, p) => d.or(p),
+            };
+            match self.data.lock(until)? {
+                Took::TimedOut if deadline.is_some_and(|d| Instant::now() >= d) => {
+                    return Ok(Took::TimedOut)
+                }
+                Took::TimedOut => {}
+                took => return Ok(took),
+            }
+        }
     }
 
     /// Waits until the waiter with ticket `before` has left the queue.
@@ -502,7 +559,7 @@ impl SharedMutex {
         let slot = &self.slots[(before % SLOTS as u64) as usize];
         // It leaves its place as soon as it holds the data lock, which is
         // soon when holders are quick: watch for that before sleeping.
-        for _ in 0..SPINS {
+        for _ in 0..SPINS * MAX_PAUSE {
             if slot.ticket.load(Ordering::Acquire) != before + 1 {
                 break;
             }
@@ -610,23 +667,17 @@ mod test {
         let m = Mapped::new();
         let g = m.lock().lock(None).unwrap().unwrap();
         let m2 = m.clone();
-        let (gave_up, queued_after) = std::thread::spawn(move || {
-            let r = m2
-                .lock()
-                .lock(Some(Instant::now() + Duration::from_millis(30)));
-            (r.unwrap().is_none(), m2.lock().queued())
+        let (gave_up, strict_after) = std::thread::spawn(move || {
+            let r = m2.lock().lock(Some(Instant::now() + PATIENCE * 300));
+            (r.unwrap().is_none(), m2.lock().is_strict())
         })
         .join()
         .unwrap();
         assert!(gave_up);
-        // The abandoned ticket leaves the fast path off until a queued
-        // locker is served...
-        assert!(queued_after);
+        // A waiter that gives up lets others take the lock directly again.
+        assert!(!strict_after);
         drop(g);
-        let g = m.lock().lock(None).unwrap().unwrap();
-        drop(g);
-        // ...which puts it back.
-        assert!(!m.lock().queued());
+        assert!(m.lock().lock(Some(Instant::now())).unwrap().is_some());
     }
 
     #[test]
@@ -675,7 +726,7 @@ mod test {
         assert!(!got.load(Ordering::SeqCst), "the lock is still held");
         drop(held);
         assert!(!waiter.join().unwrap());
-        assert!(!m.lock().queued());
+        assert!(!m.lock().is_strict());
     }
 
     #[test]
