@@ -25,7 +25,7 @@ pub(crate) fn file_len(fd: &OwnedFd) -> io::Result<u64> {
 }
 
 /// A shared mapping of a memfd, usable as `[AtomicU64]`: a view on a
-/// sealed [`Region`](super::region::Region).
+/// sealed [`Region`].
 ///
 /// Any bit pattern is a valid `AtomicU64`, and every access to the memory
 /// goes through atomics, so another process writing concurrently (or dying
