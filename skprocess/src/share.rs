@@ -141,11 +141,24 @@ fn tag<T>() -> u64 {
         })
 }
 
-/// Turns an error from the shared-memory layer into the crate's error.
-fn sys_error(e: io::Error) -> Error {
+/// Turns an error from the shared-memory layer (`sys::shm`) about a
+/// `Share<T>` into the crate's error: a segment that does not hold a valid
+/// `T` (corrupt, or made for another type) cannot be decoded as `T`; a value
+/// too large for its memory cannot be encoded into it; locking twice from
+/// one thread is a misuse; anything else is the system's error.
+fn sys_error<T>(e: io::Error) -> Error {
     match e.kind() {
-        io::ErrorKind::InvalidData => Error::Wire(e.to_string()),
-        io::ErrorKind::WouldBlock => Error::usage(e.to_string()),
+        io::ErrorKind::InvalidData => Error::Decode {
+            type_name: std::any::type_name::<T>(),
+            reason: e.to_string(),
+        },
+        io::ErrorKind::FileTooLarge => Error::Encode {
+            type_name: std::any::type_name::<T>(),
+            reason: e.to_string(),
+        },
+        io::ErrorKind::Deadlock => {
+            Error::usage(format!("Share<{}>: {e}", std::any::type_name::<T>()))
+        }
         _ => Error::Io(e),
     }
 }
@@ -222,9 +235,9 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Share<T> {
             scratch: Vec::new(),
         };
         let seg = Segment::create(c"skprocess-share", tag::<T>(), &bytes, capacity, cache)
-            .map_err(sys_error)?;
+            .map_err(sys_error::<T>)?;
         let seg = Arc::new(seg);
-        remember(&seg).map_err(sys_error)?;
+        remember(&seg).map_err(sys_error::<T>)?;
         Ok(Share { seg })
     }
 
@@ -255,7 +268,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Share<T> {
         // Without a deadline the lock is taken or fails; it never times out.
         self.seg
             .lock(None)
-            .map_err(sys_error)?
+            .map_err(sys_error::<T>)?
             .ok_or_else(|| Error::usage("a lock without deadline timed out"))
     }
 
@@ -291,7 +304,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Share<T> {
     ///
     /// As [`lock`](Share::lock).
     pub fn lock_deadline(&self, deadline: Instant) -> Result<Option<ShareGuard<'_, T>>> {
-        match self.seg.lock(Some(deadline)).map_err(sys_error)? {
+        match self.seg.lock(Some(deadline)).map_err(sys_error::<T>)? {
             Some(held) => ShareGuard::new(held).map(Some),
             None => Ok(None),
         }
@@ -313,7 +326,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Share<T> {
     /// As [`lock`](Share::lock).
     pub fn get(&self) -> Result<T> {
         let mut held = self.held()?;
-        let (bytes, _) = held.read().map_err(sys_error)?;
+        let (bytes, _) = held.read().map_err(sys_error::<T>)?;
         wire::decode(bytes, Vec::new())
     }
 
@@ -391,7 +404,7 @@ fn write_back<T: Serialize>(held: &mut Held<'_, Cache<T>>, value: T) -> Result<(
         }
         Err(e) => {
             cache.value = None;
-            Err(sys_error(e))
+            Err(sys_error::<T>(e))
         }
     }
 }
@@ -513,7 +526,7 @@ impl<'a, T: Serialize + DeserializeOwned + Send + 'static> ShareGuard<'a, T> {
         let value = match held.local().value.take() {
             Some((g, v)) if g == generation => v,
             _ => {
-                let (bytes, _) = held.read().map_err(sys_error)?;
+                let (bytes, _) = held.read().map_err(sys_error::<T>)?;
                 wire::decode(bytes, Vec::new())?
             }
         };
@@ -603,5 +616,59 @@ impl<T: Serialize + DeserializeOwned + Send + 'static + fmt::Debug> fmt::Debug
             .field("version", &self.generation)
             .field("changed", &self.changed)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn a_share_attached_as_another_type_is_a_decode_error_naming_it() {
+        let share = Share::new(7u64).unwrap();
+        let fd = share.seg.fd().try_clone_to_owned().unwrap();
+        let e = attach::<String>(fd)
+            .map_err(sys_error::<String>)
+            .unwrap_err();
+        match e {
+            Error::Decode { type_name, reason } => {
+                assert_eq!(type_name, std::any::type_name::<String>());
+                assert!(reason.contains("another type"), "{reason}");
+            }
+            other => panic!("expected a decode error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_kind_of_segment_error_has_its_own_variant() {
+        let corrupt = io::Error::new(io::ErrorKind::InvalidData, "segment is corrupt");
+        assert!(matches!(
+            sys_error::<u64>(corrupt),
+            Error::Decode {
+                type_name: "u64",
+                ..
+            }
+        ));
+        let big = io::Error::new(io::ErrorKind::FileTooLarge, "too large");
+        assert!(matches!(
+            sys_error::<u64>(big),
+            Error::Encode {
+                type_name: "u64",
+                ..
+            }
+        ));
+        let again = io::Error::new(io::ErrorKind::Deadlock, "already holds");
+        assert!(matches!(sys_error::<u64>(again), Error::Usage(_)));
+        let io = io::Error::from_raw_os_error(libc::EMFILE);
+        assert!(matches!(sys_error::<u64>(io), Error::Io(_)));
+    }
+
+    #[test]
+    fn relocking_from_one_thread_is_a_usage_error() {
+        let share = Share::new(1u64).unwrap();
+        let g = share.lock().unwrap();
+        let e = share.get().unwrap_err();
+        assert!(matches!(e, Error::Usage(_)), "{e:?}");
+        drop(g);
     }
 }

@@ -33,9 +33,31 @@ pub(crate) struct Frame {
     pub(crate) kind: u8,
     pub(crate) payload: Vec<u8>,
     pub(crate) fds: Vec<OwnedFd>,
+    /// The descriptors sent with it could not be received (this process
+    /// ran out of them): `fds` is empty, the payload is whole, the stream
+    /// is in step. Whoever reads the frame answers it with an error.
+    pub(crate) fds_lost: bool,
 }
 
 impl Frame {
+    /// The payload and descriptors as an encoded value; `Err` if its
+    /// descriptors were lost on the way in.
+    pub(crate) fn into_encoded(self) -> Result<Encoded> {
+        self.check_fds()?;
+        Ok(Encoded {
+            bytes: self.payload,
+            fds: self.fds,
+        })
+    }
+
+    /// `Err` if the frame's descriptors were lost on the way in.
+    pub(crate) fn check_fds(&self) -> Result<()> {
+        if self.fds_lost {
+            return Err(Error::Io(sys::sock::fds_lost_error()));
+        }
+        Ok(())
+    }
+
     /// Decodes the payload as `T` (a control message, not a user value).
     pub(crate) fn decode<'a, T: Deserialize<'a>>(&'a self) -> Result<T> {
         postcard::from_bytes(&self.payload)
@@ -106,6 +128,8 @@ pub(crate) struct Reader {
     fds: VecDeque<OwnedFd>,
     max_frame: usize,
     eof: bool,
+    /// Descriptors were lost since the last frame that carried some.
+    fds_lost: bool,
 }
 
 const READ_CHUNK: usize = 256 * 1024;
@@ -123,6 +147,7 @@ impl Reader {
             fds: VecDeque::new(),
             max_frame: crate::config::DEFAULT_MAX_MESSAGE,
             eof: false,
+            fds_lost: false,
         }
     }
 
@@ -172,7 +197,12 @@ impl Reader {
         }
         let mut fds = Vec::new();
         let n = match sys::sock::recv(self.sock.as_fd(), &mut self.buf[self.end..], &mut fds) {
-            Ok(n) => n,
+            Ok(r) => {
+                // The lost descriptors belong to the frame that starts in
+                // these bytes, or to the one under way.
+                self.fds_lost |= r.fds_lost;
+                r.bytes
+            }
             // The peer closed with data of ours unread: it is gone, like
             // at end of file.
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
@@ -247,13 +277,33 @@ impl Reader {
             self.end = 0;
         }
         if self.fds.len() < nfds {
+            if self.fds_lost {
+                // This process could not take them: the frame is whole
+                // without them, and its reader says so to whoever waits.
+                self.fds_lost = false;
+                self.fds.clear();
+                return Ok(Some(Frame {
+                    kind,
+                    payload,
+                    fds: Vec::new(),
+                    fds_lost: true,
+                }));
+            }
             return Err(Error::Wire(format!(
                 "frame announced {nfds} descriptors but {} arrived",
                 self.fds.len()
             )));
         }
         let fds = self.fds.drain(..nfds).collect();
-        Ok(Some(Frame { kind, payload, fds }))
+        if nfds > 0 {
+            self.fds_lost = false;
+        }
+        Ok(Some(Frame {
+            kind,
+            payload,
+            fds,
+            fds_lost: false,
+        }))
     }
 }
 
@@ -518,6 +568,7 @@ pub(crate) fn receive_message<T: DeserializeOwned>(
     counters: &crate::stats::Counters,
 ) -> Result<T> {
     counters.received(frame.payload.len());
+    frame.check_fds()?;
     decode_message(&frame.payload, frame.fds)
 }
 

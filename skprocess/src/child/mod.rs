@@ -50,11 +50,11 @@ pub fn is_child() -> bool {
 
 /// Runs before `main` in every process that links skprocess. Returns at
 /// once unless this process is a spawned child; in a child it never returns.
-pub(crate) fn boot() {
+pub(crate) fn boot(pre_main: sys::boot::PreMain) {
     let Some(value) = std::env::var_os(BOOT_ENV) else {
         return;
     };
-    sys::proc::remove_env(BOOT_ENV);
+    pre_main.remove_env(BOOT_ENV);
     if value == spawn::BARE {
         // The baseline of the spawn benchmark: a re-exec of this binary
         // that ends as soon as it would take over.
@@ -70,7 +70,7 @@ pub(crate) fn boot() {
     }
     sys::proc::ignore_sigpipe();
     IS_CHILD.store(true, Ordering::Relaxed);
-    let control = sys::proc::adopt_inherited_fd(fd);
+    let control = pre_main.adopt_inherited_fd(fd);
     main(control, ppid)
 }
 

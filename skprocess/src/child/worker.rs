@@ -98,7 +98,9 @@ fn begin(status: &SharedWords) {
 fn run_calls(link: &Arc<Link>, status: &SharedWords, frame: Frame) -> Result<(), String> {
     let (offset, input) = batch::split_u64(&frame.payload).map_err(|e| e.to_string())?;
     begin(status);
-    let call = sys::code::entry_at(offset);
+    let call = sys::code::entry_at(offset).ok_or_else(|| {
+        format!("the batch names no map_fn function of this program (offset {offset:#x})")
+    })?;
     // The first 8 bytes become the time the batch took.
     let mut out = Vec::with_capacity(8 + input.len() + input.len() / 2);
     out.extend_from_slice(&[0u8; 8]);

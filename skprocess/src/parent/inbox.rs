@@ -154,6 +154,7 @@ mod test {
             kind: crate::proto::kind::TELL,
             payload: vec![7; n],
             fds: Vec::new(),
+            fds_lost: false,
         }
     }
 

@@ -409,10 +409,17 @@ impl Lives {
                     kind::TELL => inbox.push(f),
                     kind::LOG => child.log().emit(&f.payload),
                     kind::DONE => {
-                        outcome = Some(Outcome::Done(Encoded {
-                            bytes: f.payload,
-                            fds: f.fds,
-                        }))
+                        outcome = Some(match f.into_encoded() {
+                            Ok(enc) => Outcome::Done(enc),
+                            // It ended well, but its value cannot be
+                            // rebuilt here: no retry would fare better.
+                            Err(e) => Outcome::Final(self.failure(
+                                attempt,
+                                None,
+                                None,
+                                Cause::Codec(format!("its final value could not be received: {e}")),
+                            )),
+                        })
                     }
                     kind::FAILED => {
                         let failure = f.decode::<Failure>().unwrap_or_else(|e| {

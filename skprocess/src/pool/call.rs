@@ -7,7 +7,7 @@ use super::dispatch::Run;
 use super::imap::Imap;
 use super::source::{Args, Items, Source};
 use super::task::{Job, JobKind};
-use super::{batch, Pool};
+use super::Pool;
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::Process;
@@ -164,7 +164,7 @@ impl<'p> PoolCall<'p> {
             return Err(Error::usage(CAPTURING_CLOSURE));
         }
         let _ = f;
-        let entry = sys::code::entry_offset(batch::call_batch::<A, R, F>);
+        let entry = sys::code::calls_entry_offset::<A, R, F>();
         let name = format!("map_fn({})", std::any::type_name::<F>());
         let items = items.into_iter();
         let mut out = InOrder::with_capacity(items.size_hint().0);

@@ -32,7 +32,7 @@ use crate::parent::deadline::{Deadlines, Overrun};
 use crate::proto::{self, kind, Plan, STATUS_BEGUN};
 use crate::sys::mem::SharedWords;
 use crate::timers::Timers;
-use crate::wire::{Encoded, Frame, Writer};
+use crate::wire::{Frame, Writer};
 use crossbeam_channel::{Receiver, TryRecvError};
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -396,10 +396,7 @@ impl Manager {
             (kind::POOL_RESULTS, Some(Flight::Calls(_))) => {
                 self.head_ended(now);
                 if let Some(Flight::Calls(c)) = self.flights.pop_front() {
-                    c.answer(Ok(Encoded {
-                        bytes: frame.payload,
-                        fds: frame.fds,
-                    }));
+                    c.answer(frame.into_encoded());
                 }
                 self.arm_head(now);
             }
@@ -436,13 +433,7 @@ impl Manager {
             self.flights.pop_front();
         }
         if frame.kind == kind::DONE {
-            unit.answer(
-                Ok(Encoded {
-                    bytes: frame.payload,
-                    fds: frame.fds,
-                }),
-                busy,
-            );
+            unit.answer(frame.into_encoded(), busy);
         } else {
             let mut f = frame.decode::<Failure>().unwrap_or_else(|e| {
                 job.failure(

@@ -4,9 +4,17 @@
 //! runs, so every function sits at the same distance from any other in both
 //! processes, wherever the loader placed the binary. The parent sends the
 //! distance of a function from [`anchor`]; the child adds it to its own
-//! `anchor`. Only one function type crosses this way, [`CallEntry`], so the
-//! types agree on both sides by construction.
+//! `anchor`. Only one function type crosses this way, [`CallEntry`].
+//!
+//! The child does not take the sum on trust: every `Pool::map_fn`
+//! trampoline the binary contains is recorded at link time in a table (a
+//! linker section, `skprocess_map_fn`, which each instantiation of
+//! [`calls_entry_offset`] adds its trampoline to), and [`entry_at`] answers
+//! only with an entry of that table. A corrupt or foreign offset is `None`,
+//! never a call into arbitrary code.
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::os::fd::OwnedFd;
 
 /// What `Pool::map_fn` runs in a worker: a monomorphised trampoline that
@@ -15,30 +23,112 @@ use std::os::fd::OwnedFd;
 pub(crate) type CallEntry =
     fn(input: &[u8], fds: Vec<OwnedFd>, out: &mut Vec<u8>, out_fds: &mut Vec<OwnedFd>);
 
+/// Records the function `$f` (a path to a function of type [`CallEntry`])
+/// in the binary's table of entries. Emits no instruction: the assembler
+/// adds one pointer-sized word, relocated to `$f`'s address, to the section
+/// `skprocess_map_fn`, which is kept through linking ("R") and bounded by
+/// the `__start_`/`__stop_` symbols the linker defines for it.
+macro_rules! record_entry {
+    ($f:expr) => {{
+        let _: CallEntry = $f;
+        // SAFETY: the block executes nothing and touches no register or
+        // memory: it only places data in a section of its own.
+        #[cfg(target_pointer_width = "64")]
+        unsafe {
+            std::arch::asm!(
+                ".pushsection skprocess_map_fn,\"awR\"",
+                ".balign 8",
+                ".8byte {f}",
+                ".popsection",
+                f = sym $f,
+                options(nomem, nostack, preserves_flags)
+            )
+        };
+        // SAFETY: as above.
+        #[cfg(target_pointer_width = "32")]
+        unsafe {
+            std::arch::asm!(
+                ".pushsection skprocess_map_fn,\"awR\"",
+                ".balign 4",
+                ".4byte {f}",
+                ".popsection",
+                f = sym $f,
+                options(nomem, nostack, preserves_flags)
+            )
+        };
+    }};
+}
+
 /// A function of this crate that is never called: the point distances are
 /// measured from. Kept out of line so it has an address of its own.
 #[inline(never)]
 fn anchor() {}
 
-/// The distance of `f` from [`anchor`] in this process, to send to a child.
-pub(crate) fn entry_offset(f: CallEntry) -> u64 {
+/// The distance of `f` from [`anchor`] in this process.
+fn entry_offset(f: CallEntry) -> u64 {
     (f as usize).wrapping_sub(anchor as fn() as usize) as u64
 }
 
-/// The entry at `offset` from [`anchor`]: the inverse of [`entry_offset`]
-/// in a child of the process that computed it.
-///
-/// Only the pool worker calls this, with an offset read from its control
-/// socket, which connects to nothing but its parent. The parent runs the
-/// same executable file (the child was started from its `/proc/self/exe`)
-/// and made the offset with [`entry_offset`] from a `CallEntry`, so the
-/// address is that of a function of exactly this type in this binary.
-pub(crate) fn entry_at(offset: u64) -> CallEntry {
+/// The offset of `Pool::map_fn`'s trampoline for `(A, R, F)`, to send to a
+/// worker, which finds it with [`entry_at`]. Records the trampoline in the
+/// binary's table of entries.
+pub(crate) fn calls_entry_offset<A, R, F>() -> u64
+where
+    A: DeserializeOwned,
+    R: Serialize,
+    F: Fn(A) -> R + Copy,
+{
+    record_entry!(crate::pool::batch::call_batch::<A, R, F>);
+    entry_offset(crate::pool::batch::call_batch::<A, R, F>)
+}
+
+/// Stands in the table so that it is never empty (its bounds then exist in
+/// every binary); does nothing.
+fn no_entry(_: &[u8], _: Vec<OwnedFd>, _: &mut Vec<u8>, _: &mut Vec<OwnedFd>) {}
+
+/// Every entry the binary recorded with `record_entry!`.
+fn entries() -> &'static [CallEntry] {
+    // Declared as bytes: only their addresses are used.
+    extern "C" {
+        #[link_name = "__start_skprocess_map_fn"]
+        static START: [u8; 0];
+        #[link_name = "__stop_skprocess_map_fn"]
+        static STOP: [u8; 0];
+    }
+    let start = (&raw const START).cast::<CallEntry>();
+    let stop = (&raw const STOP).cast::<CallEntry>();
+    let len = (stop as usize - start as usize) / std::mem::size_of::<CallEntry>();
+    // SAFETY: the linker defines START and STOP around the section, which
+    // holds nothing but the pointer-sized, aligned words `record_entry!`
+    // places there, each the address of a function of type `CallEntry` (the
+    // macro checks the type), relocated by the loader before any code ran.
+    // The section is never written after that.
+    unsafe { std::slice::from_raw_parts(start, len) }
+}
+
+/// The entry at `offset` from [`anchor`] (as [`calls_entry_offset`] gave it
+/// in a process running the same binary), if the binary recorded a
+/// trampoline there; `None` for any other offset.
+pub(crate) fn entry_at(offset: u64) -> Option<CallEntry> {
+    record_entry!(no_entry);
     let addr = (anchor as fn() as usize).wrapping_add(offset as usize);
-    // SAFETY: `CallEntry` is a function pointer type, the size of `usize`,
-    // and `addr` is the address of a function of that type: the same
-    // executable places its functions at the same distances from each other
-    // in every process, and the offset came from `entry_offset` applied to a
-    // `CallEntry` in the parent (see above).
-    unsafe { std::mem::transmute::<usize, CallEntry>(addr) }
+    entries().iter().copied().find(|&e| e as usize == addr)
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn a_recorded_trampoline_is_found_and_nothing_else() {
+        let offset = calls_entry_offset::<u64, u64, fn(u64) -> u64>();
+        let entry: CallEntry = crate::pool::batch::call_batch::<u64, u64, fn(u64) -> u64>;
+        assert_eq!(entry_at(offset).map(|e| e as usize), Some(entry as usize));
+        // Offsets a corrupt frame could carry: none is a recorded entry.
+        for bad in [0, 1, offset + 1, offset.wrapping_sub(16), u64::MAX, 1 << 40] {
+            assert!(entry_at(bad).is_none(), "offset {bad:#x}");
+        }
+        // A function of the right type that was never recorded.
+        assert!(entry_at(entry_offset(|_, _, _, _| {})).is_none());
+    }
 }

@@ -14,22 +14,18 @@ use std::sync::atomic::AtomicU64;
 /// bytes: what a misbehaving peer could send, for tests that it is refused.
 #[cfg(test)]
 pub(crate) fn memfd(name: &std::ffi::CStr, len: usize) -> io::Result<OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: `name` is a valid NUL-terminated string for the call.
-    let fd = super::cvt(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) })?;
-    // SAFETY: the kernel just returned this fd; nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    std::fs::File::from(fd.try_clone()?).set_len(len as u64)?;
+    let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)?;
+    rustix::fs::ftruncate(&fd, len as u64)?;
     Ok(fd)
 }
 
 /// The size of the file behind `fd`.
 pub(crate) fn file_len(fd: &OwnedFd) -> io::Result<u64> {
-    Ok(std::fs::File::from(fd.try_clone()?).metadata()?.len())
+    Ok(rustix::fs::fstat(fd)?.st_size as u64)
 }
 
 /// A shared mapping of a memfd, usable as `[AtomicU64]`: a view on a
-/// sealed [`Region`](super::region::Region).
+/// sealed [`Region`].
 ///
 /// Any bit pattern is a valid `AtomicU64`, and every access to the memory
 /// goes through atomics, so another process writing concurrently (or dying

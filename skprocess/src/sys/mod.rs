@@ -13,6 +13,7 @@ pub(crate) mod boot;
 pub(crate) mod code;
 pub(crate) mod futex;
 pub(crate) mod mem;
+pub(crate) mod mutex;
 pub(crate) mod proc;
 pub(crate) mod region;
 pub(crate) mod shm;

@@ -1,8 +1,8 @@
 //! Process control: signals, reaping, pidfds, the parent-death signal.
 
-use super::{cvt, cvt_retry};
+use rustix::process::{Pid, Signal, WaitOptions};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// How a child process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,14 +44,56 @@ pub(crate) fn signal_name(sig: i32) -> &'static str {
     }
 }
 
-/// Blocks until `pid` (a child of this process) has ended and reaps it.
-pub(crate) fn wait(pid: u32) -> io::Result<ExitStatus> {
-    let mut status: libc::c_int = 0;
-    // SAFETY: `status` is a valid out-pointer for the duration of the call.
-    cvt_retry(|| unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) })?;
-    Ok(decode_status(status))
+/// `pid` as a rustix `Pid`; pids 0 and below name no single process.
+fn to_pid(pid: u32) -> io::Result<Pid> {
+    i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
+/// `sig` as a rustix `Signal`; only named signals are sent.
+fn to_signal(sig: i32) -> io::Result<Signal> {
+    Signal::from_named_raw(sig).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+/// Retries `f` while a signal interrupts it.
+fn retry<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// A process that has already ended is not an error for a signal.
+fn ended_is_fine(r: rustix::io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(rustix::io::Errno::SRCH) => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+/// Blocks until `pid` (a child of this process) has ended and reaps it.
+pub(crate) fn wait(pid: u32) -> io::Result<ExitStatus> {
+    let pid = to_pid(pid)?;
+    loop {
+        // Without WNOHANG a result always comes with a status.
+        if let Some((_, status)) =
+            retry(|| rustix::process::waitpid(Some(pid), WaitOptions::empty()))?
+        {
+            if let Some(sig) = status.terminating_signal() {
+                return Ok(ExitStatus::Signal(sig));
+            }
+            if let Some(code) = status.exit_status() {
+                return Ok(ExitStatus::Code(code));
+            }
+        }
+    }
+}
+
+#[cfg(feature = "bench-internals")]
 fn decode_status(status: libc::c_int) -> ExitStatus {
     if libc::WIFSIGNALED(status) {
         ExitStatus::Signal(libc::WTERMSIG(status))
@@ -63,37 +105,16 @@ fn decode_status(status: libc::c_int) -> ExitStatus {
 /// Opens a pidfd for `pid`: readable once the process has ended, and a
 /// race-free target for signals (it can never name a recycled pid).
 pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0 as libc::c_uint) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    Ok(rustix::process::pidfd_open(
+        to_pid(pid)?,
+        rustix::process::PidfdFlags::empty(),
+    )?)
 }
 
 /// Sends `sig` to the process behind `pidfd`. A process that has already
 /// ended is not an error.
 pub(crate) fn pidfd_signal(pidfd: &OwnedFd, sig: i32) -> io::Result<()> {
-    // SAFETY: the fd is a live pidfd owned by the caller; a null siginfo is
-    // allowed and means "as if by kill(2)".
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            sig,
-            std::ptr::null::<libc::siginfo_t>(),
-            0 as libc::c_uint,
-        )
-    };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ESRCH) {
-            return Ok(());
-        }
-        return Err(e);
-    }
-    Ok(())
+    ended_is_fine(rustix::process::pidfd_send_signal(pidfd, to_signal(sig)?))
 }
 
 /// Sends `sig` to every process of the process group `pgid` (a spawned
@@ -103,28 +124,16 @@ pub(crate) fn pidfd_signal(pidfd: &OwnedFd, sig: i32) -> io::Result<()> {
 /// Call it before the group leader is reaped: while the leader (even as a
 /// zombie) or any member exists, its pid cannot name another group.
 pub(crate) fn kill_group(pgid: u32, sig: i32) -> io::Result<()> {
-    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
-        return Err(io::Error::from(io::ErrorKind::InvalidInput));
-    };
-    if pgid <= 1 {
+    let pgid = to_pid(pgid)?;
+    if pgid.is_init() {
         return Err(io::Error::from(io::ErrorKind::InvalidInput));
     }
-    // SAFETY: kill takes plain integers; a negative pid names a group.
-    let r = unsafe { libc::kill(-pgid, sig) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ESRCH) {
-            return Ok(());
-        }
-        return Err(e);
-    }
-    Ok(())
+    ended_is_fine(rustix::process::kill_process_group(pgid, to_signal(sig)?))
 }
 
 /// This process's process group.
 pub(crate) fn getpgrp() -> u32 {
-    // SAFETY: getpgrp takes no arguments and cannot fail.
-    unsafe { libc::getpgrp() as u32 }
+    rustix::process::getpgrp().as_raw_pid() as u32
 }
 
 /// This process's pid.
@@ -132,35 +141,31 @@ pub(crate) fn getpid() -> u32 {
     std::process::id()
 }
 
-/// The parent's pid.
+/// The parent's pid (0 if it has none in this pid namespace).
 pub(crate) fn getppid() -> u32 {
-    // SAFETY: getppid(2) cannot fail and has no preconditions.
-    unsafe { libc::getppid() as u32 }
+    Pid::as_raw(rustix::process::getppid()) as u32
 }
 
 /// Asks the kernel to send SIGTERM to this process when the thread that
 /// spawned it ends: the child turns it into a graceful stop, bounded in time
 /// (see `child::signals`).
 pub(crate) fn set_parent_death_signal() -> io::Result<()> {
-    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number as its only
-    // argument; no pointers are involved.
-    cvt(unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGTERM as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    })
-    .map(drop)
+    Ok(rustix::process::set_parent_process_death_signal(Some(
+        Signal::TERM,
+    ))?)
 }
 
 /// Closes every fd from `from` upwards. Used once in a freshly started child
 /// so descriptors the parent leaked by accident cannot keep pipes open.
-pub(crate) fn close_fds_from(from: u32) {
-    // SAFETY: close_range only closes descriptors; the caller runs this before
-    // any other code in the process has opened a descriptor it still needs.
+///
+/// # Safety
+///
+/// No descriptor numbered `from` or above may be owned by anything (an
+/// `OwnedFd`, a `File`, a library): they are closed under their owners.
+/// That holds before `main`, before any code of the process opened one.
+pub(crate) unsafe fn close_fds_from(from: u32) {
+    // SAFETY: close_range only closes descriptors, none of which is owned
+    // (the caller's promise).
     unsafe {
         libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32);
     }
@@ -183,29 +188,40 @@ pub(crate) fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Removes an environment variable. Only called from the single-threaded
-/// start-up code of a child, before `main`, when no other thread exists.
-pub(crate) fn remove_env(key: &str) {
+/// Removes an environment variable.
+///
+/// # Safety
+///
+/// No other thread may exist: changing the environment races with any
+/// thread that reads it (through libc, too). Only true before `main` (see
+/// `super::boot`).
+pub(crate) unsafe fn remove_env(key: &str) {
     std::env::remove_var(key);
 }
 
 /// Takes ownership of descriptor `fd`, inherited across exec without
 /// close-on-exec: moves it to a close-on-exec descriptor (so programs this
 /// process starts do not inherit it) and closes every other inherited
-/// descriptor above stderr.
-pub(crate) fn adopt_inherited_fd(fd: RawFd) -> OwnedFd {
-    close_fds_from(fd as u32 + 1);
-    // SAFETY: F_DUPFD_CLOEXEC on an fd number has no memory-safety
-    // preconditions; if `fd` is not open it fails with EBADF.
-    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, fd + 1) };
-    if new < 0 {
+/// descriptor above it.
+///
+/// # Safety
+///
+/// `fd` and every descriptor above it belong to nothing in this process
+/// (see [`close_fds_from`]): true before `main`, for a descriptor the
+/// parent handed over.
+pub(crate) unsafe fn adopt_inherited_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: the caller's promise.
+    unsafe { close_fds_from(fd as u32 + 1) };
+    // SAFETY: `fd` belongs to nothing else (the caller's promise), so this
+    // is its only owner; if it is not open, the dup below fails and the
+    // process ends before anything closes it.
+    let inherited = unsafe { BorrowedFd::borrow_raw(fd) };
+    let Ok(new) = rustix::io::fcntl_dupfd_cloexec(inherited, fd + 1) else {
         exit_now(71);
-    }
-    // SAFETY: `fd` was inherited for this purpose and nothing else in the
-    // process refers to it; after the dup it is no longer needed.
-    unsafe { libc::close(fd) };
-    // SAFETY: `new` was just returned by fcntl and is owned by nobody else.
-    unsafe { OwnedFd::from_raw_fd(new) }
+    };
+    // SAFETY: as above: the inherited number is ours to close now.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    new
 }
 
 /// Blocks until `pid` (a child of this process) has ended, reaps it, and
@@ -215,8 +231,9 @@ pub(crate) fn wait_with_peak_rss(pid: u32) -> io::Result<(ExitStatus, u64)> {
     let mut status: libc::c_int = 0;
     // SAFETY: an all-zero `rusage` is a valid value of this plain C struct.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // rustix has no wait4 (the resource usage of the reaped child).
     // SAFETY: `status` and `ru` are valid out-pointers for the call.
-    cvt_retry(|| unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut ru) })?;
+    super::cvt_retry(|| unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut ru) })?;
     Ok((decode_status(status), ru.ru_maxrss as u64 * 1024))
 }
 
@@ -225,12 +242,5 @@ pub(crate) fn wait_with_peak_rss(pid: u32) -> io::Result<(ExitStatus, u64)> {
 pub(crate) fn resident_bytes(pid: u32) -> Option<u64> {
     let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages.saturating_mul(page_size()))
-}
-
-/// The size of a memory page.
-pub(crate) fn page_size() -> u64 {
-    // SAFETY: sysconf takes an integer name and has no other preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(n).unwrap_or(4096)
+    Some(pages.saturating_mul(rustix::param::page_size() as u64))
 }

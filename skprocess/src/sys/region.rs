@@ -8,8 +8,9 @@
 //! treat them as untrusted input and validate them) but cannot break this
 //! process's memory safety.
 
+use rustix::fs::{MemfdFlags, SealFlags};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
 /// A shared mapping of a whole memfd.
@@ -23,15 +24,9 @@ impl Region {
     /// A new zero-filled region of `len` bytes, sealed so that its size
     /// can never change.
     pub(crate) fn new(name: &std::ffi::CStr, len: usize) -> io::Result<Region> {
-        let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
-        // SAFETY: `name` is a valid NUL-terminated string for the call.
-        let fd = super::cvt(unsafe { libc::memfd_create(name.as_ptr(), flags) })?;
-        // SAFETY: the kernel just returned this fd; nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        std::fs::File::from(fd.try_clone()?).set_len(len as u64)?;
-        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-        // SAFETY: F_ADD_SEALS takes an int argument; `fd` is open and owned.
-        super::cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) })?;
+        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+        rustix::fs::ftruncate(&fd, len as u64)?;
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
         Region::from_fd(fd)
     }
 
@@ -41,15 +36,13 @@ impl Region {
     /// shrink it after this process mapped it would make any access past the
     /// new end kill this process (`SIGBUS`).
     pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<Region> {
-        // SAFETY: F_GET_SEALS takes no argument; `fd` is open and owned.
-        let seals =
-            super::cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) }).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("not shared memory: {e}"),
-                )
-            })?;
-        if seals & libc::F_SEAL_SHRINK == 0 {
+        let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("not shared memory: {e}"),
+            )
+        })?;
+        if !seals.contains(SealFlags::SHRINK) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "shared memory that its sender could shrink is refused",

@@ -1,8 +1,11 @@
 //! Unix stream sockets with descriptor passing (`SCM_RIGHTS`), and `poll`.
 
-use super::{cvt, cvt_retry};
-use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use super::cvt_retry;
+use rustix::event::{PollFd, PollFlags};
+use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 /// Most descriptors one message may carry (the kernel's `SCM_MAX_FD`).
@@ -10,35 +13,19 @@ pub(crate) const MAX_FDS: usize = 253;
 
 /// A connected pair of `AF_UNIX` stream sockets, both close-on-exec.
 pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: `fds` is a valid out-array of two ints for the call.
-    cvt(unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    })?;
-    // SAFETY: socketpair succeeded, so both fds are new and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
 }
 
 /// Sets both socket buffer sizes (best effort; the kernel may cap them).
 pub(crate) fn set_buffer_sizes(fd: BorrowedFd<'_>, bytes: usize) {
-    let v = bytes as libc::c_int;
-    for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
-        // SAFETY: `v` is a valid c_int and its size is passed alongside.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    }
+    let _ = rustix::net::sockopt::set_socket_send_buffer_size(fd, bytes);
+    let _ = rustix::net::sockopt::set_socket_recv_buffer_size(fd, bytes);
 }
 
 fn cmsg_space(n: usize) -> usize {
@@ -48,6 +35,10 @@ fn cmsg_space(n: usize) -> usize {
 
 /// Sends as much of `bufs` as the socket takes in one call, with `fds`
 /// attached to the first byte. Never raises SIGPIPE.
+///
+/// The descriptors come as numbers (a number that is not open fails with
+/// `EBADF`), which rustix's `sendmsg` would need as borrowed descriptors;
+/// this one call stays on libc.
 pub(crate) fn send(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>], fds: &[RawFd]) -> io::Result<usize> {
     if fds.len() > MAX_FDS {
         return Err(io::Error::new(
@@ -92,50 +83,76 @@ pub(crate) fn send(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>], fds: &[RawFd]) -> i
 
 /// Receives up to `buf.len()` bytes; descriptors that arrive with them are
 /// appended to `fds_out` (close-on-exec). `Ok(0)` means the peer closed.
+///
+/// # Errors
+///
+/// Besides the socket's own errors: when descriptors sent with the bytes
+/// could not all be received (this process has too many open files), the
+/// bytes are consumed and the error says so, rather than returning the
+/// bytes without some of their descriptors.
 pub(crate) fn recv(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
     fds_out: &mut Vec<OwnedFd>,
-) -> io::Result<usize> {
-    let mut control = vec![0u64; cmsg_space(MAX_FDS).div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
+) -> io::Result<Received> {
+    recv_up_to(fd, buf, fds_out, MAX_FDS)
+}
+
+/// [`recv`] with room for `max_fds` descriptors per message.
+fn recv_up_to(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds_out: &mut Vec<OwnedFd>,
+    max_fds: usize,
+) -> io::Result<Received> {
+    let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(max_fds))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = loop {
+        match rustix::net::recvmsg(fd, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => break other?,
+        }
     };
-    // SAFETY: an all-zero msghdr is a valid "no name" header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = cmsg_space(MAX_FDS) as _;
-    // SAFETY: `msg` points at `buf` and `control`, both live and writable.
-    let n = cvt_retry(|| unsafe {
-        libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) as libc::c_int
-    })?;
-    // SAFETY: after a successful recvmsg the kernel has filled `control` with
-    // msg_controllen bytes of well-formed cmsghdrs; CMSG_FIRSTHDR/NXTHDR walk
-    // them within that length, and SCM_RIGHTS payloads are arrays of fds
-    // that now belong to this process.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                let header = libc::CMSG_LEN(0) as usize;
-                let count = ((*cmsg).cmsg_len as usize - header) / std::mem::size_of::<RawFd>();
-                for i in 0..count {
-                    fds_out.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+    let mut received = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(fds) = message {
+            received.extend(fds);
         }
     }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-        return Err(io::Error::other(
-            "descriptors were dropped: too many in one message",
-        ));
+    if msg.flags.contains(ReturnFlags::CTRUNC) {
+        // Some descriptors did not fit in this process (out of descriptors,
+        // most likely). The bytes arrived and stay in the stream; the
+        // descriptors that did arrive mean nothing without the rest.
+        drop(received);
+        return Ok(Received {
+            bytes: msg.bytes,
+            fds_lost: true,
+        });
     }
-    Ok(n as usize)
+    fds_out.append(&mut received);
+    Ok(Received {
+        bytes: msg.bytes,
+        fds_lost: false,
+    })
+}
+
+/// What one [`recv`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Received {
+    /// Bytes read (0: the peer closed).
+    pub(crate) bytes: usize,
+    /// Descriptors sent with these bytes were lost: they did not fit in
+    /// this process (see [`fds_lost_error`]).
+    pub(crate) fds_lost: bool,
+}
+
+/// The error for descriptors that were sent but could not be received.
+pub(crate) fn fds_lost_error() -> io::Error {
+    io::Error::other(
+        "descriptors sent with this message were lost: this process has too many open files \
+         (EMFILE); raise its open-file limit or keep fewer handles in flight",
+    )
 }
 
 /// Readiness of one descriptor after [`poll`].
@@ -150,41 +167,33 @@ pub(crate) struct Ready {
 /// Waits until one of `fds` is readable or `deadline` passes (`None`: no
 /// limit). Returns one `Ready` per fd; all false on timeout.
 pub(crate) fn poll(fds: &[BorrowedFd<'_>], deadline: Option<Instant>) -> io::Result<Vec<Ready>> {
-    let mut pfds: Vec<libc::pollfd> = fds
+    let mut pfds: Vec<PollFd<'_>> = fds
         .iter()
-        .map(|f| libc::pollfd {
-            fd: f.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
+        .map(|&f| PollFd::from_borrowed_fd(f, PollFlags::IN))
         .collect();
     loop {
-        let timeout_ms = match deadline {
-            None => -1,
+        let timeout = match deadline {
+            None => None,
+            // A deadline too far for a timespec is no limit.
             Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                // Round up so a sub-millisecond remainder still waits.
-                let ms = left.as_nanos().div_ceil(1_000_000);
-                ms.min(i32::MAX as u128) as libc::c_int
+                rustix::time::Timespec::try_from(d.saturating_duration_since(Instant::now())).ok()
             }
         };
-        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs.
-        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if r == 0 && deadline.is_some_and(|d| Instant::now() < d) {
+        let n = match rustix::event::poll(&mut pfds, timeout.as_ref()) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => other?,
+        };
+        if n == 0 && deadline.is_some_and(|d| Instant::now() < d) {
             continue;
         }
         return Ok(pfds
             .iter()
-            .map(|p| Ready {
-                readable: p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0,
-                hangup: p.revents & (libc::POLLHUP | libc::POLLERR) != 0,
+            .map(|p| {
+                let r = p.revents();
+                Ready {
+                    readable: r.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR),
+                    hangup: r.intersects(PollFlags::HUP | PollFlags::ERR),
+                }
             })
             .collect());
     }
@@ -198,4 +207,47 @@ pub(crate) fn wait_readable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> io
 /// `Instant::now() + d`, or `None` (no limit) if that overflows.
 pub(crate) fn deadline_after(d: Duration) -> Option<Instant> {
     Instant::now().checked_add(d)
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn descriptors_travel_with_the_bytes() {
+        let (a, b) = socketpair().unwrap();
+        let (x, _y) = socketpair().unwrap();
+        let n = send(
+            a.as_fd(),
+            &[IoSlice::new(b"hi")],
+            &[x.as_raw_fd(), x.as_raw_fd()],
+        )
+        .unwrap();
+        assert_eq!(n, 2);
+        let (mut buf, mut fds) = ([0u8; 8], Vec::new());
+        assert_eq!(recv(b.as_fd(), &mut buf, &mut fds).unwrap().bytes, 2);
+        assert_eq!(&buf[..2], b"hi");
+        assert_eq!(fds.len(), 2);
+        assert!(wait_readable(b.as_fd(), Some(Instant::now())).is_ok_and(|r| !r));
+        drop(a);
+        assert!(wait_readable(b.as_fd(), deadline_after(Duration::from_secs(60))).unwrap());
+        assert_eq!(recv(b.as_fd(), &mut buf, &mut fds).unwrap().bytes, 0);
+    }
+
+    #[test]
+    fn descriptors_that_could_not_be_received_are_reported_and_the_bytes_kept() {
+        // A control buffer with room for one descriptor stands for a
+        // process out of descriptors: the kernel truncates either way.
+        let (a, b) = socketpair().unwrap();
+        let (x, _y) = socketpair().unwrap();
+        let raw = [x.as_raw_fd(); 16];
+        send(a.as_fd(), &[IoSlice::new(b"x")], &raw).unwrap();
+        let (mut buf, mut fds) = ([0u8; 8], Vec::new());
+        let r = recv_up_to(b.as_fd(), &mut buf, &mut fds, 1).unwrap();
+        assert!(r.fds_lost);
+        assert_eq!(r.bytes, 1, "the bytes arrived");
+        assert!(fds.is_empty(), "no partial set of descriptors is returned");
+        assert!(fds_lost_error().to_string().contains("too many open files"));
+    }
 }

@@ -337,8 +337,12 @@ impl End {
                 if !sys::sock::wait_readable(self.sock.as_fd(), deadline).map_err(Error::Io)? {
                     return Err(missing());
                 }
-                let k = sys::sock::recv(self.sock.as_fd(), &mut tag[got..], &mut fds)
+                let r = sys::sock::recv(self.sock.as_fd(), &mut tag[got..], &mut fds)
                     .map_err(Error::Io)?;
+                if r.fds_lost {
+                    return Err(Error::Io(sys::sock::fds_lost_error()));
+                }
+                let k = r.bytes;
                 if k == 0 {
                     return Err(missing());
                 }
