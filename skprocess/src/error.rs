@@ -78,6 +78,17 @@ pub enum Error {
     /// A misuse of the API, described in the message.
     #[error("{0}")]
     Usage(String),
+    /// A live resource could not connect ([`Live`](crate::live::Live)).
+    #[error("cannot connect {resource}: {reason}")]
+    Connect {
+        /// The recipe type.
+        resource: &'static str,
+        /// The recipe's error, with its sources (a server's own message).
+        reason: String,
+        /// The recipe's error itself.
+        #[source]
+        source: std::sync::Arc<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// What went wrong in a failed process, with where and when.
@@ -313,6 +324,15 @@ impl Error {
             Error::Spawn(e) => Error::Spawn(io(e)),
             Error::Io(e) => Error::Io(io(e)),
             Error::Usage(m) => Error::Usage(m.clone()),
+            Error::Connect {
+                resource,
+                reason,
+                source,
+            } => Error::Connect {
+                resource,
+                reason: reason.clone(),
+                source: source.clone(),
+            },
         }
     }
 

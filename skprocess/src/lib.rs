@@ -250,6 +250,7 @@ mod child;
 mod config;
 mod error;
 mod handle;
+pub mod live;
 mod log;
 mod parent;
 mod pipe;
