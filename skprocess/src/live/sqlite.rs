@@ -13,6 +13,9 @@ use std::time::Duration;
 /// Each connection waits up to its [busy timeout](Sqlite::busy_timeout)
 /// (5 s unless set) for a lock another writer holds, instead of failing at
 /// once with `database is locked`: several processes can write to one file.
+/// A connection to a file does not break, so
+/// [`Live::with`](super::Live::with) never reconnects an SQLite connection:
+/// it returns every error as is.
 ///
 /// # Examples
 ///
@@ -83,8 +86,9 @@ impl Connect for Sqlite {
         Ok(conn)
     }
 
-    fn is_valid(&self, conn: &mut rusqlite::Connection) -> bool {
-        conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
-            .is_ok()
-    }
+    // `is_valid` keeps its default: a connection to a local file does not
+    // break, so `with` returns every error as is. A probe query would be
+    // wrong here: even `SELECT 1` fails with `database is locked` while
+    // another connection holds the lock and the schema is not loaded yet,
+    // and a busy database is no reason to reconnect and run twice.
 }
