@@ -116,7 +116,10 @@ mod test {
         let p = Postgres::new("host=db.example port=5433 user=app dbname=shop password=inline-pw")
             .password(Secret::new("given-pw".into()));
         let text = format!("{p:?}");
-        assert!(!text.contains("inline-pw") && !text.contains("given-pw"), "{text}");
+        assert!(
+            !text.contains("inline-pw") && !text.contains("given-pw"),
+            "{text}"
+        );
         assert!(text.contains("db.example") && text.contains("shop") && text.contains("***"));
         let bad = format!("{:?}", Postgres::new("port=notanumber password=x9"));
         assert!(!bad.contains("x9"), "{bad}");
