@@ -15,8 +15,8 @@
 //! opening one each. Two `Live`s in use at the same time hold two
 //! connections; [`Live::reset`] closes a connection instead of keeping it.
 //!
-//! Ready recipes, behind cargo features: [`Sqlite`] (feature `sqlite`) and
-//! [`Postgres`] (feature `postgres`).
+//! Ready recipes, behind cargo features: `Sqlite` (feature `sqlite`) and
+//! `Postgres` (feature `postgres`).
 //!
 //! # Examples
 //!
