@@ -272,9 +272,9 @@
 //! What [`with`](live::Live::with) retries: when its closure fails and the
 //! recipe's [`is_valid`](live::Connect::is_valid) says the connection is
 //! gone (the server restarted, ended the session, the network dropped), it
-//! drops the connection, reconnects with a short backoff (three tries,
-//! about a third of a second) and runs the closure once more. What it does
-//! not: an error on a connection that still works (a constraint violation,
+//! drops the connection, reconnects with a short backoff (three tries: at
+//! once, then after 50 ms and 250 ms) and runs the closure once more. What
+//! it does not: an error on a connection that still works (a constraint violation,
 //! a syntax error, a locked database) is returned at once; a failed first
 //! connection is returned too (the hook fails, and the process's lives
 //! decide what comes next). It is not a transaction manager: the closure
