@@ -403,7 +403,7 @@ fn a_secret_stays_out_of_the_child_s_argv_environ_errors_and_logs() -> skprocess
     // Seen from outside while the child holds it.
     assert!(!proc_text(h.pid()).contains(&token));
     h.tell(&"go")?;
-    let e = finish(&mut h).err().expect("the child fails");
+    let e = finish(&mut h).expect_err("the child fails");
     for text in [e.to_string(), format!("{e:?}")] {
         assert!(!text.contains(&token), "the error shows the secret: {text}");
         assert!(text.contains("gave up on ***"), "{text}");
