@@ -26,6 +26,15 @@ pub fn pipe_fds<E: PipeEnd>(end: &E) -> Vec<BorrowedFd<'_>> {
     end.raw_fds()
 }
 
+/// For a pipe end over shared memory: the bytes its peer has published
+/// and it has not read yet (for a sending end: that it has published and
+/// its peer has not read), and the buffer's capacity. `None` for a socket
+/// pipe. Lets a test see that a buffer is full, i.e. that its sender is
+/// blocked in the middle of a message larger than the buffer.
+pub fn pipe_backlog<E: PipeEnd>(end: &E) -> Option<(u64, u64)> {
+    end.backlog()
+}
+
 /// A duplex pipe over a socket pair instead of shared memory: the baseline
 /// the default transport is measured against.
 pub fn socket_pipe_pair() -> Result<(Pipe, Pipe)> {

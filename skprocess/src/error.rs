@@ -78,6 +78,10 @@ pub enum Error {
     /// A misuse of the API, described in the message.
     #[error("{0}")]
     Usage(String),
+    /// A supervisor's children restarted more often than its intensity
+    /// allows: it stopped them all.
+    #[error("the supervisor gave up: {0}")]
+    GaveUp(String),
     /// A live resource could not connect ([`Live`](crate::live::Live)).
     #[error("cannot connect {resource}: {reason}")]
     Connect {
@@ -324,6 +328,7 @@ impl Error {
             Error::Spawn(e) => Error::Spawn(io(e)),
             Error::Io(e) => Error::Io(io(e)),
             Error::Usage(m) => Error::Usage(m.clone()),
+            Error::GaveUp(m) => Error::GaveUp(m.clone()),
             Error::Connect {
                 resource,
                 reason,

@@ -314,6 +314,7 @@
 
 #![deny(unsafe_code)]
 
+#[cfg(feature = "bench-internals")]
 mod bench;
 mod child;
 mod config;
@@ -332,6 +333,7 @@ mod runtime;
 mod share;
 mod spawn;
 mod stats;
+pub mod supervise;
 #[allow(unsafe_code)]
 mod sys;
 mod timers;
@@ -359,7 +361,9 @@ pub mod prelude {
     };
 }
 
-/// Helpers for skprocess's own benches and tests; not a public API.
+/// Helpers for skprocess's own benches and tests; not a public API
+/// (built with the `bench-internals` feature).
+#[cfg(feature = "bench-internals")]
 #[doc(hidden)]
 pub mod __bench {
     pub use crate::bench::*;
@@ -373,10 +377,12 @@ pub mod __private {
 
     /// The environment variable and value that make a re-exec of this
     /// binary exit before `main`: the raw baseline for spawn benchmarks.
+    #[cfg(feature = "bench-internals")]
     pub const BARE_CHILD_ENV: (&str, &str) = (crate::spawn::BOOT_ENV, crate::spawn::BARE);
 
     /// Feeds arbitrary bytes to the frame reader and decoders (the fuzz
     /// target's entry point).
+    #[cfg(feature = "bench-internals")]
     pub fn fuzz_frames(data: &[u8]) {
         crate::wire::fuzz_frames(data)
     }

@@ -612,6 +612,7 @@ impl<'de, T: DeserializeOwned> Deserialize<'de> for Json<T> {
 #[cfg(test)]
 mod test;
 
+#[cfg(any(test, feature = "bench-internals"))]
 /// Reads frames from `data` as if a peer had sent it, then closed, and
 /// decodes every payload as a few message types. Used by the fuzz target;
 /// must never panic or hang.

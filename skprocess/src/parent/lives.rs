@@ -89,7 +89,18 @@ pub(crate) struct Control {
 
 impl Control {
     pub(crate) fn new(name: &'static str, config: &Config) -> Result<Control> {
-        Ok(Control {
+        let report = Arc::new(ReportPage::new().map_err(Error::Spawn)?);
+        Ok(Self::with_report(name, config, report))
+    }
+
+    /// A control whose reports go to `report` (a supervisor keeps one page
+    /// per child across its restarts).
+    pub(crate) fn with_report(
+        name: &'static str,
+        config: &Config,
+        report: Arc<ReportPage>,
+    ) -> Control {
+        Control {
             name,
             state: Mutex::new(State {
                 phase: Phase::Starting,
@@ -103,8 +114,8 @@ impl Control {
             inbox: Inbox::new(inbox::DEFAULT_LIMIT),
             counters: Counters::default(),
             max_message: config.max_message,
-            report: Arc::new(ReportPage::new().map_err(Error::Spawn)?),
-        })
+            report,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -14,8 +14,9 @@
 //! futex wake-ups (`ring`): a message costs two copies and, when the
 //! receiver is awake, no system call. A socket pair (`socket`) is the other
 //! flavor, kept as the baseline the ring is measured against in
-//! `benches/messaging.rs`: the ring's round trip is a fraction of a
-//! socket's, and its throughput with 1 MiB messages at least a bare socket's.
+//! `benches/messaging.rs` (built only with the `bench-internals` feature):
+//! the ring's round trip is a fraction of a socket's, and its throughput
+//! with 1 MiB messages at least a bare socket's.
 //!
 //! # Peer death
 //!
@@ -27,6 +28,7 @@
 //! from copies the handle keeps).
 
 mod ring;
+#[cfg(feature = "bench-internals")]
 mod socket;
 #[cfg(test)]
 mod test;
@@ -35,6 +37,7 @@ use crate::error::{Error, Result};
 use crate::stats::{Counters, Stats};
 use crate::sys;
 use crate::wire;
+#[cfg(feature = "bench-internals")]
 pub(crate) use ring::Spin;
 use serde::de::{DeserializeOwned, Error as _};
 use serde::ser::Error as _;
@@ -62,6 +65,7 @@ impl Role {
 }
 
 /// One received message, before decoding.
+#[cfg(feature = "bench-internals")]
 #[derive(Debug)]
 pub(crate) struct Message {
     pub(crate) bytes: Vec<u8>,
@@ -72,6 +76,7 @@ pub(crate) struct Message {
 #[derive(Debug)]
 enum Flavor {
     Ring(ring::End),
+    #[cfg(feature = "bench-internals")]
     Socket(socket::End),
 }
 
@@ -81,6 +86,7 @@ pub(crate) enum Transport {
     /// Shared-memory rings of the given capacity (the default).
     Ring(usize),
     /// A socket pair (kept as the baseline the ring is measured against).
+    #[cfg(feature = "bench-internals")]
     Socket,
 }
 
@@ -88,14 +94,13 @@ pub(crate) enum Transport {
 /// indices (see `wire::push_fd`) and, for future flavors, their layout.
 #[derive(Serialize, Deserialize)]
 enum Moved {
-    Socket {
-        sock: u32,
-    },
     Ring {
         sock: u32,
         mem: u32,
         layout: ring::Layout,
     },
+    #[cfg(feature = "bench-internals")]
+    Socket { sock: u32 },
 }
 
 /// The part every public end shares: a flavor and its counters.
@@ -118,6 +123,7 @@ impl End {
                 let (x, y) = ring::End::pair(a, b, capacity)?;
                 (End::new(Flavor::Ring(x)), End::new(Flavor::Ring(y)))
             }
+            #[cfg(feature = "bench-internals")]
             Transport::Socket => {
                 let (x, y) = socket::End::pair(a, b)?;
                 (End::new(Flavor::Socket(x)), End::new(Flavor::Socket(y)))
@@ -125,14 +131,48 @@ impl End {
         })
     }
 
-    fn send<T: Serialize + ?Sized>(&self, msg: &T) -> Result<()> {
+    /// Sends `msg`: blocks while the channel is full (`Wait::Forever`), or
+    /// gives up (`Ok(false)`) when full at once or at a deadline, without
+    /// delivering any of it.
+    fn send<T: Serialize + ?Sized>(&self, msg: &T, wait: Wait) -> Result<bool> {
         let enc = wire::encode_message(msg)?;
-        match &self.flavor {
-            Flavor::Ring(r) => r.send(&enc.bytes, &enc.raw_fds())?,
-            Flavor::Socket(s) => s.send(&enc.bytes, &enc.raw_fds())?,
+        let sent = match &self.flavor {
+            Flavor::Ring(r) => {
+                let deadline = match wait {
+                    Wait::Forever => None,
+                    Wait::Until(d) => d,
+                    Wait::Never => {
+                        let frame = wire::HEADER + enc.bytes.len();
+                        if frame > r.capacity() {
+                            return Err(Error::usage(format!(
+                                "a message of {frame} bytes cannot go through this pipe's \
+                                 {} byte buffer without waiting; send it with `send` or \
+                                 `send_timeout`",
+                                r.capacity()
+                            )));
+                        }
+                        Some(Instant::now())
+                    }
+                };
+                r.send(&enc.bytes, &enc.raw_fds(), deadline)?
+            }
+            #[cfg(feature = "bench-internals")]
+            Flavor::Socket(s) => match wait {
+                Wait::Forever | Wait::Until(None) => {
+                    s.send(&enc.bytes, &enc.raw_fds())?;
+                    true
+                }
+                _ => {
+                    return Err(Error::usage(
+                        "the socket transport sends only with `send`, which waits",
+                    ))
+                }
+            },
+        };
+        if sent {
+            self.counters.sent(enc.bytes.len());
         }
-        self.counters.sent(enc.bytes.len());
-        Ok(())
+        Ok(sent)
     }
 
     fn recv<T: DeserializeOwned>(&self, deadline: Option<Instant>) -> Result<Option<T>> {
@@ -142,6 +182,7 @@ impl End {
         };
         let got = match &self.flavor {
             Flavor::Ring(r) => r.recv(deadline, decode)?,
+            #[cfg(feature = "bench-internals")]
             Flavor::Socket(s) => s.recv(deadline)?.map(|m| decode(&m.bytes, m.fds)),
         };
         got.transpose()
@@ -170,6 +211,7 @@ impl End {
                     layout,
                 }
             }
+            #[cfg(feature = "bench-internals")]
             Flavor::Socket(e) => {
                 let fd = e
                     .fd_to_move()
@@ -194,6 +236,7 @@ impl End {
                 let region = sys::region::Region::from_fd(mem).map_err(|e| refuse(Error::Io(e)))?;
                 Flavor::Ring(ring::End::attach(region, sock, &layout, role).map_err(refuse)?)
             }
+            #[cfg(feature = "bench-internals")]
             Moved::Socket { sock } => {
                 let fd = wire::take_fd(sock).map_err(D::Error::custom)?;
                 Flavor::Socket(socket::End::from_fd(fd, role).map_err(refuse)?)
@@ -205,6 +248,7 @@ impl End {
     fn debug(&self, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let flavor = match self.flavor {
             Flavor::Ring(_) => "shared-memory ring",
+            #[cfg(feature = "bench-internals")]
             Flavor::Socket(_) => "socket",
         };
         f.debug_struct(name)
@@ -218,6 +262,17 @@ fn deadline_of(timeout: Duration) -> Option<Instant> {
     sys::sock::deadline_after(timeout)
 }
 
+/// How long a send may wait for room in the channel.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// As long as it takes.
+    Forever,
+    /// Not at all.
+    Never,
+    /// Until the deadline (`None`: a timeout too long to represent).
+    Until(Option<Instant>),
+}
+
 /// A duplex channel end: it sends to and receives from the other end of its
 /// [`pair`](Pipe::pair).
 ///
@@ -227,11 +282,23 @@ fn deadline_of(timeout: Duration) -> Option<Instant> {
 /// talks to whoever holds the other end. An end is `Send + Sync`; threads
 /// that share one take turns (one sender and one receiver at a time).
 ///
+/// An end is used by one process at a time. If it was copied (sent to a
+/// process with [`Handle::tell`](crate::Handle::tell) while kept, say),
+/// the copy that sends (or receives) second gets an [`Error::Usage`] while
+/// the first is in use by a live process; a copy may take over once the
+/// other was dropped or its process has ended, as the next life of a
+/// process does.
+///
 /// # Peer death
 ///
 /// A receiver whose peer has ended gets every message the peer sent, then
 /// [`Error::Disconnected`], within a second or two of the death: it never
-/// blocks forever. An end is gone when every copy of it is closed. A process
+/// blocks forever. A sender whose peer has ended gets
+/// [`Error::Disconnected`] too, at the latest when the buffer is full. A
+/// message its sender died in the middle of (a lost life) is never
+/// received, whole or in part: the receiver reads on from the next one.
+/// [`try_send`](Pipe::try_send) and [`send_timeout`](Pipe::send_timeout)
+/// bound how long a live receiver that does not read can hold a sender up. An end is gone when every copy of it is closed. A process
 /// that received an end as a field holds the only copy once its handle has
 /// given it to the last life; a process with `lives > 1` is restarted from
 /// copies its handle keeps, so the other end sees the peer gone when the
@@ -376,9 +443,73 @@ impl Pipe {
     /// # Errors
     ///
     /// If `msg` cannot be encoded, or the other end is gone
-    /// ([`Error::Disconnected`]).
+    /// ([`Error::Disconnected`]; a sender notices a receiver that has ended
+    /// at the latest when the channel is full, and usually sooner).
     pub fn send<T: Serialize + ?Sized>(&self, msg: &T) -> Result<()> {
-        self.end.send(msg)
+        self.end.send(msg, Wait::Forever).map(drop)
+    }
+
+    /// Sends `msg` if the channel has room for all of it now: `Ok(true)`
+    /// if it was sent, `Ok(false)` (and nothing sent) if the channel is
+    /// full. Never blocks.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use skprocess::Pipe;
+    ///
+    /// # fn main() -> skprocess::Result<()> {
+    /// let (a, b) = Pipe::pair_with_capacity(4096)?;
+    /// let mut sent = 0;
+    /// while a.try_send(&[0u8; 32])? {
+    ///     sent += 1; // nobody reads yet: the buffer fills up
+    /// }
+    /// assert!(sent > 0);
+    /// let _: [u8; 32] = b.recv()?;
+    /// assert!(a.try_send(&[0u8; 32])?); // room again
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Pipe::send); and a message larger than the channel's
+    /// buffer (see [`pair_with_capacity`](Pipe::pair_with_capacity)), which
+    /// can never be sent without waiting, is an [`Error::Usage`].
+    pub fn try_send<T: Serialize + ?Sized>(&self, msg: &T) -> Result<bool> {
+        self.end.send(msg, Wait::Never)
+    }
+
+    /// Sends `msg`, waiting up to `timeout` for room in the channel:
+    /// `Ok(true)` if it was sent, `Ok(false)` if the time ran out first.
+    /// A message that was not sent is not received either, not even in
+    /// part, so a receiver that is alive but stuck cannot block a sender
+    /// for longer than it chooses.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use skprocess::Pipe;
+    ///
+    /// # fn main() -> skprocess::Result<()> {
+    /// let (a, b) = Pipe::pair_with_capacity(4096)?;
+    /// // Larger than the buffer, and nobody reads: it cannot get through.
+    /// let big = vec![1u8; 100_000];
+    /// assert!(!a.send_timeout(&big, Duration::from_millis(10))?);
+    /// // A reader comes: what part of the big one was written is dropped.
+    /// let reader = std::thread::spawn(move || b.recv::<u32>());
+    /// assert!(a.send_timeout(&7u32, Duration::from_secs(5))?);
+    /// assert_eq!(reader.join().unwrap()?, 7);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Pipe::send).
+    pub fn send_timeout<T: Serialize + ?Sized>(&self, msg: &T, timeout: Duration) -> Result<bool> {
+        self.end.send(msg, Wait::Until(deadline_of(timeout)))
     }
 
     /// Blocks until a message arrives.
@@ -481,10 +612,61 @@ impl PipeSender {
     ///
     /// # Errors
     ///
-    /// If `msg` cannot be encoded, or the receiver is gone
-    /// ([`Error::Disconnected`]).
+    /// As [`Pipe::send`]: if `msg` cannot be encoded, or the receiver is
+    /// gone ([`Error::Disconnected`]).
     pub fn send<T: Serialize + ?Sized>(&self, msg: &T) -> Result<()> {
-        self.end.send(msg)
+        self.end.send(msg, Wait::Forever).map(drop)
+    }
+
+    /// Sends `msg` if the channel has room for all of it now: `Ok(false)`
+    /// (and nothing sent) if it is full. Never blocks.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use skprocess::Pipe;
+    ///
+    /// # fn main() -> skprocess::Result<()> {
+    /// let (tx, rx) = Pipe::one_way_with_capacity(4096)?;
+    /// while tx.try_send(&"more")? {}
+    /// assert_eq!(rx.recv::<String>()?, "more");
+    /// assert!(tx.try_send(&"more")?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Pipe::try_send`].
+    pub fn try_send<T: Serialize + ?Sized>(&self, msg: &T) -> Result<bool> {
+        self.end.send(msg, Wait::Never)
+    }
+
+    /// Sends `msg`, waiting up to `timeout` for room: `Ok(false)` if the
+    /// time ran out first, and then none of it is received.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use skprocess::Pipe;
+    ///
+    /// # fn main() -> skprocess::Result<()> {
+    /// let (tx, rx) = Pipe::one_way_with_capacity(4096)?;
+    /// while tx.try_send(&[0u8; 32])? {}
+    /// // Full, and nobody reads.
+    /// assert!(!tx.send_timeout(&[0u8; 32], Duration::from_millis(10))?);
+    /// let _: [u8; 32] = rx.recv()?;
+    /// assert!(tx.send_timeout(&[0u8; 32], Duration::from_secs(5))?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Pipe::send_timeout`].
+    pub fn send_timeout<T: Serialize + ?Sized>(&self, msg: &T, timeout: Duration) -> Result<bool> {
+        self.end.send(msg, Wait::Until(deadline_of(timeout)))
     }
 
     /// Messages and bytes sent through this end, in this process.
@@ -585,11 +767,15 @@ serde_and_debug!(PipeSender, Role::Send);
 serde_and_debug!(PipeReceiver, Role::Recv);
 
 /// The descriptors behind a pipe end, for tests that play a hostile peer.
+#[cfg(feature = "bench-internals")]
 pub(crate) trait RawEnd {
     /// The descriptors this end uses.
     fn raw_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>>;
+    /// See [`End::backlog`].
+    fn backlog(&self) -> Option<(u64, u64)>;
 }
 
+#[cfg(feature = "bench-internals")]
 impl End {
     fn raw_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
         match &self.flavor {
@@ -597,22 +783,44 @@ impl End {
             Flavor::Socket(s) => vec![s.fd()],
         }
     }
+
+    /// For a shared-memory end: the bytes published and not yet read in
+    /// the ring it receives from (or, if it only sends, the one it sends
+    /// to), and the ring's capacity.
+    pub(crate) fn backlog(&self) -> Option<(u64, u64)> {
+        match &self.flavor {
+            Flavor::Ring(r) => Some(r.backlog()),
+            Flavor::Socket(_) => None,
+        }
+    }
 }
 
+#[cfg(feature = "bench-internals")]
 impl RawEnd for Pipe {
     fn raw_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
         self.end.raw_fds()
     }
+    fn backlog(&self) -> Option<(u64, u64)> {
+        self.end.backlog()
+    }
 }
 
+#[cfg(feature = "bench-internals")]
 impl RawEnd for PipeSender {
     fn raw_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
         self.end.raw_fds()
     }
+    fn backlog(&self) -> Option<(u64, u64)> {
+        self.end.backlog()
+    }
 }
 
+#[cfg(feature = "bench-internals")]
 impl RawEnd for PipeReceiver {
     fn raw_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
         self.end.raw_fds()
+    }
+    fn backlog(&self) -> Option<(u64, u64)> {
+        self.end.backlog()
     }
 }

@@ -210,6 +210,7 @@ pub(crate) fn adopt_inherited_fd(fd: RawFd) -> OwnedFd {
 
 /// Blocks until `pid` (a child of this process) has ended, reaps it, and
 /// returns how it ended and its peak resident set size in bytes.
+#[cfg(feature = "bench-internals")]
 pub(crate) fn wait_with_peak_rss(pid: u32) -> io::Result<(ExitStatus, u64)> {
     let mut status: libc::c_int = 0;
     // SAFETY: an all-zero `rusage` is a valid value of this plain C struct.

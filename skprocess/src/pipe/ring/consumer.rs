@@ -1,0 +1,358 @@
+//! The consumer: reads frames out of its ring, hands space back, skips
+//! what was cut short, and collects the descriptors of a frame.
+
+use super::claim::{self, Side};
+use super::layout::{corrupt, Ring};
+use super::wait::{notify, wait_until, Spin};
+use super::End;
+use crate::error::{Error, Result};
+use crate::proto::kind;
+use crate::sys;
+use crate::wire;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// The longest a frame can be, header included.
+const MAX_FRAME_BYTES: u64 = (crate::config::DEFAULT_MAX_MESSAGE + wire::HEADER) as u64;
+/// A receive buffer larger than this is freed after its message, not kept.
+const KEEP_BUFFER: usize = 4 << 20;
+/// How long a receiver waits for the descriptors of a message, which were
+/// sent before the message itself.
+const FD_WAIT: Duration = Duration::from_secs(2);
+
+/// Where the consumer is in the byte stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reading {
+    /// At a frame boundary.
+    Header,
+    /// In the payload of the frame at `start`, which ends at `end`; the
+    /// payload so far is in `buf`.
+    Payload { nfds: usize, start: u64, end: u64 },
+    /// Discarding up to `end`: the rest of a frame whose beginning a
+    /// previous consumer of this ring read before it died.
+    Skip { end: u64 },
+}
+
+/// The consumer's private state.
+#[derive(Debug)]
+pub(super) struct Consumer {
+    pub(super) ring: usize,
+    /// Read position (bytes before it have been copied out).
+    tail: u64,
+    /// The position last published to the producer.
+    released: u64,
+    pub(super) reading: Reading,
+    /// The payload being received; reused from message to message.
+    buf: Vec<u8>,
+    /// Set once the peer broke the protocol: every later call returns it.
+    broken: Option<String>,
+    /// Whether this end holds the ring's reader claim (and `tail` and
+    /// `reading` were read from the shared memory when it took it).
+    pub(super) claimed: bool,
+    /// The last cut mark reached, as stored (`1 +` its position).
+    cut_seen: u64,
+    spin: Spin,
+}
+
+impl Consumer {
+    pub(super) fn new(ring: usize) -> Consumer {
+        Consumer {
+            ring,
+            tail: 0,
+            released: 0,
+            reading: Reading::Header,
+            buf: Vec::new(),
+            broken: None,
+            claimed: false,
+            cut_seen: 0,
+            spin: Spin::default(),
+        }
+    }
+}
+
+impl End {
+    /// Receives one message and hands its bytes and descriptors to `f`
+    /// (the bytes are only borrowed: the buffer is reused). `Ok(None)` when
+    /// `deadline` passes first; a half-received message stays buffered and
+    /// the next call resumes it.
+    pub(crate) fn recv<R>(
+        &self,
+        deadline: Option<Instant>,
+        f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R,
+    ) -> Result<Option<R>> {
+        let c = self
+            .rx
+            .as_ref()
+            .ok_or_else(|| Error::usage("this pipe end cannot receive"))?;
+        let mut c = c.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = &c.broken {
+            return Err(Error::Wire(b.clone()));
+        }
+        let r = Ring::new(&self.region, self.cap, c.ring);
+        self.claim_reader(&mut c, r)?;
+        let got = self.read(&mut c, r, deadline);
+        self.release(&mut c, r);
+        match got {
+            Ok(Some(fds)) => {
+                let out = f(&c.buf, fds);
+                if c.buf.capacity() > KEEP_BUFFER {
+                    c.buf = Vec::new();
+                } else {
+                    c.buf.clear();
+                }
+                Ok(Some(out))
+            }
+            Ok(None) => Ok(None),
+            Err(Error::Wire(m)) => {
+                c.broken = Some(m.clone());
+                Err(Error::Wire(m))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes sure this end holds the ring's reader claim; on taking it,
+    /// reads where the previous reader left the ring.
+    fn claim_reader(&self, c: &mut Consumer, r: Ring<'_>) -> Result<()> {
+        if c.claimed {
+            return claim::check(r.reader(), self.id, Side::Receive);
+        }
+        claim::acquire(r.reader(), self.id, Side::Receive)?;
+        let tail = r.tail().load(Ordering::Acquire);
+        // The previous reader died in the middle of a frame: skip the rest
+        // of it.
+        let end = r.rx_frame_end().load(Ordering::Relaxed);
+        let ahead = end.wrapping_sub(tail);
+        c.reading = if end != 0 && ahead != 0 && ahead <= MAX_FRAME_BYTES {
+            Reading::Skip { end }
+        } else {
+            Reading::Header
+        };
+        c.tail = tail;
+        c.released = tail;
+        c.cut_seen = r.cut_seen().load(Ordering::Acquire);
+        c.buf.clear();
+        c.claimed = true;
+        Ok(())
+    }
+
+    /// Bytes readable now.
+    fn available(&self, c: &Consumer, r: Ring<'_>) -> Result<usize> {
+        let avail = r.head().load(Ordering::Acquire).wrapping_sub(c.tail);
+        if avail > self.cap as u64 {
+            return Err(corrupt("the writer's position is out of range"));
+        }
+        Ok(avail as usize)
+    }
+
+    /// Where a frame was cut short, if that is a mark this consumer has not
+    /// reached yet, at most `n` bytes from the read position. Call after
+    /// [`available`](End::available): the mark is set before the bytes
+    /// that follow it are published.
+    fn cut_within(&self, c: &Consumer, r: Ring<'_>, n: usize) -> Option<u64> {
+        let mark = r.cut().load(Ordering::Acquire);
+        if mark == 0 || mark == c.cut_seen {
+            return None;
+        }
+        let at = mark - 1;
+        (at.wrapping_sub(c.tail) <= n as u64).then_some(at)
+    }
+
+    /// Records that the read position is at the pending cut mark, which
+    /// lets a producer set the next one.
+    fn reach_cut(&self, c: &mut Consumer, r: Ring<'_>) {
+        c.cut_seen = c.tail.wrapping_add(1);
+        r.cut_seen().store(c.cut_seen, Ordering::Release);
+        notify(r.space_seq(), r.producer_waiting());
+    }
+
+    /// Waits until `need` bytes are readable, or a cut mark is among the
+    /// readable bytes; `Ok(false)` on timeout.
+    fn wait_for(
+        &self,
+        c: &mut Consumer,
+        r: Ring<'_>,
+        need: usize,
+        deadline: Option<Instant>,
+    ) -> Result<bool> {
+        // Hand back what was read before sleeping: the producer may be
+        // waiting for that space.
+        self.release(c, r);
+        let mut spin = c.spin;
+        let got = {
+            let c = &*c;
+            let mut ready = || {
+                let avail = self.available(c, r)?;
+                Ok(avail >= need || self.cut_within(c, r, avail).is_some())
+            };
+            wait_until(
+                &mut spin,
+                &mut ready,
+                r.data_seq(),
+                r.consumer_waiting(),
+                self.sock.as_fd(),
+                deadline,
+            )
+        };
+        c.spin = spin;
+        match got {
+            Err(Error::Disconnected)
+                if c.reading != Reading::Header || self.available(c, r)? > 0 =>
+            {
+                Err(Error::Wire(
+                    "the other side ended in the middle of a message".into(),
+                ))
+            }
+            other => other,
+        }
+    }
+
+    /// Publishes the read position, waking the producer if it waits for
+    /// space.
+    fn release(&self, c: &mut Consumer, r: Ring<'_>) {
+        if c.released != c.tail {
+            c.released = c.tail;
+            r.tail().store(c.tail, Ordering::Release);
+            notify(r.space_seq(), r.producer_waiting());
+        }
+    }
+
+    /// Reads one frame's payload into `c.buf`; returns its descriptors.
+    fn read(
+        &self,
+        c: &mut Consumer,
+        r: Ring<'_>,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Vec<OwnedFd>>> {
+        loop {
+            match c.reading {
+                Reading::Header => {
+                    let mut avail = self.available(c, r)?;
+                    if avail < wire::HEADER {
+                        if !self.wait_for(c, r, wire::HEADER, deadline)? {
+                            return Ok(None);
+                        }
+                        avail = self.available(c, r)?;
+                    }
+                    if let Some(at) = self.cut_within(c, r, avail.min(wire::HEADER - 1)) {
+                        // A header cut short by a writer that died (or a
+                        // cut at this frame boundary): read on from it.
+                        c.tail = at;
+                        self.reach_cut(c, r);
+                        continue;
+                    }
+                    if avail < wire::HEADER {
+                        continue;
+                    }
+                    let mut h = [0u8; wire::HEADER];
+                    r.get(c.tail, &mut h);
+                    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+                    if h[4] != kind::PIPE || h[6] != 0 || h[7] != 0 {
+                        return Err(corrupt(&format!("bad frame header {h:02x?}")));
+                    }
+                    if len > crate::config::DEFAULT_MAX_MESSAGE {
+                        return Err(Error::Wire(format!(
+                            "a message of {len} bytes is over the {} byte limit",
+                            crate::config::DEFAULT_MAX_MESSAGE
+                        )));
+                    }
+                    let start = c.tail;
+                    let end = start.wrapping_add((wire::HEADER + len) as u64);
+                    r.rx_frame_end().store(end, Ordering::Relaxed);
+                    c.tail = start.wrapping_add(wire::HEADER as u64);
+                    c.buf.clear();
+                    c.buf.reserve(len.min(1 << 20));
+                    c.reading = Reading::Payload {
+                        nfds: h[5] as usize,
+                        start,
+                        end,
+                    };
+                }
+                Reading::Payload { end, .. } | Reading::Skip { end } => {
+                    let keep = matches!(c.reading, Reading::Payload { .. });
+                    let mut since_release = 0usize;
+                    let mut cut_short = false;
+                    while c.tail != end {
+                        let avail = self.available(c, r)?;
+                        let mut n = avail.min(end.wrapping_sub(c.tail) as usize);
+                        if let Some(at) = self.cut_within(c, r, n) {
+                            if at == c.tail {
+                                self.reach_cut(c, r);
+                                cut_short = true;
+                                break;
+                            }
+                            n = at.wrapping_sub(c.tail) as usize;
+                        }
+                        if n == 0 {
+                            if !self.wait_for(c, r, 1, deadline)? {
+                                return Ok(None);
+                            }
+                            since_release = 0;
+                            continue;
+                        }
+                        if keep {
+                            r.append(c.tail, n, &mut c.buf);
+                        }
+                        c.tail = c.tail.wrapping_add(n as u64);
+                        since_release += n;
+                        if since_release >= self.chunk {
+                            self.release(c, r);
+                            since_release = 0;
+                        }
+                    }
+                    let done = c.reading;
+                    c.reading = Reading::Header;
+                    if cut_short {
+                        // Its sender died (or gave up) before finishing it:
+                        // it was never sent. Read on from where the next
+                        // frame starts.
+                        r.rx_frame_end().store(c.tail, Ordering::Relaxed);
+                        c.buf.clear();
+                        continue;
+                    }
+                    if let Reading::Payload { nfds, start, .. } = done {
+                        let fds = if nfds > 0 {
+                            self.recv_fds(nfds, start)?
+                        } else {
+                            Vec::new()
+                        };
+                        return Ok(Some(fds));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes the `n` descriptors of the frame at `start` off the socket,
+    /// dropping any left there by frames that were cut short.
+    fn recv_fds(&self, n: usize, start: u64) -> Result<Vec<OwnedFd>> {
+        let missing = || Error::Wire(format!("the {n} descriptors of a message never arrived"));
+        let deadline = Some(Instant::now() + FD_WAIT);
+        loop {
+            let mut tag = [0u8; 8];
+            let mut got = 0;
+            let mut fds = Vec::new();
+            while got < tag.len() {
+                if !sys::sock::wait_readable(self.sock.as_fd(), deadline).map_err(Error::Io)? {
+                    return Err(missing());
+                }
+                let k = sys::sock::recv(self.sock.as_fd(), &mut tag[got..], &mut fds)
+                    .map_err(Error::Io)?;
+                if k == 0 {
+                    return Err(missing());
+                }
+                got += k;
+            }
+            let tag = u64::from_le_bytes(tag);
+            if tag == start && fds.len() == n {
+                return Ok(fds);
+            }
+            // Descriptors of an earlier frame that was cut short: drop them.
+            let earlier = start.wrapping_sub(tag);
+            if earlier == 0 || earlier >= 1 << 63 {
+                return Err(missing());
+            }
+        }
+    }
+}

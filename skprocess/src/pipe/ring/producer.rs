@@ -1,0 +1,250 @@
+//! The producer: writes frames into its ring, publishes them, and marks
+//! where a frame was cut short.
+
+use super::claim::{self, Side};
+use super::layout::{corrupt, Ring};
+use super::wait::{notify, peer_gone, wait_until, Spin};
+use super::End;
+use crate::error::{Error, Result};
+use crate::proto::kind;
+use crate::sys;
+use crate::wire;
+use std::io::IoSlice;
+use std::os::fd::{AsFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// Publish a long frame every this many bytes, so the consumer can start.
+pub(super) const PUBLISH_EVERY: usize = 128 << 10;
+/// A sender checks that its receiver is still there once every this many
+/// messages (and whenever the ring is full), so that sending to a receiver
+/// that has died fails soon even while the ring has room.
+const CHECK_PEER_SENDS: u32 = 1024;
+
+/// The producer's private state.
+#[derive(Debug)]
+pub(super) struct Producer {
+    pub(super) ring: usize,
+    head: u64,
+    /// The consumer's position when last read.
+    tail: u64,
+    /// A frame of this ring was cut short (its writer died, or a timed send
+    /// gave up in the middle of it): the consumer must be told where before
+    /// the next frame.
+    torn: bool,
+    /// Whether this end holds the ring's writer claim (and `head`, `tail`
+    /// and `torn` were read from the shared memory when it took it).
+    pub(super) claimed: bool,
+    /// Sends since the receiver was last checked for.
+    sends: u32,
+    spin: Spin,
+}
+
+impl Producer {
+    pub(super) fn new(ring: usize) -> Producer {
+        Producer {
+            ring,
+            head: 0,
+            tail: 0,
+            torn: false,
+            claimed: false,
+            sends: 0,
+            spin: Spin::default(),
+        }
+    }
+}
+
+impl End {
+    /// Sends one frame. With a `deadline`, gives up (`Ok(false)`) when it
+    /// passes: the frame is then not delivered, neither whole nor in part.
+    pub(crate) fn send(
+        &self,
+        bytes: &[u8],
+        fds: &[RawFd],
+        deadline: Option<Instant>,
+    ) -> Result<bool> {
+        let p = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| Error::usage("this pipe end cannot send"))?;
+        let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+        let len = wire::frame_limits(bytes.len(), fds.len())?;
+        let r = Ring::new(&self.region, self.cap, p.ring);
+        self.claim_writer(&mut p, r)?;
+        p.sends = p.sends.wrapping_add(1);
+        if p.sends.is_multiple_of(CHECK_PEER_SENDS) && peer_gone(self.sock.as_fd())? {
+            return Err(Error::Disconnected);
+        }
+        if p.torn && !self.mark_cut(&mut p, r, deadline)? {
+            return Ok(false);
+        }
+        let frame = (wire::HEADER + bytes.len()) as u64;
+        // A timed send starts a frame only once it has room for all of it
+        // (or, for one longer than the ring, once the ring is empty), so
+        // that giving up rarely leaves anything behind.
+        if deadline.is_some()
+            && !self.wait_space(&mut p, r, frame.min(self.cap as u64), deadline)?
+        {
+            return Ok(false);
+        }
+        if !fds.is_empty() {
+            // Tagged with the frame's position, so descriptors of a frame
+            // that was cut short are told apart and dropped.
+            let tag = p.head.to_le_bytes();
+            sys::sock::send(self.sock.as_fd(), &[IoSlice::new(&tag)], fds)
+                .map_err(wire::gone_or_io)?;
+        }
+        let mut header = [0u8; wire::HEADER];
+        header[..4].copy_from_slice(&len.to_le_bytes());
+        header[4] = kind::PIPE;
+        header[5] = fds.len() as u8;
+        let end = p.head.wrapping_add(frame);
+        r.tx_frame_end().store(end, Ordering::Relaxed);
+        if self.write(&mut p, r, &[&header, bytes], deadline)? {
+            return Ok(true);
+        }
+        // Gave up in the middle of a frame longer than the ring: cut it
+        // short where it stands (now, or before the next frame if the
+        // consumer has yet to reach an earlier cut).
+        p.torn = true;
+        self.mark_cut(&mut p, r, Some(Instant::now()))?;
+        Ok(false)
+    }
+
+    /// Makes sure this end holds the ring's writer claim; on taking it,
+    /// reads where the previous writer left the ring.
+    fn claim_writer(&self, p: &mut Producer, r: Ring<'_>) -> Result<()> {
+        if p.claimed {
+            return claim::check(r.writer(), self.id, Side::Send);
+        }
+        claim::acquire(r.writer(), self.id, Side::Send)?;
+        let head = r.head().load(Ordering::Acquire);
+        let tail = r.tail().load(Ordering::Acquire);
+        if head.wrapping_sub(tail) > self.cap as u64 {
+            claim::release(r.writer(), self.id);
+            return Err(corrupt("the positions of a ring are inconsistent"));
+        }
+        p.head = head;
+        p.tail = tail;
+        // The previous writer (an earlier life of a process) died in the
+        // middle of a frame if `head` is short of its end.
+        p.torn = r.tx_frame_end().load(Ordering::Relaxed) != head;
+        p.claimed = true;
+        Ok(())
+    }
+
+    /// Tells the consumer that the frame it may be reading ends at `head`.
+    /// One mark is kept at a time: if the consumer has not reached the
+    /// previous one yet, waits (until `deadline`: `Ok(false)`) until it has,
+    /// so that no cut is ever forgotten.
+    fn mark_cut(&self, p: &mut Producer, r: Ring<'_>, deadline: Option<Instant>) -> Result<bool> {
+        let mark = p.head.wrapping_add(1);
+        let previous = r.cut().load(Ordering::Acquire);
+        if previous != 0 && previous != mark {
+            let mut reached = || Ok(r.cut_seen().load(Ordering::Acquire) == previous);
+            let ok = wait_until(
+                &mut p.spin,
+                &mut reached,
+                r.space_seq(),
+                r.producer_waiting(),
+                self.sock.as_fd(),
+                deadline,
+            )?;
+            if !ok {
+                return Ok(false);
+            }
+        }
+        r.cut().store(mark, Ordering::Release);
+        // Only now is the ring whole again for a writer that takes over.
+        r.tx_frame_end().store(p.head, Ordering::Relaxed);
+        p.torn = false;
+        notify(r.data_seq(), r.consumer_waiting());
+        Ok(true)
+    }
+
+    /// The bytes the consumer has not read, checked against the capacity.
+    fn used(&self, head: u64, r: Ring<'_>) -> Result<u64> {
+        let used = head.wrapping_sub(r.tail().load(Ordering::Acquire));
+        if used > self.cap as u64 {
+            return Err(corrupt("the reader's position is out of range"));
+        }
+        Ok(used)
+    }
+
+    /// Waits until `need` bytes are free (publishing what was written
+    /// first); `Ok(false)` if `deadline` passes first.
+    fn wait_space(
+        &self,
+        p: &mut Producer,
+        r: Ring<'_>,
+        need: u64,
+        deadline: Option<Instant>,
+    ) -> Result<bool> {
+        let cap = self.cap as u64;
+        if cap - p.head.wrapping_sub(p.tail) >= need {
+            return Ok(true);
+        }
+        let used = self.used(p.head, r)?;
+        p.tail = p.head.wrapping_sub(used);
+        if cap - used >= need {
+            return Ok(true);
+        }
+        self.publish(p, r);
+        let head = p.head;
+        let mut has_space = || Ok(cap - self.used(head, r)? >= need);
+        let ok = wait_until(
+            &mut p.spin,
+            &mut has_space,
+            r.space_seq(),
+            r.producer_waiting(),
+            self.sock.as_fd(),
+            deadline,
+        )?;
+        if ok {
+            p.tail = head.wrapping_sub(self.used(head, r)?);
+        }
+        Ok(ok)
+    }
+
+    /// Writes `parts` at the head, publishing as it goes; `Ok(false)` if
+    /// `deadline` passed while the ring was full (what was written is
+    /// published).
+    fn write(
+        &self,
+        p: &mut Producer,
+        r: Ring<'_>,
+        parts: &[&[u8]],
+        deadline: Option<Instant>,
+    ) -> Result<bool> {
+        let cap = self.cap as u64;
+        let mut unpublished = 0usize;
+        for part in parts {
+            let mut data = *part;
+            while !data.is_empty() {
+                let free = cap - p.head.wrapping_sub(p.tail);
+                if free == 0 {
+                    if !self.wait_space(p, r, 1, deadline)? {
+                        return Ok(false);
+                    }
+                    continue;
+                }
+                let n = (free as usize).min(data.len()).min(self.chunk);
+                r.put(p.head, &data[..n]);
+                p.head = p.head.wrapping_add(n as u64);
+                data = &data[n..];
+                unpublished += n;
+                if unpublished >= self.chunk {
+                    self.publish(p, r);
+                    unpublished = 0;
+                }
+            }
+        }
+        self.publish(p, r);
+        Ok(true)
+    }
+
+    fn publish(&self, p: &Producer, r: Ring<'_>) {
+        r.head().store(p.head, Ordering::Release);
+        notify(r.data_seq(), r.consumer_waiting());
+    }
+}
