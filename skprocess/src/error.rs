@@ -82,6 +82,17 @@ pub enum Error {
     /// allows: it stopped them all.
     #[error("the supervisor gave up: {0}")]
     GaveUp(String),
+    /// A live resource could not connect ([`Live`](crate::live::Live)).
+    #[error("cannot connect {resource}: {reason}")]
+    Connect {
+        /// The recipe type.
+        resource: &'static str,
+        /// The recipe's error, with its sources (a server's own message).
+        reason: String,
+        /// The recipe's error itself.
+        #[source]
+        source: std::sync::Arc<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// What went wrong in a failed process, with where and when.
@@ -318,6 +329,15 @@ impl Error {
             Error::Io(e) => Error::Io(io(e)),
             Error::Usage(m) => Error::Usage(m.clone()),
             Error::GaveUp(m) => Error::GaveUp(m.clone()),
+            Error::Connect {
+                resource,
+                reason,
+                source,
+            } => Error::Connect {
+                resource,
+                reason: reason.clone(),
+                source: source.clone(),
+            },
         }
     }
 

@@ -218,6 +218,75 @@
 //! dropped); a child that is killed loses what it had not sent yet, its
 //! last 20 ms of events while the parent keeps up.
 //!
+//! # Live resources
+//!
+//! A database connection cannot cross a process boundary; the recipe for
+//! it can. A [`live::Connect`] type is that recipe (a path, connection
+//! parameters, a [`live::Secret`] password), and a [`live::Live`] field
+//! holds it: only the recipe is encoded, each process connects on first
+//! use ([`get`](live::Live::get) or [`with`](live::Live::with)) and keeps
+//! the connection across runs, and the items of a [`Pool`] with equal
+//! recipes share one connection per worker. Ready recipes:
+//! `live::Sqlite` (feature `sqlite`) and `live::Postgres` (feature
+//! `postgres`).
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use skprocess::live::{Connect, Live, Secret};
+//! use skprocess::prelude::*;
+//!
+//! /// A stand-in for a client that logs in with a token.
+//! #[derive(Clone, Serialize, Deserialize)]
+//! struct Api { token: Secret<String> }
+//!
+//! impl Connect for Api {
+//!     type Conn = Vec<String>; // the requests sent on this connection
+//!     fn connect(&self) -> Result<Self::Conn, BoxError> {
+//!         Ok(vec![format!("login {}", self.token.expose().len())])
+//!     }
+//! }
+//!
+//! #[derive(Process, Serialize, Deserialize)]
+//! #[process(runs = 3)]
+//! struct Caller { api: Live<Api>, sent: usize }
+//!
+//! impl Process for Caller {
+//!     fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+//!         self.sent = self.api.with(|conn| {
+//!             conn.push("GET /status".into());
+//!             Ok::<_, BoxError>(conn.len())
+//!         })?;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # fn main() -> skprocess::Result<()> {
+//! let api = Live::new(Api { token: Secret::new("s3cr3t".into()) });
+//! assert!(!format!("{:?}", api.recipe().token).contains("s3cr3t"));
+//! let mut h = Caller { api, sent: 0 }.start()?;
+//! assert_eq!(h.wait()?.sent, 4); // one login, then three requests on it
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! What [`with`](live::Live::with) retries: when its closure fails and the
+//! recipe's [`is_valid`](live::Connect::is_valid) says the connection is
+//! gone (the server restarted, ended the session, the network dropped), it
+//! drops the connection, reconnects with a short backoff (three tries: at
+//! once, then after 50 ms and 250 ms) and runs the closure once more. What
+//! it does not: an error on a connection that still works (a constraint violation,
+//! a syntax error, a locked database) is returned at once; a failed first
+//! connection is returned too (the hook fails, and the process's lives
+//! decide what comes next). It is not a transaction manager: the closure
+//! may run twice, and what its first run did before the connection broke
+//! stands or falls with the server's own rules (uncommitted work is rolled
+//! back, acknowledged statements are kept). Make the closure one
+//! transaction, or idempotent.
+//!
+//! A [`live::Secret`] travels inside the process value over the private
+//! control channel, never the command line or the environment; it prints
+//! as `***` and is wiped when dropped.
+//!
 //! # Platform support
 //!
 //! Linux only: the crate relies on `memfd_create`, `pidfd_open`,
@@ -251,6 +320,7 @@ mod child;
 mod config;
 mod error;
 mod handle;
+pub mod live;
 mod log;
 mod parent;
 mod pipe;
