@@ -2,7 +2,9 @@
 //! in the child, with the funnel to the parent's subscriber, with tracing
 //! disabled (no subscriber in the parent, so none in the child), and, for
 //! scale, with the child formatting its own events (`tracing-subscriber`'s
-//! `fmt` writing to a sink, no skprocess involved).
+//! `fmt` writing to a sink, no skprocess involved). The same for spans
+//! (each opened with a field, entered, exited and closed) and for records
+//! of the `log` crate.
 //!
 //! `cargo bench -p skprocess-benches --bench log` prints a summary (medians
 //! of several children, and the ratios), then criterion's per-event times.
@@ -23,6 +25,12 @@ enum Mode {
     Disabled,
     /// The child formats its events itself, into a sink.
     LocalFmt,
+    /// Spans through the funnel.
+    Spans,
+    /// Spans in the child's own `fmt` subscriber.
+    SpansLocalFmt,
+    /// `log` records through the funnel.
+    LogRecords,
 }
 
 /// Emits `n` events in its run hook and reports how long that took.
@@ -37,14 +45,29 @@ struct Emitter {
 
 impl Process for Emitter {
     fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        let mode = self.mode;
         let emit = |n: u64| {
             let t0 = Instant::now();
-            for i in 0..n {
-                tracing::info!(i, worker = "bench", "processed item {i} of the batch");
+            match mode {
+                Mode::Spans | Mode::SpansLocalFmt => {
+                    for i in 0..n {
+                        tracing::info_span!("item", i).in_scope(|| {});
+                    }
+                }
+                Mode::LogRecords => {
+                    for i in 0..n {
+                        log::info!("processed item {i} of the batch");
+                    }
+                }
+                _ => {
+                    for i in 0..n {
+                        tracing::info!(i, worker = "bench", "processed item {i} of the batch");
+                    }
+                }
             }
             t0.elapsed()
         };
-        let took = if self.mode == Mode::LocalFmt {
+        let took = if matches!(self.mode, Mode::LocalFmt | Mode::SpansLocalFmt) {
             let local = tracing_subscriber::fmt()
                 .with_writer(std::io::sink)
                 .with_ansi(false)
@@ -58,12 +81,21 @@ impl Process for Emitter {
     }
 }
 
-/// The parent's subscriber in funnel mode: counts what arrives.
+/// The parent's subscriber in funnel mode: counts what arrives (events,
+/// spans).
 #[derive(Clone, Default)]
 struct Count(Arc<AtomicU64>);
 
 impl<S: tracing::Subscriber> Layer<S> for Count {
     fn on_event(&self, _event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    fn on_new_span(
+        &self,
+        _attrs: &tracing::span::Attributes<'_>,
+        _id: &tracing::span::Id,
+        _ctx: Context<'_, S>,
+    ) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -72,7 +104,8 @@ impl<S: tracing::Subscriber> Layer<S> for Count {
 /// from start to wait's return).
 fn run(mode: Mode, n: u64) -> (Duration, Duration) {
     let count = Count::default();
-    let _guard = (mode == Mode::Funnel).then(|| {
+    let funnel = matches!(mode, Mode::Funnel | Mode::Spans | Mode::LogRecords);
+    let _guard = funnel.then(|| {
         tracing::subscriber::set_default(tracing_subscriber::registry().with(count.clone()))
     });
     let t0 = Instant::now();
@@ -81,8 +114,12 @@ fn run(mode: Mode, n: u64) -> (Duration, Duration) {
         .and_then(|mut h| h.wait())
         .expect("the emitter runs");
     let whole = t0.elapsed();
-    if mode == Mode::Funnel {
-        assert_eq!(count.0.load(Ordering::Relaxed), n, "events were lost");
+    if funnel {
+        assert_eq!(
+            count.0.load(Ordering::Relaxed),
+            n,
+            "events or spans were lost"
+        );
     }
     (Duration::from_nanos(done.nanos), whole)
 }
@@ -102,6 +139,17 @@ fn summary() {
         ("funnel, 200k (paced by the parent)", Mode::Funnel, 200_000),
         ("disabled (no subscriber)", Mode::Disabled, 200_000),
         ("child's own fmt to a sink", Mode::LocalFmt, 200_000),
+        ("spans, funnel, burst of 10k", Mode::Spans, 10_000),
+        (
+            "spans, child's own fmt to a sink",
+            Mode::SpansLocalFmt,
+            200_000,
+        ),
+        (
+            "log records, funnel, burst of 10k",
+            Mode::LogRecords,
+            10_000,
+        ),
     ];
     let mut rates = Vec::new();
     for (name, mode, n) in cases {
@@ -115,7 +163,7 @@ fn summary() {
         }
         let (h, w) = (median(hook), median(whole));
         println!(
-            "log/{name:<36} {:>13.0} events/s in the hook ({:>7.1} ns/event); start to wait: {:>11.0} events/s",
+            "log/{name:<36} {:>13.0} per s in the hook ({:>7.1} ns each); start to wait: {:>11.0} per s",
             h,
             1e9 / h,
             w
@@ -144,12 +192,26 @@ fn summary() {
         rates[3],
         "ev/s",
     );
+    report_rate(
+        "log: spans in a child, funnel, burst",
+        rates[4],
+        "child's own fmt subscriber (sink)",
+        rates[5],
+        "spans/s",
+    );
+    report_rate(
+        "log: log records in a child, funnel, burst",
+        rates[6],
+        "tracing events, funnel, burst",
+        rates[0],
+        "rec/s",
+    );
 }
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("log");
     g.sample_size(10).measurement_time(Duration::from_secs(5));
-    for mode in [Mode::Funnel, Mode::Disabled, Mode::LocalFmt] {
+    for mode in [Mode::Funnel, Mode::Disabled, Mode::LocalFmt, Mode::Spans] {
         g.bench_function(format!("{mode:?}").to_lowercase(), |b| {
             b.iter_custom(|iters| run(mode, iters).0);
         });

@@ -177,13 +177,32 @@
 //!
 //! # Logging
 //!
-//! `tracing` events emitted in a child arrive in the subscriber that was
-//! current where the process was started (whatever the parent installed),
-//! under the span current at `start()`, with the fields `process` (the type
-//! name) and `pid` added, in the order the child emitted them, none lost.
-//! The child needs no set-up. [`Config::capture_output`] turns the child's
-//! standard output and error into events too (`info` and `warn`, target
-//! `skprocess::output`); [`Config::log_dir`] also writes one file per child.
+//! What a child logs arrives in the subscriber that was current where the
+//! process was started (whatever the parent installed); the child needs no
+//! set-up:
+//!
+//! - `tracing` events, with their level, target, message and fields, and
+//!   the fields `process` (the type name; for a pool item, the type name
+//!   and the worker, `app::Job[worker 3]`) and `pid` added;
+//! - records of the `log` crate (from any crate that uses the `log`
+//!   facade), as events with the record's level, target, message, module
+//!   path and line, and `process` and `pid`;
+//! - `tracing` spans, made again in the parent's subscriber as spans with
+//!   their name, target, level and fields (values recorded later
+//!   included), `process` and `pid`, nested under the span current at
+//!   `start()` (or `Pool::new`), entered, exited and closed in the child's
+//!   order; the events in them have them as their scope. At most 1024 of
+//!   a child's spans are open at once: what happens in a span opened past
+//!   that goes to the nearest span of the child that has one.
+//!
+//! Each child's events and spans arrive in the order the child emitted
+//! them (one order for all its threads), none lost, none mixed mid-line.
+//! [`Config::capture_output`] turns the child's standard output and error
+//! into events too (`info` and `warn`, target `skprocess::output`);
+//! [`Config::log_dir`] also writes one file per child life,
+//! `<process>-<pid>.log`, each event with the time the child emitted it, in
+//! the child's order, captured lines placed after the events the child
+//! emitted before them.
 //!
 //! ```
 //! use serde::{Deserialize, Serialize};
@@ -195,7 +214,9 @@
 //!
 //! impl Process for Worker {
 //!     fn run(&mut self, ctx: &mut Ctx) -> HookResult {
-//!         tracing::info!(worker = self.id, run = ctx.run_index(), "working");
+//!         let _step = tracing::info_span!("step", run = ctx.run_index()).entered();
+//!         tracing::info!(worker = self.id, "working");
+//!         log::debug!("a record of the log crate");
 //!         Ok(())
 //!     }
 //! }
@@ -208,15 +229,27 @@
 //! a.wait()?;
 //! b.wait()?;
 //! // Prints lines such as
-//! // INFO batch: app: working worker=1 run=0 process="app::Worker" pid=4242
+//! // INFO batch:step{run=0 process="app::Worker" pid=4242}: app: working worker=1 process="app::Worker" pid=4242
 //! # Ok(())
 //! # }
 //! ```
 //!
-//! A child that logs faster than the parent's subscriber takes events
-//! slows down to its pace once its 1 MiB buffer is full (nothing is
-//! dropped); a child that is killed loses what it had not sent yet, its
-//! last 20 ms of events while the parent keeps up.
+//! **Exporting traces.** Since a child's spans are spans of the parent's
+//! subscriber, a parent that exports traces exports them too: with
+//! OpenTelemetry (`tracing-opentelemetry` in the parent's subscriber), a
+//! child's spans are in the trace that was current at `start()`, with the
+//! same trace id and the starting span as their parent
+//! (`examples/otel.rs`). Their start and end times are those of the
+//! parent receiving them, up to 20 ms after the child (the log file has
+//! the child's own times).
+//!
+//! **When the parent is slow, or the child is killed.** A child that logs
+//! faster than the parent's subscriber takes events slows down to its pace
+//! once its 1 MiB buffer is full (nothing is dropped). A child that returns
+//! or fails normally loses nothing. A child that is killed (a timeout,
+//! `kill`, a crash) loses what it had not sent yet, its last 20 ms of
+//! events while the parent keeps up; the spans it left open are closed in
+//! the parent when it is gone, and its captured output is all there.
 //!
 //! # Live resources
 //!

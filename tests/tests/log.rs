@@ -40,6 +40,8 @@ struct Seen {
     fields: Vec<(String, Got)>,
     /// The name of the span the event is in, if any.
     span: Option<String>,
+    /// The names of the spans it is in, outermost first.
+    scope: Vec<String>,
 }
 
 impl Seen {
@@ -102,6 +104,10 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Captured {
             target: event.metadata().target().into(),
             fields,
             span: ctx.event_span(event).map(|s| s.name().to_string()),
+            scope: ctx
+                .event_scope(event)
+                .map(|s| s.from_root().map(|s| s.name().to_string()).collect())
+                .unwrap_or_default(),
         };
         self.0 .0.lock().unwrap().push(seen);
         self.0 .1.notify_all();
@@ -375,24 +381,19 @@ fn events_sit_under_the_span_current_at_start() -> skprocess::Result<()> {
     finish(&mut h)?;
     let ev = cap.of(h.pid());
     assert_eq!(ev.len(), 2, "{ev:?}");
-    assert!(
-        ev.iter().all(|e| e.span.as_deref() == Some("parent_op")),
-        "{ev:?}"
-    );
+    assert_eq!(ev[1].span.as_deref(), Some("parent_op"), "{ev:?}");
     assert_eq!(ev[0].message(), "inside");
-    assert_eq!(
-        ev[0].get("spans"),
-        Some(&Got::S("child_outer:child_inner".into()))
-    );
+    assert_eq!(ev[0].scope, ["parent_op", "child_outer", "child_inner"]);
     assert_eq!(ev[1].message(), "outside");
-    assert_eq!(ev[1].get("spans"), None);
+    assert_eq!(ev[1].scope, ["parent_op"]);
 
     // Started outside any span: the events are at the root.
     let mut h2 = InSpans.start()?;
     finish(&mut h2)?;
     let ev = cap.of(h2.pid());
     assert_eq!(ev.len(), 2);
-    assert!(ev.iter().all(|e| e.span.is_none()), "{ev:?}");
+    assert_eq!(ev[0].scope, ["child_outer", "child_inner"]);
+    assert!(ev[1].span.is_none(), "{ev:?}");
     no_leftovers(&[h.pid(), h2.pid()]);
     Ok(())
 }
@@ -1023,5 +1024,132 @@ fn a_pool_made_without_subscriber_costs_its_workers_nothing() -> skprocess::Resu
     let more = pool.pids();
     drop(pool);
     no_leftovers(&[pids[0], more[0]]);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Records of the `log` crate.
+
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1)]
+struct LogUser;
+
+impl Process for LogUser {
+    fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        log::error!(target: "app::db", "connection lost {}", 1);
+        log::warn!(target: "app::db", "retrying");
+        log::info!("an info record");
+        log::debug!(target: "app::cache", "a debug record");
+        log::trace!("a trace record");
+        let span = tracing::info_span!("in_a_span");
+        span.in_scope(|| log::info!("inside a span"));
+        // A hook may try to set its own logger: `log` refuses, nothing breaks.
+        struct Mine;
+        impl log::Log for Mine {
+            fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+                true
+            }
+            fn log(&self, _: &log::Record<'_>) {}
+            fn flush(&self) {}
+        }
+        static MINE: Mine = Mine;
+        let refused = log::set_logger(&MINE).is_err();
+        log::info!("after set_logger");
+        log::info!("refused: {refused}");
+        Ok(())
+    }
+}
+
+#[test]
+fn log_records_arrive_like_tracing_events() -> skprocess::Result<()> {
+    support::watchdog();
+    let (cap, _g) = Captured::install();
+    let mut h = tracing::info_span!("origin").in_scope(|| LogUser.start())?;
+    finish(&mut h)?;
+    let ev = cap.of(h.pid());
+    let got: Vec<(Level, &str, String)> = ev
+        .iter()
+        .map(|e| (e.level, e.target.as_str(), e.message()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Level::ERROR, "app::db", "connection lost 1".to_string()),
+            (Level::WARN, "app::db", "retrying".into()),
+            (Level::INFO, "log", "an info record".into()),
+            (Level::DEBUG, "app::cache", "a debug record".into()),
+            (Level::TRACE, "log", "a trace record".into()),
+            (Level::INFO, "log", "inside a span".into()),
+            (Level::INFO, "log", "after set_logger".into()),
+            (Level::INFO, "log", "refused: true".into()),
+        ]
+    );
+    for e in &ev {
+        assert_eq!(e.get("process"), Some(&Got::S("log::LogUser".into())));
+        assert_eq!(e.pid(), h.pid());
+        // Only the message: the bridge's own `log.*` fields are not shown.
+        assert!(e.fields.iter().all(|f| !f.0.starts_with("log.")), "{e:?}");
+    }
+    assert_eq!(ev[0].scope, ["origin"]);
+    assert_eq!(ev[5].scope, ["origin", "in_a_span"]);
+    no_leftovers(&[h.pid()]);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The log file's order.
+
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1)]
+struct PrintBetween;
+
+impl Process for PrintBetween {
+    fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+        use std::io::Write;
+        tracing::info!("event before the print");
+        println!("the printed line");
+        std::io::stdout().flush()?;
+        // The parent has read the line before the next event is emitted.
+        ctx.listen::<u64>(Duration::from_secs(60))?
+            .ok_or("the parent never answered")?;
+        tracing::info!("event after the print");
+        Ok(())
+    }
+}
+
+#[test]
+fn the_log_file_keeps_the_child_s_order_captured_lines_included() -> skprocess::Result<()> {
+    support::watchdog();
+    let (cap, _g) = Captured::install();
+    let dir = TempDir::new("order");
+    let mut h =
+        PrintBetween.start_with(PrintBetween::config().capture_output(true).log_dir(&dir.0))?;
+    let read = cap.wait_for(DEADLINE, |ev| {
+        ev.iter()
+            .any(|e| e.get("stream").is_some() && e.message() == "the printed line")
+    });
+    assert!(read, "the line never arrived");
+    h.tell(&1u64)?;
+    finish(&mut h)?;
+    let text =
+        std::fs::read_to_string(dir.0.join(format!("log.PrintBetween-{}.log", h.pid()))).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[0].ends_with("INFO log: event before the print"),
+        "{text}"
+    );
+    assert!(
+        lines[1].ends_with("INFO skprocess::output: the printed line stream=\"stdout\""),
+        "{text}"
+    );
+    assert!(
+        lines[2].ends_with("INFO log: event after the print"),
+        "{text}"
+    );
+    // Timestamps never go back.
+    let stamps: Vec<&str> = lines.iter().map(|l| l.split(' ').next().unwrap()).collect();
+    assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "{text}");
+    no_leftovers(&[h.pid()]);
     Ok(())
 }

@@ -8,6 +8,10 @@
 //! on writing is not waited for), emits the last partial lines, and ends.
 //! [`Capture::finish`] therefore returns promptly once the child is gone,
 //! and every line the child wrote has been emitted by then.
+//!
+//! With a log file, the forwarder holds each line back from the file until
+//! the events emitted before it are in; the thread wakes up to write the
+//! lines held too long ([`Forwarder::release_held`]).
 
 use super::parent::{Forwarder, Stream};
 use crate::sys;
@@ -138,10 +142,14 @@ fn pump(fwd: &Forwarder, mut streams: Vec<Reader>, pidfd: &OwnedFd) {
             fds.push(pidfd.as_fd());
         }
         // After the exit, only look at what is there now.
-        let deadline = exited.then(Instant::now);
+        let deadline = match exited {
+            true => Some(Instant::now()),
+            false => fwd.held_until(),
+        };
         let Ok(ready) = sys::sock::poll(&fds, deadline) else {
             break;
         };
+        fwd.release_held();
         if !exited && ready[open.len()].readable {
             exited = true;
         }

@@ -1,5 +1,8 @@
-//! The child's side: a `tracing` layer that encodes each event into one
-//! per-process buffer (the funnel), sent to the parent as `LOG` frames.
+//! The child's side: a `tracing` layer that encodes each event, and what
+//! happens to each span (opened, values recorded, entered, exited,
+//! closed), into one per-process buffer (the funnel), sent to the parent as
+//! `LOG` frames. Records of the `log` crate become `tracing` events first
+//! (`tracing-log`), so they take the same way.
 //!
 //! A hook that logs only formats and copies: one thread-local scratch
 //! buffer per thread holds the event's text while it is encoded, then a
@@ -12,10 +15,17 @@
 //! order their events were buffered, whichever thread sends them. Past
 //! [`Limits::cap`] buffered bytes, appenders wait for room.
 //!
-//! An event's shape (its callsite and which of its fields are present) is
-//! numbered under the buffer lock the first time it is appended, its
-//! definition written just before it, so every use of a number follows its
-//! definition in the stream.
+//! An event's shape (its callsite and which of its fields are present; for
+//! a `log` record, its level, target and location) and a span's (its
+//! callsite) are numbered under the buffer lock the first time they are
+//! appended, the definition written just before, so every use of a number
+//! follows its definition in the stream.
+//!
+//! A span is sent with a number of its own (kept in its extensions), the
+//! number of the nearest sent span it is in, and its values. At most
+//! [`MAX_LIVE_SPANS`] are open at once per child: a span opened past that
+//! is not sent, and what happens in it goes to the nearest sent span it is
+//! in.
 
 use super::{level_code, Setup, Value};
 use crate::proto::kind;
@@ -25,12 +35,15 @@ use serde::Serialize;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing_core::field::{Field, Visit};
+use tracing_core::span::{Attributes, Id, Record};
 use tracing_core::subscriber::Interest;
 use tracing_core::{Event, LevelFilter, Metadata, Subscriber};
+use tracing_log::NormalizeEvent;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
@@ -75,7 +88,29 @@ pub(crate) fn install_child(setup: Option<&[u8]>, writer: Writer) {
     }
     let subscriber = tracing_subscriber::registry().with(FunnelLayer::new(funnel, level));
     // Fails only if something before `main` set one: then that one wins.
-    let _ = tracing_core::dispatcher::set_global_default(tracing_core::Dispatch::new(subscriber));
+    if tracing_core::dispatcher::set_global_default(tracing_core::Dispatch::new(subscriber))
+        .is_err()
+    {
+        return;
+    }
+    // Records of the `log` crate become events of the funnel. The `log`
+    // facade takes one logger per process: if one is already set, it stays
+    // (and a hook that sets its own later gets an `Err` from `log`).
+    let _ = tracing_log::LogTracer::builder()
+        .with_max_level(log_filter(level))
+        .init();
+}
+
+/// `level` as the `log` crate spells it.
+fn log_filter(level: LevelFilter) -> log::LevelFilter {
+    match level {
+        LevelFilter::OFF => log::LevelFilter::Off,
+        LevelFilter::ERROR => log::LevelFilter::Error,
+        LevelFilter::WARN => log::LevelFilter::Warn,
+        LevelFilter::INFO => log::LevelFilter::Info,
+        LevelFilter::DEBUG => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    }
 }
 
 /// Sends every buffered event now (no-op outside a child, or if nothing is
@@ -119,10 +154,34 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Most shapes a child numbers; more are sent inline.
 pub(crate) const MAX_SHAPES: usize = 16 * 1024;
 
+/// Most spans of one child sent and not closed yet; a span opened past
+/// that is not sent.
+pub(crate) const MAX_LIVE_SPANS: usize = 1024;
+
 /// Entry tags, as postcard writes the variants of `super::Entry`.
-const TAG_EVENT: u8 = 0;
-const TAG_SHAPE: u8 = 1;
-const TAG_SHORT: u8 = 2;
+struct Tags {
+    /// Defines a shape.
+    define: u8,
+    /// Uses a numbered shape.
+    numbered: u8,
+    /// Has its shape inline.
+    inline: u8,
+}
+const EVENT_TAGS: Tags = Tags {
+    define: 1,
+    numbered: 2,
+    inline: 0,
+};
+const SPAN_TAGS: Tags = Tags {
+    define: 3,
+    numbered: 4,
+    inline: 5,
+};
+const TAG_RECORD: u8 = 6;
+const TAG_ENTER: u8 = 7;
+const TAG_EXIT: u8 = 8;
+const TAG_CLOSE: u8 = 9;
+const TAG_MARK: u8 = 10;
 
 /// What the flusher thread is doing, so that appenders wake it only when
 /// it waits for them.
@@ -140,8 +199,81 @@ enum Flusher {
     Busy,
 }
 
-/// A callsite and which of its fields are present.
-type ShapeKey = (usize, u64);
+/// What tells one shape from another.
+#[derive(Debug)]
+pub(crate) enum Key<'a> {
+    /// Not to be numbered: the shape goes inline.
+    Inline,
+    /// A callsite (the address of its metadata) and which of its fields
+    /// are present.
+    Site(usize, u64),
+    /// A `log` record's level, target and location.
+    Log(LogShape<'a>),
+}
+
+/// The shape of a `log` record: what it has in common with the other
+/// records of its place (all records share one `tracing` callsite per
+/// level, so the callsite cannot tell them apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct LogShape<'a> {
+    level: u8,
+    target: &'a str,
+    module_path: Option<&'a str>,
+    file: Option<&'a str>,
+    line: Option<u32>,
+    /// Which fields are present (of the `message` alone, in practice).
+    mask: u64,
+}
+
+impl LogShape<'_> {
+    fn hash_key(&self) -> u64 {
+        let mut h = KeyHasher::default();
+        self.hash(&mut h);
+        h.finish()
+    }
+
+    fn keep(self) -> OwnedLogShape {
+        OwnedLogShape {
+            level: self.level,
+            target: self.target.into(),
+            module_path: self.module_path.map(Into::into),
+            file: self.file.map(Into::into),
+            line: self.line,
+            mask: self.mask,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct OwnedLogShape {
+    level: u8,
+    target: Box<str>,
+    module_path: Option<Box<str>>,
+    file: Option<Box<str>>,
+    line: Option<u32>,
+    mask: u64,
+}
+
+impl OwnedLogShape {
+    fn is(&self, s: &LogShape<'_>) -> bool {
+        self.level == s.level
+            && *self.target == *s.target
+            && self.module_path.as_deref() == s.module_path
+            && self.file.as_deref() == s.file
+            && self.line == s.line
+            && self.mask == s.mask
+    }
+}
+
+/// How a shape is to be written.
+enum Numbered {
+    /// Defined earlier under this number.
+    Known(u32),
+    /// Numbered now: define it first.
+    New(u32),
+    /// Sent inline.
+    Inline,
+}
 
 #[derive(Debug)]
 struct Pending {
@@ -151,7 +283,46 @@ struct Pending {
     waiting: usize,
     /// Shapes numbered so far; each number's definition is in an earlier
     /// entry of the stream than any use of it.
-    shapes: HashMap<ShapeKey, u32, BuildHasherDefault<KeyHasher>>,
+    shapes: HashMap<(usize, u64), u32, BuildHasherDefault<KeyHasher>>,
+    /// The shapes of `log` records, by the hash of their [`LogShape`].
+    log_shapes: HashMap<u64, Vec<(OwnedLogShape, u32)>, BuildHasherDefault<KeyHasher>>,
+    /// The next shape number.
+    next_shape: u32,
+}
+
+impl Pending {
+    fn number(&mut self, key: &Key<'_>) -> Numbered {
+        let next = self.next_shape;
+        let room = (next as usize) < MAX_SHAPES;
+        let id = match key {
+            Key::Inline => return Numbered::Inline,
+            Key::Site(site, mask) => match self.shapes.get(&(*site, *mask)) {
+                Some(&id) => return Numbered::Known(id),
+                None if room => {
+                    self.shapes.insert((*site, *mask), next);
+                    next
+                }
+                None => return Numbered::Inline,
+            },
+            Key::Log(shape) => {
+                let h = shape.hash_key();
+                let bucket = self.log_shapes.get(&h);
+                if let Some(&(_, id)) = bucket.and_then(|b| b.iter().find(|(o, _)| o.is(shape))) {
+                    return Numbered::Known(id);
+                }
+                if !room {
+                    return Numbered::Inline;
+                }
+                self.log_shapes
+                    .entry(h)
+                    .or_default()
+                    .push((shape.keep(), next));
+                next
+            }
+        };
+        self.next_shape += 1;
+        Numbered::New(id)
+    }
 }
 
 #[derive(Debug)]
@@ -173,6 +344,10 @@ pub(crate) struct Funnel {
     room: Condvar,
     out: Mutex<Outbox>,
     limits: Limits,
+    /// The last span number given.
+    span_numbers: AtomicU64,
+    /// Spans sent and not closed yet.
+    live_spans: AtomicUsize,
 }
 
 impl Funnel {
@@ -183,6 +358,8 @@ impl Funnel {
                 flusher: Flusher::Absent,
                 waiting: 0,
                 shapes: HashMap::default(),
+                log_shapes: HashMap::default(),
+                next_shape: 0,
             }),
             wake: Condvar::new(),
             room: Condvar::new(),
@@ -192,46 +369,67 @@ impl Funnel {
                 broken: false,
             }),
             limits,
+            span_numbers: AtomicU64::new(0),
+            live_spans: AtomicUsize::new(0),
         }
     }
 
     /// Appends one event of shape `key`: `body` is its encoded [`super::Short`],
     /// `def` encodes its [`super::ShapeDef`] (called only when the shape is
     /// new or cannot be numbered).
-    pub(crate) fn push(
+    pub(crate) fn push(self: &Arc<Self>, key: &Key<'_>, def: impl Fn(&mut Vec<u8>), body: &[u8]) {
+        self.push_shaped(key, &EVENT_TAGS, def, body);
+    }
+
+    /// Appends an entry of shape `key` (an event's or a span's, as `tags`
+    /// say).
+    fn push_shaped(
         self: &Arc<Self>,
-        key: Option<ShapeKey>,
+        key: &Key<'_>,
+        tags: &Tags,
         def: impl Fn(&mut Vec<u8>),
         body: &[u8],
     ) {
         let mut p = self.room_for(lock(&self.pending), body.len() + 8);
-        let id = match key {
-            Some(key) => match p.shapes.get(&key) {
-                Some(&id) => Some(id),
-                None if p.shapes.len() < MAX_SHAPES => {
-                    let id = p.shapes.len() as u32;
-                    p.shapes.insert(key, id);
-                    p.buf.push(TAG_SHAPE);
-                    push_varint(&mut p.buf, id);
-                    def(&mut p.buf);
-                    Some(id)
-                }
-                None => None,
-            },
-            None => None,
-        };
-        match id {
-            Some(id) => {
-                p.buf.push(TAG_SHORT);
-                push_varint(&mut p.buf, id);
+        match p.number(key) {
+            Numbered::Known(id) => {
+                p.buf.push(tags.numbered);
+                push_varint(&mut p.buf, u64::from(id));
             }
-            None => {
-                p.buf.push(TAG_EVENT);
+            Numbered::New(id) => {
+                p.buf.push(tags.define);
+                push_varint(&mut p.buf, u64::from(id));
+                def(&mut p.buf);
+                p.buf.push(tags.numbered);
+                push_varint(&mut p.buf, u64::from(id));
+            }
+            Numbered::Inline => {
+                p.buf.push(tags.inline);
                 def(&mut p.buf);
             }
         }
         p.buf.extend_from_slice(body);
         self.appended(p);
+    }
+
+    /// Appends an entry about span `span`: `tag`, the number, then `rest`.
+    fn push_span_op(self: &Arc<Self>, tag: u8, span: u64, rest: &[u8]) {
+        let mut p = self.room_for(lock(&self.pending), rest.len() + 11);
+        p.buf.push(tag);
+        push_varint(&mut p.buf, span);
+        p.buf.extend_from_slice(rest);
+        self.appended(p);
+    }
+
+    /// A number for a span about to be sent, unless [`MAX_LIVE_SPANS`] are
+    /// open.
+    fn open_span(&self) -> Option<u64> {
+        let live = self.live_spans.fetch_add(1, Ordering::Relaxed);
+        if live >= MAX_LIVE_SPANS {
+            self.live_spans.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.span_numbers.fetch_add(1, Ordering::Relaxed) + 1)
     }
 
     /// Waits while the buffer is over its cap (back-pressure).
@@ -342,6 +540,8 @@ impl Funnel {
         std::mem::swap(&mut p.buf, &mut out.spare);
         let waiting = p.waiting > 0;
         drop(p);
+        out.spare.push(TAG_MARK);
+        push_varint(&mut out.spare, now_nanos());
         if waiting {
             self.room.notify_all();
         }
@@ -355,8 +555,15 @@ impl Funnel {
     }
 }
 
-/// Appends `v` as postcard writes a `u32` (LEB128).
-fn push_varint(buf: &mut Vec<u8>, mut v: u32) {
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Appends `v` as postcard writes a `u32` or a `u64` (LEB128).
+fn push_varint(buf: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         buf.push((v as u8) | 0x80);
         v >>= 7;
@@ -364,7 +571,8 @@ fn push_varint(buf: &mut Vec<u8>, mut v: u32) {
     buf.push(v as u8);
 }
 
-/// Hashes a [`ShapeKey`] (a callsite address and a bit mask) cheaply.
+/// Hashes a shape's key (a callsite address and a bit mask, or a few
+/// short strings) cheaply.
 #[derive(Debug, Default)]
 struct KeyHasher(u64);
 
@@ -386,23 +594,50 @@ impl Hasher for KeyHasher {
 }
 
 // ---------------------------------------------------------------------------
-// Encoding one event, with the layout of `super::ShapeDef` and `super::Short`.
+// Encoding, with the layout of `super::ShapeDef`, `super::Short`,
+// `super::SpanDef` and `super::Opened`.
 
 #[derive(Serialize)]
-struct ShapeDefOut<'a> {
+struct ShapeDefOut<'a, N: Serialize> {
     level: u8,
     target: &'a str,
     module_path: Option<&'a str>,
     file: Option<&'a str>,
     line: Option<u32>,
-    names: NamesOut<'a>,
+    names: N,
+}
+
+impl<'a, N: Serialize> ShapeDefOut<'a, N> {
+    fn of(meta: &'a Metadata<'a>, names: N) -> Self {
+        ShapeDefOut {
+            level: level_code(meta.level()),
+            target: meta.target(),
+            module_path: meta.module_path(),
+            file: meta.file(),
+            line: meta.line(),
+            names,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct SpanDefOut<'a> {
+    name: &'a str,
+    shape: ShapeDefOut<'a, AllNames<'a>>,
 }
 
 #[derive(Serialize)]
 struct ShortOut<'a> {
     time: u64,
-    spans: &'a [&'static str],
+    span: Option<u64>,
     values: ValuesOut<'a>,
+}
+
+#[derive(Serialize)]
+struct OpenedOut<'a> {
+    id: u64,
+    parent: Option<u64>,
+    values: IndexedOut<'a>,
 }
 
 /// A field as visited: text values are ranges of [`Scratch::text`].
@@ -416,36 +651,72 @@ enum Slot {
     Debug(usize, usize),
 }
 
-struct NamesOut<'a>(&'a [(&'static str, Slot)]);
+/// A visited field: its name, its index in its callsite, its value.
+type Visited = (&'static str, u32, Slot);
+
+/// The names of the visited fields.
+struct NamesOut<'a>(&'a [Visited]);
 
 impl Serialize for NamesOut<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(self.0.len()))?;
-        for (name, _) in self.0 {
+        for (name, _, _) in self.0 {
             seq.serialize_element(name)?;
         }
         seq.end()
     }
 }
 
+/// Every field name of a callsite.
+struct AllNames<'a>(&'a tracing_core::field::FieldSet);
+
+impl Serialize for AllNames<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for f in self.0.iter() {
+            seq.serialize_element(f.name())?;
+        }
+        seq.end()
+    }
+}
+
+impl Slot {
+    fn value<'a>(self, text: &'a str) -> Value<'a> {
+        match self {
+            Slot::I64(v) => Value::I64(v),
+            Slot::U64(v) => Value::U64(v),
+            Slot::F64(v) => Value::F64(v),
+            Slot::Bool(v) => Value::Bool(v),
+            Slot::Str(a, b) => Value::Str(&text[a..b]),
+            Slot::Debug(a, b) => Value::Debug(&text[a..b]),
+        }
+    }
+}
+
+/// The values of the visited fields.
 struct ValuesOut<'a> {
-    list: &'a [(&'static str, Slot)],
+    list: &'a [Visited],
     text: &'a str,
 }
 
 impl Serialize for ValuesOut<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(self.list.len()))?;
-        for &(_, slot) in self.list {
-            let v = match slot {
-                Slot::I64(v) => Value::I64(v),
-                Slot::U64(v) => Value::U64(v),
-                Slot::F64(v) => Value::F64(v),
-                Slot::Bool(v) => Value::Bool(v),
-                Slot::Str(a, b) => Value::Str(&self.text[a..b]),
-                Slot::Debug(a, b) => Value::Debug(&self.text[a..b]),
-            };
-            seq.serialize_element(&v)?;
+        for &(_, _, slot) in self.list {
+            seq.serialize_element(&slot.value(self.text))?;
+        }
+        seq.end()
+    }
+}
+
+/// The visited fields as (index, value) pairs.
+struct IndexedOut<'a>(ValuesOut<'a>);
+
+impl Serialize for IndexedOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.list.len()))?;
+        for &(_, index, slot) in self.0.list {
+            seq.serialize_element(&(index, slot.value(self.0.text)))?;
         }
         seq.end()
     }
@@ -455,22 +726,37 @@ impl Serialize for ValuesOut<'_> {
 #[derive(Default)]
 struct Scratch {
     text: String,
-    fields: Vec<(&'static str, Slot)>,
+    fields: Vec<Visited>,
     /// Bit `i` set: field `i` of the callsite is present (indices < 64).
     mask: u64,
     /// A field index past 63 was seen: the shape cannot be keyed by a mask.
     wide: bool,
-    spans: Vec<&'static str>,
+    /// A `log` record: the `log.*` fields that carry its place are left
+    /// out (its shape has them).
+    log: bool,
     bytes: Vec<u8>,
 }
 
 impl Scratch {
+    fn reset(&mut self, log: bool) {
+        self.text.clear();
+        self.fields.clear();
+        self.mask = 0;
+        self.wide = false;
+        self.log = log;
+    }
+
     fn field(&mut self, field: &Field, slot: Slot) {
         match 1u64.checked_shl(field.index() as u32) {
             Some(bit) => self.mask |= bit,
             None => self.wide = true,
         }
-        self.fields.push((field.name(), slot));
+        self.fields.push((field.name(), field.index() as u32, slot));
+    }
+
+    /// Whether `field` is one of those `tracing-log` adds to a record.
+    fn skip(&self, field: &Field) -> bool {
+        self.log && field.name().starts_with("log.")
     }
 
     fn text_slot(&mut self, write: impl FnOnce(&mut String)) -> (usize, usize) {
@@ -482,12 +768,18 @@ impl Scratch {
 
 impl Visit for Scratch {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if self.skip(field) {
+            return;
+        }
         let (a, b) = self.text_slot(|t| {
             let _ = write!(t, "{value:?}");
         });
         self.field(field, Slot::Debug(a, b));
     }
     fn record_str(&mut self, field: &Field, value: &str) {
+        if self.skip(field) {
+            return;
+        }
         let (a, b) = self.text_slot(|t| t.push_str(value));
         self.field(field, Slot::Str(a, b));
     }
@@ -501,6 +793,9 @@ impl Visit for Scratch {
         self.field(field, Slot::I64(value));
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
+        if self.skip(field) {
+            return;
+        }
         self.field(field, Slot::U64(value));
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
@@ -512,31 +807,42 @@ impl Visit for Scratch {
 }
 
 impl Scratch {
-    /// Visits `event` (in `spans`, outermost first) and encodes what
-    /// changes from event to event into `self.bytes`.
-    fn encode(&mut self, event: &Event<'_>, spans: impl Iterator<Item = &'static str>) -> bool {
-        self.text.clear();
-        self.fields.clear();
-        self.mask = 0;
-        self.wide = false;
-        self.spans.clear();
-        self.spans.extend(spans);
-        self.spans.reverse();
-        event.record(self);
-        let time = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        let short = ShortOut {
-            time,
-            spans: &self.spans,
-            values: ValuesOut {
-                list: &self.fields,
-                text: &self.text,
-            },
-        };
+    fn values(&self) -> ValuesOut<'_> {
+        ValuesOut {
+            list: &self.fields,
+            text: &self.text,
+        }
+    }
+
+    /// Encodes `out` into `self.bytes`.
+    fn encode_with(&mut self, out: impl FnOnce(&Self) -> Option<Vec<u8>>) -> bool {
         let mut bytes = std::mem::take(&mut self.bytes);
         bytes.clear();
+        match out(self) {
+            Some(b) => {
+                self.bytes = b;
+                true
+            }
+            None => {
+                self.bytes = bytes;
+                false
+            }
+        }
+    }
+
+    /// Visits `event` (in the sent span `span`) and encodes what changes
+    /// from event to event into `self.bytes`.
+    fn encode(&mut self, event: &Event<'_>, span: Option<u64>, log: bool) -> bool {
+        self.reset(log);
+        event.record(self);
+        let time = now_nanos();
+        let mut bytes = std::mem::take(&mut self.bytes);
+        bytes.clear();
+        let short = ShortOut {
+            time,
+            span,
+            values: self.values(),
+        };
         match postcard::to_extend(&short, bytes) {
             Ok(b) => {
                 self.bytes = b;
@@ -546,17 +852,33 @@ impl Scratch {
         }
     }
 
+    /// Encodes the span `id`, in the sent span `parent`, opened with
+    /// `attrs`, into `self.bytes`.
+    fn encode_opened(&mut self, attrs: &Attributes<'_>, id: u64, parent: Option<u64>) -> bool {
+        self.reset(false);
+        attrs.record(self);
+        self.encode_with(|s| {
+            let opened = OpenedOut {
+                id,
+                parent,
+                values: IndexedOut(s.values()),
+            };
+            postcard::to_allocvec(&opened).ok()
+        })
+    }
+
+    /// Encodes the values of `values` as (index, value) pairs into
+    /// `self.bytes`; false if there are none.
+    fn encode_record(&mut self, values: &Record<'_>) -> bool {
+        self.reset(false);
+        values.record(self);
+        !self.fields.is_empty()
+            && self.encode_with(|s| postcard::to_allocvec(&IndexedOut(s.values())).ok())
+    }
+
     /// Appends the encoded shape of `meta` with the fields just visited.
     fn encode_def(&self, meta: &Metadata<'_>, out: &mut Vec<u8>) {
-        let def = ShapeDefOut {
-            level: level_code(meta.level()),
-            target: meta.target(),
-            module_path: meta.module_path(),
-            file: meta.file(),
-            line: meta.line(),
-            names: NamesOut(&self.fields),
-        };
-        if let Ok(b) = postcard::to_allocvec(&def) {
+        if let Ok(b) = postcard::to_allocvec(&ShapeDefOut::of(meta, NamesOut(&self.fields))) {
             out.extend_from_slice(&b);
         }
     }
@@ -572,8 +894,62 @@ impl Scratch {
     }
 }
 
+/// Appends the encoded shape of the span callsite `meta`.
+fn encode_span_def(meta: &Metadata<'_>, out: &mut Vec<u8>) {
+    let def = SpanDefOut {
+        name: meta.name(),
+        shape: ShapeDefOut::of(meta, AllNames(meta.fields())),
+    };
+    if let Ok(b) = postcard::to_allocvec(&def) {
+        out.extend_from_slice(&b);
+    }
+}
+
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Runs `f` with this thread's scratch buffers; with fresh ones if they
+/// are busy (an event logged while a field of another is formatted) or
+/// gone (the thread is exiting).
+fn with_scratch(f: impl FnOnce(&mut Scratch)) {
+    let mut f = Some(f);
+    let done = SCRATCH.try_with(|cell| {
+        let f = f.take().expect("called once");
+        match cell.try_borrow_mut() {
+            Ok(mut s) => {
+                f(&mut s);
+                s.trim();
+            }
+            Err(_) => f(&mut Scratch::default()),
+        }
+    });
+    if done.is_err() {
+        if let Some(f) = f.take() {
+            f(&mut Scratch::default());
+        }
+    }
+}
+
+/// The number a span was sent under (in its extensions).
+struct Sent(u64);
+
+/// The number of the nearest sent span among `span` and those it is in.
+fn nearest_sent<S>(span: Option<tracing_subscriber::registry::SpanRef<'_, S>>) -> Option<u64>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    span?
+        .scope()
+        .find_map(|s| s.extensions().get::<Sent>().map(|n| n.0))
+}
+
+/// The number `id` was sent under, if it was.
+fn sent<S>(id: &Id, ctx: &Context<'_, S>) -> Option<u64>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    ctx.span(id)?.extensions().get::<Sent>().map(|n| n.0)
 }
 
 /// The layer installed in every child.
@@ -583,7 +959,7 @@ pub(crate) struct FunnelLayer {
 }
 
 impl FunnelLayer {
-    /// Sends the events at `level` or less verbose into `funnel`.
+    /// Sends the events and spans at `level` or less verbose into `funnel`.
     pub(crate) fn new(funnel: Arc<Funnel>, level: LevelFilter) -> FunnelLayer {
         FunnelLayer { funnel, level }
     }
@@ -592,17 +968,36 @@ impl FunnelLayer {
     where
         S: Subscriber + for<'a> LookupSpan<'a>,
     {
-        let ok = match ctx.event_scope(event) {
-            Some(scope) => s.encode(event, scope.map(|span| span.name())),
-            None => s.encode(event, std::iter::empty()),
-        };
-        if ok {
-            let meta = event.metadata();
-            let key = (!s.wide).then_some((meta as *const Metadata<'_> as usize, s.mask));
-            self.funnel
-                .push(key, |out| s.encode_def(meta, out), &s.bytes);
+        let span = nearest_sent(ctx.event_span(event));
+        // A `log` record: its level, target and place, as `tracing-log`
+        // passed them.
+        let normalized = event.normalized_metadata();
+        if !s.encode(event, span, normalized.is_some()) {
+            return;
         }
-        s.trim();
+        match &normalized {
+            Some(meta) => {
+                let key = Key::Log(LogShape {
+                    level: level_code(meta.level()),
+                    target: meta.target(),
+                    module_path: meta.module_path(),
+                    file: meta.file(),
+                    line: meta.line(),
+                    mask: s.mask,
+                });
+                self.funnel
+                    .push(&key, |out| s.encode_def(meta, out), &s.bytes);
+            }
+            None => {
+                let meta = event.metadata();
+                let key = match s.wide {
+                    true => Key::Inline,
+                    false => Key::Site(meta as *const Metadata<'_> as usize, s.mask),
+                };
+                self.funnel
+                    .push(&key, |out| s.encode_def(meta, out), &s.bytes);
+            }
+        }
     }
 }
 
@@ -627,15 +1022,58 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        // An event logged while formatting another (a field's `Debug` that
-        // logs) finds the scratch busy and uses a fresh one.
-        let done = SCRATCH.try_with(|cell| match cell.try_borrow_mut() {
-            Ok(mut s) => self.send(&mut s, event, &ctx),
-            Err(_) => self.send(&mut Scratch::default(), event, &ctx),
+        with_scratch(|s| self.send(s, event, &ctx));
+    }
+
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        let Some(number) = self.funnel.open_span() else {
+            return;
+        };
+        let parent = nearest_sent(span.parent());
+        span.extensions_mut().insert(Sent(number));
+        let meta = attrs.metadata();
+        with_scratch(|s| {
+            if s.encode_opened(attrs, number, parent) {
+                let key = Key::Site(meta as *const Metadata<'_> as usize, 0);
+                self.funnel.push_shaped(
+                    &key,
+                    &SPAN_TAGS,
+                    |out| encode_span_def(meta, out),
+                    &s.bytes,
+                );
+            }
         });
-        if done.is_err() {
-            // The thread is exiting and its scratch is gone.
-            self.send(&mut Scratch::default(), event, &ctx);
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        if let Some(n) = sent(id, &ctx) {
+            with_scratch(|s| {
+                if s.encode_record(values) {
+                    self.funnel.push_span_op(TAG_RECORD, n, &s.bytes);
+                }
+            });
+        }
+    }
+
+    fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
+        if let Some(n) = sent(id, &ctx) {
+            self.funnel.push_span_op(TAG_ENTER, n, &[]);
+        }
+    }
+
+    fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
+        if let Some(n) = sent(id, &ctx) {
+            self.funnel.push_span_op(TAG_EXIT, n, &[]);
+        }
+    }
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        if let Some(n) = sent(&id, &ctx) {
+            self.funnel.push_span_op(TAG_CLOSE, n, &[]);
+            self.funnel.live_spans.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

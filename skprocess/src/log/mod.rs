@@ -1,5 +1,6 @@
-//! Logging: `tracing` events emitted in a child arrive in the parent's
-//! subscriber, complete and in the order the child emitted them.
+//! Logging: `tracing` events and spans, and `log` records, emitted in a
+//! child arrive in the parent's subscriber, complete and in the order the
+//! child emitted them.
 //!
 //! # How it works
 //!
@@ -13,12 +14,18 @@
 //!   lock per process keep the child's order across its threads. Each
 //!   event's static part (its *shape*: level, target, location, field
 //!   names) is sent once per child; then only a number and the values.
+//!   Spans travel the same way: opened (shape, number, parent, values),
+//!   recorded, entered, exited, closed. `log` records become events
+//!   through `tracing-log`'s bridge, installed as the `log` facade's
+//!   logger in the child only (a parent's own logger is its own business).
 //! - **Parent** ([`parent`]): `start()` captures the dispatcher and the span
 //!   current on the calling thread. The supervisor hands each `LOG` frame to
 //!   a [`Forwarder`], which re-emits every event into that dispatcher, as a
 //!   child of that span, with the fields `process` and `pid` added. Events
 //!   need callsites, which are made at run time, one per shape of event
-//!   (level, target, location, field names), cached and never freed.
+//!   (level, target, location, field names), cached and never freed. The
+//!   child's spans are made again as spans, from callsites made the same
+//!   way, under that span.
 //! - **Standard streams** ([`capture`]): inherited by default. With
 //!   [`Config::capture_output`](crate::Config::capture_output) the child's
 //!   descriptors 1 and 2 are pipes, read line by line in the parent by one
@@ -28,7 +35,9 @@
 //! - **Files**: with [`Config::log_dir`](crate::Config::log_dir) the parent
 //!   also writes each child's events and captured lines to
 //!   `<dir>/<process>-<pid>.log` (one file per life: each has its own pid).
-//!   It is written by the parent, so it holds what the parent received.
+//!   It is written by the parent, so it holds what the parent received:
+//!   events with the child's time, in the child's order; a captured line,
+//!   stamped when the parent read it, after the events emitted before.
 //!
 //! # Levels
 //!
@@ -95,9 +104,13 @@ pub(crate) fn setup_payload(origin: &Origin, to_file: bool) -> Vec<u8> {
 /// One entry of a `LOG` frame; the payload is a sequence of entries.
 ///
 /// An event's static part (level, target, location, field names) is its
-/// *shape*. A child numbers the shapes it uses, sends each definition once
-/// (`Shape`), and then only the number and the values (`Short`); a shape it
-/// cannot number travels inline (`Event`).
+/// *shape*; a span's shape also has its name. A child numbers the shapes it
+/// uses (events' and spans' in one sequence), sends each definition once
+/// (`Shape`, `SpanShape`), and then only the number and the values; a shape
+/// it cannot number travels inline (`Event`, `SpanInline`).
+///
+/// Spans are numbered by the child (`Opened::id`, never 0): the entries
+/// that follow refer to a span by that number until it is closed.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) enum Entry<'a> {
     /// An event with its shape inline.
@@ -106,6 +119,23 @@ pub(crate) enum Entry<'a> {
     Shape(u32, #[serde(borrow)] ShapeDef<'a>),
     /// An event of shape number `.0`.
     Short(u32, #[serde(borrow)] Short<'a>),
+    /// Defines shape number `.0` as a span's.
+    SpanShape(u32, #[serde(borrow)] SpanDef<'a>),
+    /// A span of shape number `.0` was opened.
+    Span(u32, #[serde(borrow)] Opened<'a>),
+    /// A span was opened; its shape inline.
+    SpanInline(#[serde(borrow)] SpanDef<'a>, #[serde(borrow)] Opened<'a>),
+    /// Values recorded into span `.0` after it was opened.
+    Record(u64, #[serde(borrow)] Vec<(u32, Value<'a>)>),
+    /// A thread of the child entered span `.0`.
+    Enter(u64),
+    /// A thread of the child left span `.0`.
+    Exit(u64),
+    /// Span `.0` was closed; its number may not be used any more.
+    Close(u64),
+    /// Every event the child emitted before this time (nanoseconds since
+    /// the Unix epoch) is in this frame or an earlier one. Ends each frame.
+    Mark(u64),
 }
 
 /// What is the same for every event of one callsite (with the same fields
@@ -118,9 +148,31 @@ pub(crate) struct ShapeDef<'a> {
     pub(crate) module_path: Option<&'a str>,
     pub(crate) file: Option<&'a str>,
     pub(crate) line: Option<u32>,
-    /// The field names, in the order of the event (`message` included).
+    /// The field names, in the order of the event (`message` included);
+    /// for a span, every field it declares, in order.
     #[serde(borrow)]
     pub(crate) names: Vec<&'a str>,
+}
+
+/// The shape of a span's callsite.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct SpanDef<'a> {
+    pub(crate) name: &'a str,
+    #[serde(borrow)]
+    pub(crate) shape: ShapeDef<'a>,
+}
+
+/// A span as it was opened.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Opened<'a> {
+    /// The child's number for it.
+    pub(crate) id: u64,
+    /// The span it is in (the nearest one sent), if any.
+    pub(crate) parent: Option<u64>,
+    /// The values it was opened with: (index of the field in the shape,
+    /// value).
+    #[serde(borrow)]
+    pub(crate) values: Vec<(u32, Value<'a>)>,
 }
 
 /// What changes from event to event.
@@ -128,9 +180,8 @@ pub(crate) struct ShapeDef<'a> {
 pub(crate) struct Short<'a> {
     /// When the child emitted it: nanoseconds since the Unix epoch.
     pub(crate) time: u64,
-    /// Names of the spans the event is in, outermost first.
-    #[serde(borrow)]
-    pub(crate) spans: Vec<&'a str>,
+    /// The span it is in (the nearest one sent), if any.
+    pub(crate) span: Option<u64>,
     /// One value per name of the shape.
     #[serde(borrow)]
     pub(crate) values: Vec<Value<'a>>,

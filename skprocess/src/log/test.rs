@@ -1,6 +1,6 @@
-use super::child::{Funnel, FunnelLayer, Limits};
+use super::child::{Funnel, FunnelLayer, Limits, MAX_LIVE_SPANS};
 use super::parent::{has_callsite_for, Forwarder, Stream, MAX_CALLSITES};
-use super::{Entry, ShapeDef, Short, Value};
+use super::{Entry, Opened, ShapeDef, Short, SpanDef, Value};
 use crate::proto::kind;
 use crate::sys;
 use crate::wire::{self, Reader, Writer};
@@ -149,6 +149,11 @@ fn events<'a>(all: &'a [Entry<'a>]) -> Vec<(&'a ShapeDef<'a>, &'a Short<'a>)> {
             }
             Entry::Short(id, short) => out.push((shapes[*id as usize], short)),
             Entry::Event(def, short) => out.push((def, short)),
+            Entry::SpanShape(id, def) => {
+                assert_eq!(*id as usize, shapes.len(), "shapes are numbered in order");
+                shapes.push(&def.shape);
+            }
+            _ => {}
         }
     }
     out
@@ -171,19 +176,46 @@ fn an_event_crosses_with_level_target_fields_and_spans() {
     funnel.flush();
     let payload = read_frame(&mut r);
     let all = entries(&payload);
-    // The warn's shape is sent once for its two events.
-    assert!(
-        matches!(
-            &all[..],
-            [
-                Entry::Shape(0, _),
-                Entry::Short(0, _),
-                Entry::Short(0, _),
-                Entry::Shape(1, _),
-                Entry::Short(1, _)
-            ]
-        ),
-        "{all:?}"
+    // The warn's shape is sent once for its two events; "inner"'s once for
+    // its two spans.
+    let kinds: Vec<String> = all
+        .iter()
+        .map(|e| match e {
+            Entry::Shape(n, _) => format!("shape {n}"),
+            Entry::Short(n, _) => format!("event {n}"),
+            Entry::SpanShape(n, _) => format!("span shape {n}"),
+            Entry::Span(n, o) => format!("span {n} #{} in {:?}", o.id, o.parent),
+            Entry::Enter(n) => format!("enter {n}"),
+            Entry::Exit(n) => format!("exit {n}"),
+            Entry::Close(n) => format!("close {n}"),
+            Entry::Mark(_) => "mark".into(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "span shape 0",
+            "span 0 #1 in None",
+            "enter 1",
+            "span shape 1",
+            "span 1 #2 in Some(1)",
+            "enter 2",
+            "shape 2",
+            "event 2",
+            "exit 2",
+            "close 2",
+            "span 1 #3 in Some(1)",
+            "enter 3",
+            "event 2",
+            "exit 3",
+            "close 3",
+            "shape 3",
+            "event 3",
+            "exit 1",
+            "close 1",
+            "mark"
+        ]
     );
     let got = events(&all);
     let (def, e) = got[0];
@@ -193,7 +225,7 @@ fn an_event_crosses_with_level_target_fields_and_spans() {
     assert!(def.file.unwrap().ends_with("test.rs"));
     assert!(def.line.is_some());
     assert_eq!(def.names, ["message", "a", "b", "c", "d", "e", "f", "g"]);
-    assert_eq!(e.spans, ["outer", "inner"]);
+    assert_eq!(e.span, Some(2));
     assert_eq!(
         e.values,
         [
@@ -208,8 +240,9 @@ fn an_event_crosses_with_level_target_fields_and_spans() {
         ]
     );
     assert!(got[1].1.time >= e.time);
+    assert_eq!(got[1].1.span, Some(3));
     let (def, e) = got[2];
-    assert_eq!((def.level, e.spans.len()), (4, 1));
+    assert_eq!((def.level, e.span), (4, Some(1)));
 }
 
 #[test]
@@ -321,8 +354,8 @@ fn the_flusher_sends_on_its_own() {
                     assert_eq!(s.values[1], Value::I64(seen));
                     seen += 1;
                 }
-                Entry::Shape(..) => {}
                 Entry::Event(..) => panic!("an event was sent with its shape inline"),
+                _ => {}
             }
         }
     }
@@ -339,10 +372,10 @@ fn def<'a>(level: u8, target: &'a str, names: &[&'a str]) -> ShapeDef<'a> {
     }
 }
 
-fn short<'a>(spans: &[&'a str], values: &[Value<'a>]) -> Short<'a> {
+fn short<'a>(span: Option<u64>, values: &[Value<'a>]) -> Short<'a> {
     Short {
         time: 0,
-        spans: spans.to_vec(),
+        span,
         values: values.to_vec(),
     }
 }
@@ -370,14 +403,14 @@ fn the_forwarder_re_emits_with_process_pid_and_parent_span() {
     ];
     fwd.emit(&encode(&[
         Entry::Shape(0, def(3, "app::work", &names)),
-        Entry::Short(0, short(&["a", "b"], &values)),
+        Entry::Short(0, short(None, &values)),
     ]));
     // Shapes live as long as the child: a later frame uses shape 0 again.
     fwd.emit(&encode(&[
-        Entry::Short(0, short(&[], &values)),
+        Entry::Short(0, short(None, &values)),
         Entry::Event(
             def(4, "app::inline", &["message"]),
-            short(&[], &[Value::Str("inline")]),
+            short(None, &[Value::Str("inline")]),
         ),
     ]));
     fwd.emit_line(Stream::Stderr, "oops");
@@ -402,10 +435,8 @@ fn the_forwarder_re_emits_with_process_pid_and_parent_span() {
     assert_eq!(e.get("r"), Some(&Got::F(1.5)));
     assert_eq!(e.get("ok"), Some(&Got::B(false)));
     assert_eq!(e.get("s"), Some(&Got::S("str".into())));
-    assert_eq!(e.get("spans"), Some(&Got::S("a:b".into())));
     assert_eq!(e.get("process"), Some(&Got::S("app::Job[2]".into())));
     assert_eq!(e.get("pid"), Some(&Got::U(4242)));
-    assert_eq!(seen[1].get("spans"), None);
     assert_eq!(seen[1].get("n"), Some(&Got::I(-3)));
     assert_eq!(
         (seen[2].level, seen[2].target.as_str()),
@@ -431,10 +462,13 @@ fn garbage_is_reported_not_panicked_on() {
         vec![0],
         vec![2, 9, 1, b'x'],
         [good.clone(), vec![7, 7, 7]].concat(),
-        encode(&[Entry::Event(def(200, "t", &[]), short(&[], &[]))]),
+        encode(&[Entry::Event(def(200, "t", &[]), short(None, &[]))]),
         encode(&[Entry::Shape(5, def(2, "t", &[]))]),
-        encode(&[Entry::Short(99, short(&[], &[]))]),
-        encode(&[Entry::Short(0, short(&[], &[Value::U64(1), Value::U64(2)]))]),
+        encode(&[Entry::Short(99, short(None, &[]))]),
+        encode(&[Entry::Short(
+            0,
+            short(None, &[Value::U64(1), Value::U64(2)]),
+        )]),
     ] {
         fwd.emit(&bad);
     }
@@ -462,7 +496,7 @@ fn unreasonable_shapes_are_folded_not_leaked() {
     let long_target = "t".repeat(10_000);
     fwd.emit(&encode(&[Entry::Event(
         def(2, &long_target, &["message", "k"]),
-        short(&["s"], &[Value::Debug("m"), Value::U64(1)]),
+        short(None, &[Value::Debug("m"), Value::U64(1)]),
     )]));
     assert!(!has_callsite_for(&long_target));
     assert!(has_callsite_for("skprocess::child"));
@@ -473,8 +507,324 @@ fn unreasonable_shapes_are_folded_not_leaked() {
         seen[0].get("child_target"),
         Some(&Got::S(long_target[..256].to_string()))
     );
-    assert_eq!(seen[0].get("fields"), Some(&Got::D("k=1 spans=s".into())));
+    assert_eq!(seen[0].get("fields"), Some(&Got::D("k=1".into())));
     assert_eq!(seen[0].get("message"), Some(&Got::D("m".into())));
+}
+
+// ---------------------------------------------------------------------------
+// Spans, `log` records, the file's order.
+
+/// Writes down what a subscriber is told: spans (with their parent and
+/// fields), records, enters, exits, closes, and events (with their span).
+#[derive(Clone, Default)]
+struct Journal(Arc<Mutex<Vec<String>>>);
+
+fn fields_of(record: impl FnOnce(&mut Visitor<'_>)) -> String {
+    let mut fields = Vec::new();
+    record(&mut Visitor(&mut fields));
+    fields
+        .iter()
+        .map(|(k, v)| format!("{k}={v:?}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Journal {
+    fn on_new_span(
+        &self,
+        attrs: &tracing_core::span::Attributes<'_>,
+        id: &tracing_core::span::Id,
+        ctx: Context<'_, S>,
+    ) {
+        let parent = ctx
+            .span(id)
+            .and_then(|s| s.parent())
+            .map_or("root".to_string(), |p| p.name().to_string());
+        let f = fields_of(|v| attrs.record(v));
+        let m = attrs.metadata();
+        self.0.lock().unwrap().push(format!(
+            "new {} ({} {}) in {parent}: {f}",
+            m.name(),
+            m.level(),
+            m.target()
+        ));
+    }
+    fn on_record(
+        &self,
+        id: &tracing_core::span::Id,
+        values: &tracing_core::span::Record<'_>,
+        ctx: Context<'_, S>,
+    ) {
+        let f = fields_of(|v| values.record(v));
+        let name = ctx.span(id).unwrap().name();
+        self.0.lock().unwrap().push(format!("record {name}: {f}"));
+    }
+    fn on_enter(&self, id: &tracing_core::span::Id, ctx: Context<'_, S>) {
+        let name = ctx.span(id).unwrap().name();
+        self.0.lock().unwrap().push(format!("enter {name}"));
+    }
+    fn on_exit(&self, id: &tracing_core::span::Id, ctx: Context<'_, S>) {
+        let name = ctx.span(id).unwrap().name();
+        self.0.lock().unwrap().push(format!("exit {name}"));
+    }
+    fn on_close(&self, id: tracing_core::span::Id, ctx: Context<'_, S>) {
+        let name = ctx.span(&id).unwrap().name();
+        self.0.lock().unwrap().push(format!("close {name}"));
+    }
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let mut fields = Vec::new();
+        event.record(&mut Visitor(&mut fields));
+        let message = fields
+            .iter()
+            .find(|f| f.0 == "message")
+            .map_or(String::new(), |f| format!("{:?}", f.1));
+        let span = ctx.event_span(event).map_or("root", |s| s.name());
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("event {message} in {span}"));
+    }
+}
+
+impl Journal {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+fn journaling() -> (Journal, Dispatch) {
+    let j = Journal::default();
+    (
+        j.clone(),
+        Dispatch::new(tracing_subscriber::registry().with(j)),
+    )
+}
+
+#[test]
+fn spans_are_made_again_with_fields_nesting_and_order() {
+    let (w, mut r) = channel();
+    let funnel = Arc::new(Funnel::new(w, manual(1 << 20)));
+    tracing::dispatcher::with_default(&funnel_dispatch(&funnel, LevelFilter::TRACE), || {
+        let outer = tracing::info_span!("outer", job = 7u64, late = tracing::field::Empty);
+        let _o = outer.enter();
+        tracing::debug_span!(target: "app::inner", "inner", k = "v").in_scope(|| {
+            tracing::info!("inside");
+        });
+        outer.record("late", -3i64);
+        tracing::info!("in outer");
+    });
+    funnel.flush();
+    let payload = read_frame(&mut r);
+    let (j, d) = journaling();
+    let start = tracing::dispatcher::with_default(&d, || tracing::info_span!("started_here"));
+    j.take();
+    let fwd = Forwarder::new("app::Job".into(), 9, d.clone(), start);
+    fwd.emit(&payload);
+    let here = module_path!();
+    assert_eq!(
+        j.take(),
+        [
+            format!("new outer (INFO {here}) in started_here: job=U(7) process=S(\"app::Job\") pid=U(9)"),
+            "enter outer".into(),
+            "new inner (DEBUG app::inner) in outer: k=S(\"v\") process=S(\"app::Job\") pid=U(9)".into(),
+            "enter inner".into(),
+            "event D(\"inside\") in inner".into(),
+            "exit inner".into(),
+            "close inner".into(),
+            "record outer: late=I(-3)".into(),
+            "event D(\"in outer\") in outer".into(),
+            "exit outer".into(),
+            "close outer".into(),
+        ]
+    );
+    drop(fwd);
+    assert_eq!(j.take(), ["close started_here"]);
+}
+
+/// A frame of entries for the forwarder, made by hand.
+fn span_def<'a>(name: &'a str, names: &[&'a str]) -> SpanDef<'a> {
+    SpanDef {
+        name,
+        shape: def(2, "app", names),
+    }
+}
+
+fn opened(id: u64, parent: Option<u64>) -> Opened<'static> {
+    Opened {
+        id,
+        parent,
+        values: Vec::new(),
+    }
+}
+
+#[test]
+fn a_span_entered_across_frames_is_not_left_current_and_a_killed_child_s_spans_close() {
+    let (j, d) = journaling();
+    let fwd = Forwarder::new("p".into(), 1, d.clone(), Span::none());
+    fwd.emit(&encode(&[
+        Entry::SpanShape(0, span_def("work", &["n"])),
+        Entry::Span(0, opened(1, None)),
+        Entry::Enter(1),
+    ]));
+    // Between frames, the forwarding thread is in no span of the child.
+    let current = tracing::dispatcher::with_default(&d, || Span::current().id());
+    assert_eq!(current, None);
+    fwd.emit(&encode(&[
+        Entry::Shape(1, def(2, "app", &["message"])),
+        Entry::Short(1, short(Some(1), &[Value::Str("hi")])),
+        Entry::Span(0, opened(2, Some(1))),
+    ]));
+    assert_eq!(
+        j.take(),
+        [
+            "new work (INFO app) in root: process=S(\"p\") pid=U(1)",
+            "enter work",
+            "exit work",
+            "enter work",
+            "event S(\"hi\") in work",
+            "new work (INFO app) in work: process=S(\"p\") pid=U(1)",
+            "exit work",
+        ]
+    );
+    // The child dies with both open: they are closed when it is gone.
+    drop(fwd);
+    assert_eq!(j.take(), ["close work", "close work"]);
+}
+
+#[test]
+fn a_child_s_open_spans_are_capped_on_both_sides() {
+    // The child sends no more than the cap; what happens past it goes to
+    // the innermost span sent.
+    let (w, mut r) = channel();
+    let funnel = Arc::new(Funnel::new(w, manual(1 << 30)));
+    tracing::dispatcher::with_default(&funnel_dispatch(&funnel, LevelFilter::TRACE), || {
+        let mut guards = Vec::new();
+        for _ in 0..MAX_LIVE_SPANS + 5 {
+            guards.push(tracing::info_span!("deep").entered());
+        }
+        tracing::info!("at the bottom");
+    });
+    funnel.flush();
+    let payload = read_frame(&mut r);
+    let all = entries(&payload);
+    let spans = all
+        .iter()
+        .filter(|e| matches!(e, Entry::Span(..) | Entry::SpanInline(..)))
+        .count();
+    assert_eq!(spans, MAX_LIVE_SPANS);
+    let ev = events(&all);
+    assert_eq!(ev[0].1.span, Some(MAX_LIVE_SPANS as u64));
+
+    // The parent makes no more than the cap either, says so once, and
+    // puts what happens past it under the span current at start.
+    let (cap, d) = capturing();
+    let start = tracing::dispatcher::with_default(&d, || tracing::info_span!("started_here"));
+    let fwd = Forwarder::new("p".into(), 1, d, start);
+    let mut frame = vec![Entry::SpanShape(0, span_def("flat", &[]))];
+    for n in 1..=MAX_LIVE_SPANS as u64 + 3 {
+        frame.push(Entry::Span(0, opened(n, None)));
+    }
+    frame.push(Entry::Shape(1, def(2, "app", &["message"])));
+    frame.push(Entry::Short(1, short(Some(1), &[Value::Str("in one")])));
+    frame.push(Entry::Short(
+        1,
+        short(
+            Some(MAX_LIVE_SPANS as u64 + 2),
+            &[Value::Str("past the cap")],
+        ),
+    ));
+    fwd.emit(&encode(&frame));
+    let seen = cap.take();
+    let notices: Vec<_> = seen
+        .iter()
+        .filter(|s| s.target == "skprocess::log")
+        .collect();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    let ev: Vec<_> = seen.iter().filter(|s| s.target == "app").collect();
+    assert_eq!(ev[0].parent.as_deref(), Some("flat"));
+    assert_eq!(ev[1].parent.as_deref(), Some("started_here"));
+}
+
+#[test]
+fn log_records_become_events_with_their_own_target_and_place() {
+    // The `log` facade's logger is process-wide: in a child it is set
+    // before the first hook; here, once for this test binary.
+    let _ = tracing_log::LogTracer::init();
+    let (w, mut r) = channel();
+    let funnel = Arc::new(Funnel::new(w, manual(1 << 20)));
+    tracing::dispatcher::with_default(&funnel_dispatch(&funnel, LevelFilter::DEBUG), || {
+        for i in 0..2 {
+            ::log::warn!(target: "app::db", "slow query {i}");
+        }
+        ::log::error!("plain");
+        ::log::trace!("filtered out");
+        tracing::info_span!("job").in_scope(|| ::log::info!("in a span"));
+    });
+    funnel.flush();
+    let payload = read_frame(&mut r);
+    let all = entries(&payload);
+    let got = events(&all);
+    assert_eq!(got.len(), 4, "{got:?}");
+    let (def, e) = got[0];
+    assert_eq!((def.level, def.target), (3, "app::db"));
+    assert_eq!(def.module_path, Some(module_path!()));
+    assert!(def.file.unwrap().ends_with("test.rs"));
+    assert!(def.line.is_some());
+    assert_eq!(def.names, ["message"]);
+    assert_eq!(e.values, [Value::Debug("slow query 0")]);
+    assert_eq!(got[1].1.values, [Value::Debug("slow query 1")]);
+    assert_eq!((got[2].0.level, got[2].0.target), (4, module_path!()));
+    assert_eq!(got[3].1.span, Some(1));
+    // One shape for the two warnings of one place.
+    let shapes = all.iter().filter(|e| matches!(e, Entry::Shape(..))).count();
+    assert_eq!(shapes, 3);
+}
+
+#[test]
+fn the_log_file_puts_a_captured_line_after_the_events_emitted_before_it() {
+    let dir = std::env::temp_dir().join(format!("skprocess-logfile-{}", std::process::id()));
+    let fwd = Forwarder::new("app::Job".into(), 77, Dispatch::none(), Span::none())
+        .with_log_dir(&dir)
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    // Read now; the event emitted a moment earlier comes later, in a
+    // frame (the child sends its events in batches).
+    fwd.emit_line(Stream::Stdout, "printed");
+    let event = |time: u64, text: &'static str| Short {
+        time,
+        span: None,
+        values: vec![Value::Str(text)],
+    };
+    fwd.emit(&encode(&[
+        Entry::Shape(0, def(2, "app", &["message"])),
+        Entry::Short(0, event(now - 1_000_000, "before")),
+        Entry::Mark(now - 500_000),
+    ]));
+    fwd.emit(&encode(&[Entry::Short(
+        0,
+        event(now + 3_600_000_000_000, "after"),
+    )]));
+    drop(fwd);
+    let path = dir.join("app.Job-77.log");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[0].ends_with(" INFO app: before"), "{text}");
+    assert!(
+        lines[1].ends_with(" INFO skprocess::output: printed stream=\"stdout\""),
+        "{text}"
+    );
+    assert!(lines[2].ends_with(" INFO app: after"), "{text}");
+    // Each event keeps its own time.
+    let stamp = humantime::format_rfc3339_micros(
+        std::time::UNIX_EPOCH + Duration::from_nanos(now - 1_000_000),
+    )
+    .to_string();
+    assert!(lines[0].starts_with(&stamp), "{text}");
 }
 
 // The cap above is far from what ordinary programs reach.
