@@ -20,9 +20,12 @@
 //! of its own, as a single process does; its `process` label follows the
 //! head: the `tracing` events of a `LOG` frame belong to the unit or batch
 //! running when the worker sent them, which is the head while the frame is
-//! read, since a worker sends an item's events before its result.
+//! read, since a worker sends an item's events before its result. The
+//! pool's [`Settings`] (log directory, captured output) apply to every
+//! life; the log file is named after the slot, not the label.
 
 use super::batch::{self, ItemsHead};
+use super::builder::Settings;
 use super::task::{Calls, Job, JobKind, Task, Unit, CALL_TRIES};
 use crate::config::Hook;
 use crate::error::{Cause, Error, Failure, Result};
@@ -51,6 +54,8 @@ const EXIT_GRACE: Duration = Duration::from_secs(2);
 pub(crate) struct Shared {
     /// Where the workers' `tracing` events go (captured by `Pool::new`).
     pub(crate) origin: log::Origin,
+    /// What each worker life is started with.
+    pub(crate) settings: Settings,
     pub(crate) slots: Mutex<Slots>,
 }
 
@@ -101,6 +106,12 @@ fn label(job: &str, slot: usize) -> String {
 /// The label of a worker's events before its first task.
 const IDLE_LABEL: &str = "skprocess::Pool";
 
+/// The name of a worker's log file, before `-<pid>.log`: its label changes
+/// with the items it runs, its file's name does not.
+fn log_name(slot: usize) -> String {
+    format!("pool-worker-{slot}")
+}
+
 /// A running worker process.
 #[derive(Debug)]
 pub(crate) struct Worker {
@@ -112,19 +123,22 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    /// Starts the worker of `slot` and tells it to serve; its events go to
-    /// `origin`.
-    pub(crate) fn spawn(origin: &log::Origin, slot: usize) -> Result<Worker> {
+    /// Starts the worker of `slot` with `settings` and tells it to serve;
+    /// its events go to `origin`.
+    pub(crate) fn spawn(origin: &log::Origin, settings: &Settings, slot: usize) -> Result<Worker> {
         let launch = Launch {
             origin,
             label: &label(IDLE_LABEL, slot),
-            log_dir: None,
-            capture_output: false,
+            log_dir: settings.log_dir.as_deref(),
+            capture_output: settings.capture_output,
             max_frame: crate::config::DEFAULT_MAX_MESSAGE,
             stop_grace: crate::Config::default().get_stop_grace(),
         };
+        let role = Role::Worker {
+            log_name: log_name(slot),
+        };
         Ok(Worker {
-            child: Child::start(&launch, Role::Worker)?,
+            child: Child::start(&launch, role)?,
             answered: 0,
             labelled: IDLE_LABEL.to_string(),
         })
@@ -294,7 +308,7 @@ impl Manager {
             }
         }
         if self.worker.is_none() {
-            let w = Worker::spawn(&self.shared.origin, self.slot)?;
+            let w = Worker::spawn(&self.shared.origin, &self.shared.settings, self.slot)?;
             self.publish(&w);
             self.worker = Some(w);
         }
