@@ -76,6 +76,7 @@
 //! the log file are set for the whole pool (`PoolBuilder`) and wired as a
 //! process's are, once per worker life.
 
+mod callsite;
 pub(crate) mod capture;
 pub(crate) mod child;
 pub(crate) mod parent;

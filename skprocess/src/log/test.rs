@@ -1,5 +1,6 @@
+use super::callsite::{has_callsite_for, MAX_CALLSITES};
 use super::child::{Funnel, FunnelLayer, Limits, MAX_LIVE_SPANS};
-use super::parent::{has_callsite_for, Forwarder, Stream, MAX_CALLSITES};
+use super::parent::{Forwarder, Stream};
 use super::{Entry, Opened, ShapeDef, Short, SpanDef, Value};
 use crate::proto::kind;
 use crate::sys;
