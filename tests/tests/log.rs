@@ -42,6 +42,10 @@ struct Seen {
     span: Option<String>,
     /// The names of the spans it is in, outermost first.
     scope: Vec<String>,
+    /// Where it was emitted, as its metadata says.
+    module_path: Option<String>,
+    file: Option<String>,
+    line: Option<u32>,
 }
 
 impl Seen {
@@ -108,6 +112,9 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Captured {
                 .event_scope(event)
                 .map(|s| s.from_root().map(|s| s.name().to_string()).collect())
                 .unwrap_or_default(),
+            module_path: event.metadata().module_path().map(String::from),
+            file: event.metadata().file().map(String::from),
+            line: event.metadata().line(),
         };
         self.0 .0.lock().unwrap().push(seen);
         self.0 .1.notify_all();
@@ -1273,6 +1280,49 @@ fn log_records_arrive_like_tracing_events() -> skprocess::Result<()> {
     }
     assert_eq!(ev[0].scope, ["origin"]);
     assert_eq!(ev[5].scope, ["origin", "in_a_span"]);
+    no_leftovers(&[h.pid()]);
+    Ok(())
+}
+
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1)]
+struct LogWhere;
+
+impl Process for LogWhere {
+    fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        log::info!("logged at {} line {}", module_path!(), line!());
+        log::warn!(target: "app::elsewhere", "logged at {} line {}", module_path!(), line!());
+        Ok(())
+    }
+}
+
+#[test]
+fn log_records_keep_their_module_path_and_line() -> skprocess::Result<()> {
+    support::watchdog();
+    let (cap, _g) = Captured::install();
+    let mut h = LogWhere.start()?;
+    finish(&mut h)?;
+    let ev = cap.of(h.pid());
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    let mut lines = Vec::new();
+    for e in &ev {
+        // The child said where it was; the metadata says the same.
+        let message = e.message();
+        let (module, line) = message
+            .strip_prefix("logged at ")
+            .and_then(|m| m.split_once(" line "))
+            .unwrap_or_else(|| panic!("{message}"));
+        assert_eq!(e.module_path.as_deref(), Some(module), "{e:?}");
+        assert_eq!(e.module_path.as_deref(), Some(module_path!()), "{e:?}");
+        assert_eq!(e.line, Some(line.parse().unwrap()), "{e:?}");
+        assert!(
+            e.file.as_deref().is_some_and(|f| f.ends_with("log.rs")),
+            "{e:?}"
+        );
+        lines.push(e.line.unwrap());
+    }
+    assert_eq!(lines[1], lines[0] + 1);
+    assert_eq!(ev[1].target, "app::elsewhere");
     no_leftovers(&[h.pid()]);
     Ok(())
 }
