@@ -76,7 +76,9 @@ impl PoolBuilder {
     /// line by line, as [`Config::capture_output`](crate::Config::capture_output)
     /// does for a process: each line becomes an event (target
     /// `skprocess::output`, field `stream`) labelled like the events of the
-    /// item running, and goes to the worker's log file too. Off by default:
+    /// item running when the parent reads it (which is the item that
+    /// printed it, unless the worker has already moved on to another
+    /// call's), and goes to the worker's log file too. Off by default:
     /// workers write to the parent's streams.
     pub fn capture_output(mut self, capture: bool) -> Self {
         self.settings.capture_output = capture;

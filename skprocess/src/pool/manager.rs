@@ -18,9 +18,13 @@
 //!
 //! Each worker life gets `LOG_SETUP` before `INIT` and a [`log::Forwarder`]
 //! of its own, as a single process does; its `process` label follows the
-//! head: the `tracing` events of a `LOG` frame belong to the unit or batch
+//! head (set as each task becomes the head, before the worker can begin
+//! it): the `tracing` events of a `LOG` frame belong to the unit or batch
 //! running when the worker sent them, which is the head while the frame is
-//! read, since a worker sends an item's events before its result. The
+//! read, since a worker sends an item's events before its result. A
+//! captured line carries the label of the head when the parent reads it:
+//! the item that printed it, unless the line is read after the worker has
+//! moved on to an item of another call. The
 //! pool's [`Settings`] (log directory, captured output) apply to every
 //! life; the log file is named after the slot, not the label.
 
@@ -318,10 +322,14 @@ impl Manager {
     /// Sends a task to the worker and queues it; on failure to start a
     /// worker, answers it with the error.
     fn send(&mut self, flight: Flight) {
-        let worker = match self.worker() {
-            Ok(w) => w,
-            Err(e) => return fail_flight(flight, &e),
-        };
+        if let Err(e) = self.worker() {
+            return fail_flight(flight, &e);
+        }
+        if self.flights.is_empty() {
+            // The head to be: labelled before the worker can print for it.
+            self.label(flight_job(&flight));
+        }
+        let worker = self.worker.as_ref().expect("just started");
         let sent = match &flight {
             Flight::Items { job, units } => send_items(worker.writer(), job, units),
             Flight::Calls(c) => {
@@ -344,8 +352,23 @@ impl Manager {
         }
     }
 
-    /// Starts the clock and the deadlines of the new head.
+    /// Labels the worker's events and captured lines with `job`'s name.
+    fn label(&mut self, job: &Job) {
+        if let Some(w) = self.worker.as_mut() {
+            if w.labelled != job.name {
+                w.child.log().set_label(&label(&job.name, self.slot));
+                w.labelled.clone_from(&job.name);
+            }
+        }
+    }
+
+    /// Starts the clock and the deadlines of the new head, and labels the
+    /// worker's logs after it (until the next head: with nothing in flight,
+    /// the label stays).
     fn arm_head(&mut self, now: Instant) {
+        if let Some(job) = self.flights.front().map(|f| flight_job(f).clone()) {
+            self.label(&job);
+        }
         self.head = self.flights.front_mut().map(|f| match f {
             Flight::Items { job, units } => {
                 let unit = units.front_mut().expect("an items flight is never empty");
@@ -424,16 +447,9 @@ impl Manager {
     /// Re-emits the events of a `LOG` frame, labelled with the head's job
     /// (the previous label while nothing is in flight).
     fn forward_log(&mut self, payload: &[u8]) {
-        let Some(w) = self.worker.as_mut() else {
-            return;
-        };
-        if let Some(job) = self.flights.front().map(flight_job) {
-            if w.labelled != job.name {
-                w.child.log().set_label(&label(&job.name, self.slot));
-                w.labelled.clone_from(&job.name);
-            }
+        if let Some(w) = self.worker.as_ref() {
+            w.child.log().emit(payload);
         }
-        w.child.log().emit(payload);
     }
 
     fn item_ended(&mut self, frame: Frame, now: Instant) {
