@@ -158,7 +158,8 @@ impl Config {
     /// child that crashes still gets its last lines out. If the parent has
     /// no subscriber where the process is started, each line is written to
     /// the parent's own stdout or stderr instead, whole: lines of several
-    /// children never mix mid-line.
+    /// children never mix mid-line. Pool items do not use it: a pool's
+    /// workers are set with [`PoolBuilder::capture_output`](crate::PoolBuilder::capture_output).
     ///
     /// # Examples
     ///
@@ -177,7 +178,9 @@ impl Config {
     /// `<dir>/<process>-<pid>.log`, one file per child (a new life is a new
     /// child, with its own pid), created with the directory if needed. In
     /// the file name, `::` in the process name becomes `.` (`app.Squarer-4242.log`).
-    /// With a log directory the child sends events of every level.
+    /// With a log directory the child sends events of every level. Pool
+    /// items do not use it: a pool's workers write files of their own with
+    /// [`PoolBuilder::log_dir`](crate::PoolBuilder::log_dir).
     ///
     /// # Examples
     ///

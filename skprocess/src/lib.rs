@@ -202,7 +202,9 @@
 //! [`Config::log_dir`] also writes one file per child life,
 //! `<process>-<pid>.log`, each event with the time the child emitted it, in
 //! the child's order, captured lines placed after the events the child
-//! emitted before them.
+//! emitted before them. A pool takes both settings from its builder
+//! ([`PoolBuilder::capture_output`], [`PoolBuilder::log_dir`]); each worker
+//! life writes `pool-worker-<index>-<pid>.log`.
 //!
 //! ```
 //! use serde::{Deserialize, Serialize};
@@ -377,7 +379,7 @@ pub use config::{Config, Hook};
 pub use error::{fatal, BoxError, Cause, Error, Failure, Fatal, HookResult, Result};
 pub use handle::Handle;
 pub use pipe::{Pipe, PipeReceiver, PipeSender};
-pub use pool::{Imap, ImapNext, Pool, PoolCall};
+pub use pool::{Imap, ImapNext, Pool, PoolBuilder, PoolCall};
 pub use process::Process;
 pub use runtime::Ctx;
 pub use share::{Share, ShareGuard};

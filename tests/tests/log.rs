@@ -42,6 +42,10 @@ struct Seen {
     span: Option<String>,
     /// The names of the spans it is in, outermost first.
     scope: Vec<String>,
+    /// Where it was emitted, as its metadata says.
+    module_path: Option<String>,
+    file: Option<String>,
+    line: Option<u32>,
 }
 
 impl Seen {
@@ -108,6 +112,9 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Captured {
                 .event_scope(event)
                 .map(|s| s.from_root().map(|s| s.name().to_string()).collect())
                 .unwrap_or_default(),
+            module_path: event.metadata().module_path().map(String::from),
+            file: event.metadata().file().map(String::from),
+            line: event.metadata().line(),
         };
         self.0 .0.lock().unwrap().push(seen);
         self.0 .1.notify_all();
@@ -1028,6 +1035,187 @@ fn a_pool_made_without_subscriber_costs_its_workers_nothing() -> skprocess::Resu
 }
 
 // ---------------------------------------------------------------------------
+// Pool workers' log files.
+
+const PER_ITEM: u64 = 20;
+
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1)]
+struct PoolPrinter {
+    id: u64,
+}
+
+impl Process for PoolPrinter {
+    fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        for k in 0..PER_ITEM {
+            tracing::info!(item = self.id, k, "numbered event");
+            println!("printed {} {k}", self.id);
+        }
+        Ok(())
+    }
+}
+
+/// The files in `dir`: name and text, sorted by name.
+fn files_in(dir: &std::path::Path) -> Vec<(String, String)> {
+    let mut files: Vec<(String, String)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().into_string().unwrap(),
+                std::fs::read_to_string(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// `(item, k)` of every line of `text` that `parse` reads.
+fn numbered(text: &str, parse: impl Fn(&str) -> Option<(u64, u64)>) -> Vec<(u64, u64)> {
+    text.lines().filter_map(parse).collect()
+}
+
+fn event_numbers(line: &str) -> Option<(u64, u64)> {
+    let rest = line.split_once(" INFO log: numbered event item=")?.1;
+    let (item, k) = rest.split_once(" k=")?;
+    Some((item.parse().ok()?, k.parse().ok()?))
+}
+
+fn printed_numbers(line: &str) -> Option<(u64, u64)> {
+    let rest = line.split_once(" INFO skprocess::output: printed ")?.1;
+    let rest = rest.strip_suffix(" stream=\"stdout\"")?;
+    let (item, k) = rest.split_once(' ')?;
+    Some((item.parse().ok()?, k.parse().ok()?))
+}
+
+#[test]
+fn each_pool_worker_writes_its_own_log_file_in_its_order() -> skprocess::Result<()> {
+    support::watchdog();
+    let (cap, _g) = Captured::install();
+    let dir = TempDir::new("pool-logs");
+    let pool = Pool::builder()
+        .workers(2)
+        .log_dir(dir.0.join("workers"))
+        .capture_output(true)
+        .build()?;
+    let pids = pool.pids();
+    assert_eq!(pids.len(), 2);
+    let items = 6u64;
+    let done = pool.map((0..items).map(|id| PoolPrinter { id }))?;
+    assert_eq!(done.len(), items as usize);
+    assert_eq!(pool.pids(), pids, "no worker was replaced");
+    // Ending the workers writes what their files still held.
+    drop(pool);
+
+    let files = files_in(&dir.0.join("workers"));
+    let mut expected: Vec<String> = pids
+        .iter()
+        .enumerate()
+        .map(|(k, pid)| format!("pool-worker-{k}-{pid}.log"))
+        .collect();
+    expected.sort();
+    let names: Vec<&str> = files.iter().map(|f| f.0.as_str()).collect();
+    assert_eq!(names, expected, "one file per worker, named after its pid");
+
+    let mut all_events = Vec::new();
+    for (name, text) in &files {
+        // Each line starts with the time the worker emitted it (the time
+        // the parent read it, for a captured line); it never goes back.
+        let stamps: Vec<&str> = text.lines().map(|l| l.split(' ').next().unwrap()).collect();
+        assert!(
+            stamps.windows(2).all(|w| w[0] <= w[1]),
+            "{name}: time goes back\n{text}"
+        );
+        let events = numbered(text, event_numbers);
+        let printed = numbered(text, printed_numbers);
+        // Every line of the file is one or the other.
+        assert_eq!(
+            events.len() + printed.len(),
+            text.lines().count(),
+            "{name}\n{text}"
+        );
+        // The worker ran its items one after the other, each emitting its
+        // events and lines in turn: both in that order, item after item.
+        let mut sorted = events.clone();
+        sorted.sort_by_key(|&(item, k)| (events.iter().position(|e| e.0 == item), k));
+        assert_eq!(events, sorted, "{name}: events out of order\n{text}");
+        assert_eq!(printed, events, "{name}: lines out of order\n{text}");
+        all_events.extend(events);
+    }
+    all_events.sort();
+    let every: Vec<(u64, u64)> = (0..items)
+        .flat_map(|i| (0..PER_ITEM).map(move |k| (i, k)))
+        .collect();
+    assert_eq!(all_events, every, "every event, once");
+
+    // The captured lines reach the subscriber too, labelled like the
+    // item's events.
+    let lines: Vec<Seen> = cap
+        .all()
+        .into_iter()
+        .filter(|e| e.get("stream").is_some())
+        .collect();
+    assert_eq!(lines.len() as u64, items * PER_ITEM);
+    for e in &lines {
+        let label = label_of(e);
+        let k = worker_of(&label);
+        assert_eq!(label, format!("log::PoolPrinter[worker {k}]"));
+        assert_eq!(pids.get(k), Some(&e.pid()));
+    }
+    no_leftovers(&pids);
+    Ok(())
+}
+
+#[test]
+fn a_replaced_pool_worker_writes_a_new_log_file() -> skprocess::Result<()> {
+    support::watchdog();
+    let dir = TempDir::new("pool-replaced");
+    let pool = Pool::builder().workers(1).log_dir(&dir.0).build()?;
+    let first = pool.pids();
+    pool.map([CrashOnce])?;
+    let now = pool.pids();
+    assert_ne!(now, first, "the worker was not replaced");
+    drop(pool);
+    let files = files_in(&dir.0);
+    let names: Vec<&str> = files.iter().map(|f| f.0.as_str()).collect();
+    let mut expected = [
+        format!("pool-worker-0-{}.log", first[0]),
+        format!("pool-worker-0-{}.log", now[0]),
+    ];
+    expected.sort();
+    assert_eq!(names, expected);
+    let second = &files
+        .iter()
+        .find(|f| f.0 == format!("pool-worker-0-{}.log", now[0]))
+        .unwrap()
+        .1;
+    assert!(
+        second.contains(" INFO log: running attempt=2\n"),
+        "{second}"
+    );
+    assert!(!second.contains("attempt=1"), "{second}");
+    no_leftovers(&[first[0], now[0]]);
+    Ok(())
+}
+
+#[test]
+fn an_unusable_pool_log_dir_is_an_error_at_build() {
+    support::watchdog();
+    let dir = TempDir::new("pool-notadir");
+    std::fs::write(&dir.0, b"a file, not a directory").unwrap();
+    let err = Pool::builder()
+        .workers(2)
+        .log_dir(&dir.0)
+        .build()
+        .expect_err("build fails");
+    let text = err.to_string();
+    assert!(text.contains("log file"), "{text}");
+    let _ = std::fs::remove_file(&dir.0);
+    support::assert_no_shm_files();
+}
+
+// ---------------------------------------------------------------------------
 // Records of the `log` crate.
 
 #[derive(Process, Serialize, Deserialize)]
@@ -1092,6 +1280,49 @@ fn log_records_arrive_like_tracing_events() -> skprocess::Result<()> {
     }
     assert_eq!(ev[0].scope, ["origin"]);
     assert_eq!(ev[5].scope, ["origin", "in_a_span"]);
+    no_leftovers(&[h.pid()]);
+    Ok(())
+}
+
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1)]
+struct LogWhere;
+
+impl Process for LogWhere {
+    fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        log::info!("logged at {} line {}", module_path!(), line!());
+        log::warn!(target: "app::elsewhere", "logged at {} line {}", module_path!(), line!());
+        Ok(())
+    }
+}
+
+#[test]
+fn log_records_keep_their_module_path_and_line() -> skprocess::Result<()> {
+    support::watchdog();
+    let (cap, _g) = Captured::install();
+    let mut h = LogWhere.start()?;
+    finish(&mut h)?;
+    let ev = cap.of(h.pid());
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    let mut lines = Vec::new();
+    for e in &ev {
+        // The child said where it was; the metadata says the same.
+        let message = e.message();
+        let (module, line) = message
+            .strip_prefix("logged at ")
+            .and_then(|m| m.split_once(" line "))
+            .unwrap_or_else(|| panic!("{message}"));
+        assert_eq!(e.module_path.as_deref(), Some(module), "{e:?}");
+        assert_eq!(e.module_path.as_deref(), Some(module_path!()), "{e:?}");
+        assert_eq!(e.line, Some(line.parse().unwrap()), "{e:?}");
+        assert!(
+            e.file.as_deref().is_some_and(|f| f.ends_with("log.rs")),
+            "{e:?}"
+        );
+        lines.push(e.line.unwrap());
+    }
+    assert_eq!(lines[1], lines[0] + 1);
+    assert_eq!(ev[1].target, "app::elsewhere");
     no_leftovers(&[h.pid()]);
     Ok(())
 }

@@ -37,7 +37,9 @@
 //!   `<dir>/<process>-<pid>.log` (one file per life: each has its own pid).
 //!   It is written by the parent, so it holds what the parent received:
 //!   events with the child's time, in the child's order; a captured line,
-//!   stamped when the parent read it, after the events emitted before.
+//!   stamped when the parent read it, after the events emitted before. A
+//!   pool worker's file is `<dir>/pool-worker-<index>-<pid>.log`: its
+//!   label changes with its items, the file's name does not.
 //!
 //! # Levels
 //!
@@ -71,8 +73,10 @@
 //! the item running ([`Forwarder::set_label`]): the type name plus the
 //! worker index, such as `app::Job[worker 3]`. The worker flushes before
 //! each result, so an item's events come before it. Output capture and
-//! log files are for single processes only.
+//! the log file are set for the whole pool (`PoolBuilder`) and wired as a
+//! process's are, once per worker life.
 
+mod callsite;
 pub(crate) mod capture;
 pub(crate) mod child;
 pub(crate) mod parent;

@@ -1,15 +1,10 @@
 //! The parent's side: re-emitting a child's events into the dispatcher that
 //! was current where the process was started.
 //!
-//! `tracing` events need a callsite: static metadata (level, target,
-//! location, field names) registered with `tracing-core`, so that
-//! subscribers can decide once whether they care. A child's events are only
-//! known at run time, so callsites are made then: one per shape of event,
-//! leaked (they must be `'static`), registered, and cached in a global map.
-//! The child is this binary, so shapes are bounded by the binary's own
-//! callsites; a peer sending endless new shapes is bounded by
-//! [`MAX_CALLSITES`], past which events are folded into a few fixed shapes
-//! (target `skprocess::child`, the original target and fields as text).
+//! A child's events need callsites, made at run time and cached
+//! ([`super::callsite`]); a shape refused one (overlong strings, too many
+//! fields, the cache full) is folded into a few fixed shapes (target
+//! `skprocess::child`, the original target and fields as text).
 //!
 //! A child's spans are made again in the dispatcher, from callsites made
 //! the same way (their own name, fields, `process` and `pid`), under the
@@ -30,33 +25,22 @@
 //! (an event after it, or the mark that ends each frame), or [`HOLD`] at
 //! most, so that it follows the events the child emitted before writing it.
 
+use super::callsite::{callsite, DynCallsite, Shape, MAX_FIELDS, MAX_NAME, MAX_TARGET};
 use super::child::{filter_code, MAX_LIVE_SPANS};
-use super::{level_code, level_of, Entry, Opened, ShapeDef, Short, Value};
+use super::{level_of, Entry, Opened, ShapeDef, Short, Value};
 use crate::error::{Error, Result};
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::fs::File;
-use std::hash::{Hash, Hasher};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::field::DisplayValue;
 use tracing::Span;
-use tracing_core::callsite::{Callsite, Identifier};
-use tracing_core::field::FieldSet;
-use tracing_core::metadata::Kind;
 use tracing_core::span::{Attributes, Id, Record};
-use tracing_core::subscriber::{Interest, NoSubscriber};
+use tracing_core::subscriber::NoSubscriber;
 use tracing_core::{dispatcher, Dispatch, Event, Level, LevelFilter, Metadata};
-
-/// Most callsites made for children's events, over the life of the program.
-pub(crate) const MAX_CALLSITES: usize = 4096;
-const MAX_TARGET: usize = 256;
-const MAX_NAME: usize = 128;
-const MAX_FIELDS: usize = 64;
 
 /// Target of the events skprocess itself emits about logging.
 pub(crate) const NOTICE_TARGET: &str = "skprocess::log";
@@ -65,8 +49,6 @@ pub(crate) const OUTPUT_TARGET: &str = "skprocess::output";
 /// Target of events whose shape could not get a callsite of its own.
 pub(crate) const FOLDED_TARGET: &str = "skprocess::child";
 
-const EXTRA: &[&str] = &["process", "pid"];
-
 /// Longest a captured line waits for the events emitted before it.
 const HOLD: Duration = Duration::from_millis(250);
 /// Most spans a child may be in on all its threads at once.
@@ -74,7 +56,7 @@ const MAX_ENTERED: usize = 4 * MAX_LIVE_SPANS;
 /// Most spans a file line names, innermost last.
 const MAX_PATH: usize = 64;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -122,13 +104,13 @@ impl Origin {
         }
     }
 
-    /// A forwarder for one child, writing to `<log_dir>/<label>-<pid>.log`
-    /// as well if `log_dir` is given.
+    /// A forwarder for one child, writing to `<dir>/<name>-<pid>.log` as
+    /// well if `file` is `Some((dir, name))`.
     pub(crate) fn forwarder(
         &self,
         label: &str,
         pid: u32,
-        log_dir: Option<&Path>,
+        file: Option<(&Path, &str)>,
     ) -> Result<Arc<Forwarder>> {
         let f = Forwarder::new(
             label.to_string(),
@@ -136,8 +118,8 @@ impl Origin {
             self.dispatch.clone(),
             self.span.clone(),
         );
-        Ok(Arc::new(match log_dir {
-            Some(dir) => f.with_log_dir(dir)?,
+        Ok(Arc::new(match file {
+            Some((dir, name)) => f.with_log_dir(dir, name)?,
             None => f,
         }))
     }
@@ -320,11 +302,11 @@ impl Forwarder {
         }
     }
 
-    /// Also writes every event to `<dir>/<process>-<pid>.log`, creating the
+    /// Also writes every event to `<dir>/<name>-<pid>.log`, creating the
     /// directory if needed. In the file name, `::` becomes `.` and any
     /// character but letters, digits, `.`, `_` and `-` becomes `_`.
-    pub(crate) fn with_log_dir(mut self, dir: &Path) -> Result<Forwarder> {
-        let path = dir.join(format!("{}-{}.log", file_stem(&self.label()), self.pid));
+    pub(crate) fn with_log_dir(mut self, dir: &Path, name: &str) -> Result<Forwarder> {
+        let path = dir.join(format!("{}-{}.log", file_stem(name), self.pid));
         let opened = std::fs::create_dir_all(dir)
             .and_then(|()| File::options().create(true).append(true).open(&path));
         let file = opened.map_err(|e| {
@@ -624,11 +606,7 @@ impl Forwarder {
 
     /// Whether the dispatcher takes what comes from `cs`.
     fn wanted(&self, cs: &'static DynCallsite) -> bool {
-        match cs.interest.load(Ordering::Relaxed) {
-            NEVER => false,
-            ALWAYS => true,
-            _ => self.dispatch.enabled(cs.meta()),
-        }
+        cs.enabled_in(&self.dispatch)
     }
 
     /// Re-emits a line the child wrote to `stream`: `info` for stdout,
@@ -1066,179 +1044,4 @@ impl<'a> Held<'a> {
             Held::D(d) => d,
         }
     }
-}
-
-// ---------------------------------------------------------------------------
-// Callsites made at run time.
-
-const NEVER: u8 = 0;
-const SOMETIMES: u8 = 1;
-const ALWAYS: u8 = 2;
-
-/// A callsite for one shape of child event.
-pub(crate) struct DynCallsite {
-    meta: OnceLock<Metadata<'static>>,
-    interest: AtomicU8,
-}
-
-impl DynCallsite {
-    fn meta(&'static self) -> &'static Metadata<'static> {
-        self.meta
-            .get()
-            .expect("the metadata is set before the callsite is shared")
-    }
-}
-
-impl Callsite for DynCallsite {
-    fn set_interest(&self, interest: Interest) {
-        let v = if interest.is_never() {
-            NEVER
-        } else if interest.is_always() {
-            ALWAYS
-        } else {
-            SOMETIMES
-        };
-        self.interest.store(v, Ordering::Relaxed);
-    }
-
-    fn metadata(&self) -> &Metadata<'_> {
-        self.meta
-            .get()
-            .expect("the metadata is set before the callsite is registered")
-    }
-}
-
-/// What tells two callsites apart.
-struct Shape<'a> {
-    level: Level,
-    target: &'a str,
-    module_path: Option<&'a str>,
-    file: Option<&'a str>,
-    line: Option<u32>,
-    names: &'a [String],
-    /// A span's callsite: its name.
-    span_name: Option<&'a str>,
-}
-
-impl Shape<'_> {
-    fn names(&self) -> impl Iterator<Item = &str> + '_ {
-        self.names
-            .iter()
-            .map(String::as_str)
-            .chain(EXTRA.iter().copied())
-    }
-
-    fn key(&self) -> u64 {
-        let mut h = DefaultHasher::new();
-        level_code(&self.level).hash(&mut h);
-        self.target.hash(&mut h);
-        self.module_path.hash(&mut h);
-        self.file.hash(&mut h);
-        self.line.hash(&mut h);
-        self.span_name.hash(&mut h);
-        for n in self.names() {
-            n.hash(&mut h);
-        }
-        h.finish()
-    }
-
-    fn matches(&self, m: &Metadata<'_>) -> bool {
-        *m.level() == self.level
-            && m.target() == self.target
-            && m.module_path() == self.module_path
-            && m.file() == self.file
-            && m.line() == self.line
-            && m.is_span() == self.span_name.is_some()
-            && self.span_name.is_none_or(|n| m.name() == n)
-            && m.fields().len() == self.names.len() + EXTRA.len()
-            && m.fields().iter().map(|f| f.name()).eq(self.names())
-    }
-
-    fn reasonable(&self) -> bool {
-        self.target.len() <= MAX_TARGET
-            && self.module_path.is_none_or(|m| m.len() <= MAX_TARGET)
-            && self.file.is_none_or(|f| f.len() <= MAX_TARGET)
-            && self.names.len() <= MAX_FIELDS
-            && self.names.iter().all(|n| n.len() <= MAX_NAME)
-            && self.span_name.is_none_or(|n| n.len() <= MAX_NAME)
-    }
-}
-
-#[derive(Default)]
-struct Cache {
-    by_key: HashMap<u64, Vec<&'static DynCallsite>>,
-    count: usize,
-    strings: HashSet<&'static str>,
-}
-
-impl Cache {
-    fn intern(&mut self, s: &str) -> &'static str {
-        if let Some(&k) = self.strings.get(s) {
-            return k;
-        }
-        let k: &'static str = Box::leak(s.to_owned().into_boxed_str());
-        self.strings.insert(k);
-        k
-    }
-}
-
-static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
-
-/// The callsite of `shape`, made and registered on first use. `None` if
-/// the shape is unreasonable or the cache is full, unless `force`.
-fn callsite(shape: &Shape<'_>, force: bool) -> Option<&'static DynCallsite> {
-    let key = shape.key();
-    let mut cache = lock(CACHE.get_or_init(Default::default));
-    if let Some(found) = cache
-        .by_key
-        .get(&key)
-        .and_then(|v| v.iter().find(|cs| shape.matches(cs.meta())))
-    {
-        return Some(found);
-    }
-    if !force && (cache.count >= MAX_CALLSITES || !shape.reasonable()) {
-        return None;
-    }
-    let names: Vec<&'static str> = shape.names().map(|n| cache.intern(n)).collect();
-    let names: &'static [&'static str] = Box::leak(names.into_boxed_slice());
-    let target = cache.intern(shape.target);
-    let module_path = shape.module_path.map(|m| cache.intern(m));
-    let file = shape.file.map(|f| cache.intern(f));
-    let (name, kind) = match (shape.span_name, file, shape.line) {
-        (Some(n), _, _) => (cache.intern(n), Kind::SPAN),
-        (None, Some(f), Some(l)) => (cache.intern(&format!("event {f}:{l}")), Kind::EVENT),
-        _ => ("event from a child process", Kind::EVENT),
-    };
-    let cs: &'static DynCallsite = Box::leak(Box::new(DynCallsite {
-        meta: OnceLock::new(),
-        interest: AtomicU8::new(SOMETIMES),
-    }));
-    let fields = FieldSet::new(names, Identifier(cs));
-    let meta = Metadata::new(
-        name,
-        target,
-        shape.level,
-        file,
-        shape.line,
-        module_path,
-        fields,
-        kind,
-    );
-    let _ = cs.meta.set(meta);
-    tracing_core::callsite::register(cs);
-    cache.by_key.entry(key).or_default().push(cs);
-    cache.count += 1;
-    Some(cs)
-}
-
-/// Whether a callsite was made with this target (for tests).
-#[cfg(test)]
-pub(crate) fn has_callsite_for(target: &str) -> bool {
-    CACHE.get().is_some_and(|c| {
-        lock(c)
-            .by_key
-            .values()
-            .flatten()
-            .any(|cs| cs.meta().target() == target)
-    })
 }

@@ -1,5 +1,6 @@
+use super::callsite::{has_callsite_for, MAX_CALLSITES};
 use super::child::{Funnel, FunnelLayer, Limits, MAX_LIVE_SPANS};
-use super::parent::{has_callsite_for, Forwarder, Stream, MAX_CALLSITES};
+use super::parent::{Forwarder, Stream};
 use super::{Entry, Opened, ShapeDef, Short, SpanDef, Value};
 use crate::proto::kind;
 use crate::sys;
@@ -784,7 +785,7 @@ fn log_records_become_events_with_their_own_target_and_place() {
 fn the_log_file_puts_a_captured_line_after_the_events_emitted_before_it() {
     let dir = std::env::temp_dir().join(format!("skprocess-logfile-{}", std::process::id()));
     let fwd = Forwarder::new("app::Job".into(), 77, Dispatch::none(), Span::none())
-        .with_log_dir(&dir)
+        .with_log_dir(&dir, "app::Job")
         .unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

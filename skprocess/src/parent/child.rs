@@ -34,8 +34,9 @@ pub(crate) enum Role {
         /// Where it reports (the same page for every life).
         report: Arc<ReportPage>,
     },
-    /// A pool worker.
-    Worker,
+    /// A pool worker. Its events' label follows the items it runs, so its
+    /// log file is named after `log_name` instead (the same for its life).
+    Worker { log_name: String },
 }
 
 /// How to start a child.
@@ -43,7 +44,8 @@ pub(crate) enum Role {
 pub(crate) struct Launch<'a> {
     /// Where its `tracing` events go.
     pub(crate) origin: &'a log::Origin,
-    /// The `process` field of its events (and its log file's name).
+    /// The `process` field of its events (and, for a process, its log
+    /// file's name).
     pub(crate) label: &'a str,
     pub(crate) log_dir: Option<&'a Path>,
     pub(crate) capture_output: bool,
@@ -100,20 +102,30 @@ impl Child {
             capture_output: launch.capture_output,
         })?;
         let (pid, pidfd) = (s.pid, Arc::new(s.pidfd));
-        let mut child =
-            match Self::attach(launch, s.socket, s.stdout, s.stderr, pid, &pidfd, status) {
-                Ok(c) => c,
-                Err(e) => {
-                    kill_and_reap(pid, &pidfd);
-                    return Err(e);
-                }
-            };
+        let log_name = match &role {
+            Role::Process { .. } => launch.label,
+            Role::Worker { log_name } => log_name,
+        };
+        let attached = Self::attach(
+            launch, log_name, s.socket, s.stdout, s.stderr, pid, &pidfd, status,
+        );
+        let mut child = match attached {
+            Ok(c) => c,
+            Err(e) => {
+                kill_and_reap(pid, &pidfd);
+                return Err(e);
+            }
+        };
         child.send_init(launch, role)?;
         Ok(child)
     }
 
+    /// Starts forwarding the child's logs (to a file named after
+    /// `log_name` too, with a log directory) and splits its socket.
+    #[allow(clippy::too_many_arguments)]
     fn attach(
         launch: &Launch<'_>,
+        log_name: &str,
         socket: OwnedFd,
         stdout: Option<OwnedFd>,
         stderr: Option<OwnedFd>,
@@ -121,7 +133,8 @@ impl Child {
         pidfd: &Arc<OwnedFd>,
         status: Arc<SharedWords>,
     ) -> Result<Child> {
-        let log = launch.origin.forwarder(launch.label, pid, launch.log_dir)?;
+        let file = launch.log_dir.map(|dir| (dir, log_name));
+        let log = launch.origin.forwarder(launch.label, pid, file)?;
         let (mut reader, writer) = wire::split(socket)?;
         reader.set_max_frame(launch.max_frame);
         let capture = log::Capture::start(log.clone(), stdout, stderr, pidfd.clone());
@@ -158,7 +171,7 @@ impl Child {
                 };
                 (init, value.fds)
             }
-            Role::Worker => (
+            Role::Worker { .. } => (
                 Init::Worker {
                     stop_grace: launch.stop_grace,
                 },

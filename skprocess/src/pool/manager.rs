@@ -18,11 +18,18 @@
 //!
 //! Each worker life gets `LOG_SETUP` before `INIT` and a [`log::Forwarder`]
 //! of its own, as a single process does; its `process` label follows the
-//! head: the `tracing` events of a `LOG` frame belong to the unit or batch
+//! head (set as each task becomes the head, before the worker can begin
+//! it): the `tracing` events of a `LOG` frame belong to the unit or batch
 //! running when the worker sent them, which is the head while the frame is
-//! read, since a worker sends an item's events before its result.
+//! read, since a worker sends an item's events before its result. A
+//! captured line carries the label of the head when the parent reads it:
+//! the item that printed it, unless the line is read after the worker has
+//! moved on to an item of another call. The
+//! pool's [`Settings`] (log directory, captured output) apply to every
+//! life; the log file is named after the slot, not the label.
 
 use super::batch::{self, ItemsHead};
+use super::builder::Settings;
 use super::task::{Calls, Job, JobKind, Task, Unit, CALL_TRIES};
 use crate::config::Hook;
 use crate::error::{Cause, Error, Failure, Result};
@@ -51,6 +58,8 @@ const EXIT_GRACE: Duration = Duration::from_secs(2);
 pub(crate) struct Shared {
     /// Where the workers' `tracing` events go (captured by `Pool::new`).
     pub(crate) origin: log::Origin,
+    /// What each worker life is started with.
+    pub(crate) settings: Settings,
     pub(crate) slots: Mutex<Slots>,
 }
 
@@ -101,6 +110,12 @@ fn label(job: &str, slot: usize) -> String {
 /// The label of a worker's events before its first task.
 const IDLE_LABEL: &str = "skprocess::Pool";
 
+/// The name of a worker's log file, before `-<pid>.log`: its label changes
+/// with the items it runs, its file's name does not.
+fn log_name(slot: usize) -> String {
+    format!("pool-worker-{slot}")
+}
+
 /// A running worker process.
 #[derive(Debug)]
 pub(crate) struct Worker {
@@ -112,19 +127,22 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    /// Starts the worker of `slot` and tells it to serve; its events go to
-    /// `origin`.
-    pub(crate) fn spawn(origin: &log::Origin, slot: usize) -> Result<Worker> {
+    /// Starts the worker of `slot` with `settings` and tells it to serve;
+    /// its events go to `origin`.
+    pub(crate) fn spawn(origin: &log::Origin, settings: &Settings, slot: usize) -> Result<Worker> {
         let launch = Launch {
             origin,
             label: &label(IDLE_LABEL, slot),
-            log_dir: None,
-            capture_output: false,
+            log_dir: settings.log_dir.as_deref(),
+            capture_output: settings.capture_output,
             max_frame: crate::config::DEFAULT_MAX_MESSAGE,
             stop_grace: crate::Config::default().get_stop_grace(),
         };
+        let role = Role::Worker {
+            log_name: log_name(slot),
+        };
         Ok(Worker {
-            child: Child::start(&launch, Role::Worker)?,
+            child: Child::start(&launch, role)?,
             answered: 0,
             labelled: IDLE_LABEL.to_string(),
         })
@@ -294,7 +312,7 @@ impl Manager {
             }
         }
         if self.worker.is_none() {
-            let w = Worker::spawn(&self.shared.origin, self.slot)?;
+            let w = Worker::spawn(&self.shared.origin, &self.shared.settings, self.slot)?;
             self.publish(&w);
             self.worker = Some(w);
         }
@@ -304,10 +322,14 @@ impl Manager {
     /// Sends a task to the worker and queues it; on failure to start a
     /// worker, answers it with the error.
     fn send(&mut self, flight: Flight) {
-        let worker = match self.worker() {
-            Ok(w) => w,
-            Err(e) => return fail_flight(flight, &e),
-        };
+        if let Err(e) = self.worker() {
+            return fail_flight(flight, &e);
+        }
+        if self.flights.is_empty() {
+            // The head to be: labelled before the worker can print for it.
+            self.label(flight_job(&flight));
+        }
+        let worker = self.worker.as_ref().expect("just started");
         let sent = match &flight {
             Flight::Items { job, units } => send_items(worker.writer(), job, units),
             Flight::Calls(c) => {
@@ -330,8 +352,23 @@ impl Manager {
         }
     }
 
-    /// Starts the clock and the deadlines of the new head.
+    /// Labels the worker's events and captured lines with `job`'s name.
+    fn label(&mut self, job: &Job) {
+        if let Some(w) = self.worker.as_mut() {
+            if w.labelled != job.name {
+                w.child.log().set_label(&label(&job.name, self.slot));
+                w.labelled.clone_from(&job.name);
+            }
+        }
+    }
+
+    /// Starts the clock and the deadlines of the new head, and labels the
+    /// worker's logs after it (until the next head: with nothing in flight,
+    /// the label stays).
     fn arm_head(&mut self, now: Instant) {
+        if let Some(job) = self.flights.front().map(|f| flight_job(f).clone()) {
+            self.label(&job);
+        }
         self.head = self.flights.front_mut().map(|f| match f {
             Flight::Items { job, units } => {
                 let unit = units.front_mut().expect("an items flight is never empty");
@@ -410,16 +447,9 @@ impl Manager {
     /// Re-emits the events of a `LOG` frame, labelled with the head's job
     /// (the previous label while nothing is in flight).
     fn forward_log(&mut self, payload: &[u8]) {
-        let Some(w) = self.worker.as_mut() else {
-            return;
-        };
-        if let Some(job) = self.flights.front().map(flight_job) {
-            if w.labelled != job.name {
-                w.child.log().set_label(&label(&job.name, self.slot));
-                w.labelled.clone_from(&job.name);
-            }
+        if let Some(w) = self.worker.as_ref() {
+            w.child.log().emit(payload);
         }
-        w.child.log().emit(payload);
     }
 
     fn item_ended(&mut self, frame: Frame, now: Instant) {

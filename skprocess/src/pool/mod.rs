@@ -18,6 +18,7 @@
 //! (the workers exit), reaps them, and kills any that do not exit in time.
 
 pub(crate) mod batch;
+mod builder;
 mod call;
 mod decode;
 mod dispatch;
@@ -32,6 +33,8 @@ use crate::log;
 use crate::sys;
 use crate::timers::Timers;
 use crate::Process;
+pub use builder::PoolBuilder;
+use builder::Settings;
 use call::Options;
 pub use call::PoolCall;
 use crossbeam_channel::Sender;
@@ -74,10 +77,16 @@ use task::Task;
 /// `app::main::{{closure}}`). The level sent is decided when each worker
 /// starts, as for a process.
 ///
-/// [`Config::capture_output`](crate::Config::capture_output) and
-/// [`Config::log_dir`](crate::Config::log_dir) apply to processes started
-/// on their own, not to pool items: a worker writes to the parent's
-/// standard streams, and its events go to the subscriber only.
+/// An item's [`Config::capture_output`](crate::Config::capture_output) and
+/// [`Config::log_dir`](crate::Config::log_dir) do not apply in a pool: the
+/// pool's own settings do, the same for every worker, set through
+/// [`Pool::builder`]. By default a worker writes to the parent's standard
+/// streams and its events go to the subscriber only. With
+/// [`PoolBuilder::capture_output`], its output lines become events too,
+/// labelled like the item's. With [`PoolBuilder::log_dir`], each worker
+/// writes its own file, `<dir>/pool-worker-<index>-<pid>.log` (a replaced
+/// worker writes a new one): every event with the time the worker emitted
+/// it, in its order, item after item, and its captured lines among them.
 ///
 /// # Items that hold descriptors
 ///
@@ -151,29 +160,53 @@ impl Default for Pool {
     ///
     /// # Panics
     ///
-    /// If the workers cannot be started; [`Pool::new`] returns that error
-    /// instead.
+    /// If the workers cannot be started; [`Pool::builder`] and
+    /// [`PoolBuilder::build`] return that error instead.
     fn default() -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Pool::new(cores).unwrap_or_else(|e| panic!("cannot start the workers of a pool: {e}"))
+        Pool::builder()
+            .build()
+            .unwrap_or_else(|e| panic!("cannot start the workers of a pool: {e}"))
     }
 }
 
 impl Pool {
-    /// Starts a pool of `workers` worker processes.
+    /// Starts a pool of `workers` worker processes, with the default
+    /// settings: the same as `Pool::builder().workers(workers).build()`.
     ///
     /// # Errors
     ///
     /// [`Error::Usage`] for zero workers; [`Error::Spawn`] if a worker
     /// cannot be started (those already started are ended).
     pub fn new(workers: usize) -> Result<Pool> {
+        Pool::builder().workers(workers).build()
+    }
+
+    /// A builder for a pool with settings of its own: the number of
+    /// workers, a log directory, captured output.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> skprocess::Result<()> {
+    /// let pool = skprocess::Pool::builder().workers(2).capture_output(true).build()?;
+    /// assert_eq!(pool.pids().len(), 2);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// Starts `workers` workers with `settings`, sending their events where
+    /// the caller's are going.
+    fn start(workers: usize, settings: Settings) -> Result<Pool> {
         if workers == 0 {
             return Err(Error::usage("a pool needs at least one worker"));
         }
         let origin = log::Origin::capture();
         let mut started = Vec::with_capacity(workers);
         for slot in 0..workers {
-            match Worker::spawn(&origin, slot) {
+            match Worker::spawn(&origin, &settings, slot) {
                 Ok(w) => started.push(w),
                 Err(e) => {
                     started.into_iter().for_each(Worker::end);
@@ -185,6 +218,7 @@ impl Pool {
         let theirs = Arc::new(theirs);
         let shared = Arc::new(Shared {
             origin,
+            settings,
             slots: Mutex::new(Slots::new(&started)),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
