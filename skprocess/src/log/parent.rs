@@ -122,13 +122,13 @@ impl Origin {
         }
     }
 
-    /// A forwarder for one child, writing to `<log_dir>/<label>-<pid>.log`
-    /// as well if `log_dir` is given.
+    /// A forwarder for one child, writing to `<dir>/<name>-<pid>.log` as
+    /// well if `log_dir` is given as `(dir, name)`.
     pub(crate) fn forwarder(
         &self,
         label: &str,
         pid: u32,
-        log_dir: Option<&Path>,
+        log_dir: Option<(&Path, &str)>,
     ) -> Result<Arc<Forwarder>> {
         let f = Forwarder::new(
             label.to_string(),
@@ -137,7 +137,7 @@ impl Origin {
             self.span.clone(),
         );
         Ok(Arc::new(match log_dir {
-            Some(dir) => f.with_log_dir(dir)?,
+            Some((dir, name)) => f.with_log_dir(dir, name)?,
             None => f,
         }))
     }
@@ -320,11 +320,11 @@ impl Forwarder {
         }
     }
 
-    /// Also writes every event to `<dir>/<process>-<pid>.log`, creating the
+    /// Also writes every event to `<dir>/<name>-<pid>.log`, creating the
     /// directory if needed. In the file name, `::` becomes `.` and any
     /// character but letters, digits, `.`, `_` and `-` becomes `_`.
-    pub(crate) fn with_log_dir(mut self, dir: &Path) -> Result<Forwarder> {
-        let path = dir.join(format!("{}-{}.log", file_stem(&self.label()), self.pid));
+    pub(crate) fn with_log_dir(mut self, dir: &Path, name: &str) -> Result<Forwarder> {
+        let path = dir.join(format!("{}-{}.log", file_stem(name), self.pid));
         let opened = std::fs::create_dir_all(dir)
             .and_then(|()| File::options().create(true).append(true).open(&path));
         let file = opened.map_err(|e| {

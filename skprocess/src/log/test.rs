@@ -784,7 +784,7 @@ fn log_records_become_events_with_their_own_target_and_place() {
 fn the_log_file_puts_a_captured_line_after_the_events_emitted_before_it() {
     let dir = std::env::temp_dir().join(format!("skprocess-logfile-{}", std::process::id()));
     let fwd = Forwarder::new("app::Job".into(), 77, Dispatch::none(), Span::none())
-        .with_log_dir(&dir)
+        .with_log_dir(&dir, "app::Job")
         .unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

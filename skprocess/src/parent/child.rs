@@ -43,9 +43,11 @@ pub(crate) enum Role {
 pub(crate) struct Launch<'a> {
     /// Where its `tracing` events go.
     pub(crate) origin: &'a log::Origin,
-    /// The `process` field of its events (and its log file's name).
+    /// The `process` field of its events.
     pub(crate) label: &'a str,
-    pub(crate) log_dir: Option<&'a Path>,
+    /// Where its log file goes, and the name it starts with (before the
+    /// pid), if it has one.
+    pub(crate) log_dir: Option<(&'a Path, &'a str)>,
     pub(crate) capture_output: bool,
     /// The largest frame either side accepts.
     pub(crate) max_frame: usize,
