@@ -126,7 +126,7 @@ fn main() -> skprocess::Result<()> {
         .and_then(|s| s.parse::<u64>().ok())
         .map(Duration::from_secs);
 
-    let mut sup = Supervisor::new();
+    let sup = Supervisor::new();
     sup.shutdown_on_signals()?;
     let events = sup.events();
     sup.add("ticker", Ticker { ticks: 0 })?;

@@ -178,6 +178,8 @@ impl Config {
     /// `<dir>/<process>-<pid>.log`, one file per child (a new life is a new
     /// child, with its own pid), created with the directory if needed. In
     /// the file name, `::` in the process name becomes `.` (`app.Squarer-4242.log`).
+    /// A supervised child's file is named after the child instead, `/`
+    /// becoming `-` (`shard/0` writes `shard-0-4242.log`).
     /// With a log directory the child sends events of every level. Pool
     /// items do not use it: a pool's workers write files of their own with
     /// [`PoolBuilder::log_dir`](crate::PoolBuilder::log_dir).

@@ -200,7 +200,8 @@
 //! [`Config::capture_output`] turns the child's standard output and error
 //! into events too (`info` and `warn`, target `skprocess::output`);
 //! [`Config::log_dir`] also writes one file per child life,
-//! `<process>-<pid>.log`, each event with the time the child emitted it, in
+//! `<process>-<pid>.log` (a supervised child's is named after the child:
+//! `shard-0-<pid>.log` for `shard/0`), each event with the time the child emitted it, in
 //! the child's order, captured lines placed after the events the child
 //! emitted before them. A pool takes both settings from its builder
 //! ([`PoolBuilder::capture_output`], [`PoolBuilder::log_dir`]); each worker
@@ -321,6 +322,95 @@
 //! A [`live::Secret`] travels inside the process value over the private
 //! control channel, never the command line or the environment; it prints
 //! as `***` and is wiped when dropped.
+//!
+//! # Services, signals and shutdown
+//!
+//! A process that runs for days is stopped far more often than it fails,
+//! and a stop is not a failure:
+//!
+//! - **Signals are stops.** A child that receives SIGTERM or SIGINT
+//!   behaves exactly as after [`Handle::stop`]: [`Ctx::should_stop`] turns
+//!   true, the current iteration finishes, `onfinish` runs and the final
+//!   state comes back to [`wait`](Handle::wait). No life is lost and nothing
+//!   restarts it, under a [`Handle`] or a supervisor.
+//! - **Ctrl-C at a terminal.** Each child leads a process group of its
+//!   own, so the terminal's SIGINT reaches the parent only. A parent that
+//!   does not handle it dies, and its children stop as below; a
+//!   [`Supervisor`](supervise::Supervisor) with
+//!   [`shutdown_on_signals`](supervise::Supervisor::shutdown_on_signals)
+//!   stops every child itself, in reverse start order, and its
+//!   [`wait`](supervise::Supervisor::wait) returns `Ok`. Either way every
+//!   child's `onfinish` runs.
+//! - **The parent's death** (even by SIGKILL) is a stop too: each child
+//!   finishes its iteration, runs `onfinish` and exits, taking along what
+//!   its hooks started (its process group). It is bounded: no child
+//!   outlives its parent by more than its [`stop_grace`](Config::stop_grace)
+//!   plus one second, even with a hook stuck in C code. What survives is
+//!   what `onfinish` wrote somewhere (a file, a database, a [`Share`]); the
+//!   final value has nobody left to return to.
+//! - **Reports.** [`Ctx::report`] publishes the child's newest status and
+//!   [`Handle::report`] reads it: never blocking, never queueing, the last
+//!   value readable after a restart, after the end, and after a kill in
+//!   the middle of a report.
+//! - **Hangs.** With [`Config::heartbeat`], a child that shows no sign of
+//!   life for that long (no hook starting or ending, no
+//!   [`Ctx::heartbeat`], no report) is killed: it costs a life, and the
+//!   error says [`is_hung`](Error::is_hung).
+//! - **Memory.** Past [`Config::memory_limit`], a child is killed and fails
+//!   with [`is_out_of_memory`](Error::is_out_of_memory), a message naming
+//!   the limit, and a life lost; the parent and the other children are
+//!   untouched.
+//! - **Fatal errors.** An error wrapped in [`fatal`] ends the process at
+//!   once, whatever lives it has left: a bad input fails the same way on
+//!   every try.
+//!
+//! **Restarts and lives** are two levels. `lives` apply inside one start:
+//! a lost life restarts the child from its initial value at once, which a
+//! supervisor does not see. When the last life is lost (or the error is
+//! fatal), the start has failed, and the supervisor's
+//! [`Restart`](supervise::Restart) policy, [`Strategy`](supervise::Strategy),
+//! [`Backoff`](supervise::Backoff) and intensity decide what starts next. A
+//! stop (`stop`, `stop_group`, `stop_all`, a signal to the child or to the
+//! supervising program) is never followed by a restart.
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use skprocess::prelude::*;
+//! use std::time::{Duration, Instant};
+//!
+//! #[derive(Process, Serialize, Deserialize)]
+//! struct Ingest { batches: u64, flushed: bool }
+//!
+//! impl Process for Ingest {
+//!     fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+//!         self.batches += 1;
+//!         ctx.report(&self.batches)?; // also a sign of life
+//!         std::thread::sleep(Duration::from_millis(1));
+//!         Ok(())
+//!     }
+//!     fn onfinish(&mut self, _ctx: &mut Ctx) -> HookResult {
+//!         self.flushed = true; // runs on a stop, a signal, the parent's death
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # fn main() -> skprocess::Result<()> {
+//! let cfg = Ingest::config()
+//!     .heartbeat(Duration::from_secs(10))
+//!     .memory_limit(512 << 20);
+//! let mut h = Ingest { batches: 0, flushed: false }.start_with(cfg)?;
+//! let give_up = Instant::now() + Duration::from_secs(30);
+//! while h.report::<u64>()?.unwrap_or(0) < 3 && Instant::now() < give_up {
+//!     std::thread::yield_now();
+//! }
+//! h.stop(); // what SIGTERM or SIGINT sent to the child does too
+//! let done = h.wait()?;
+//! assert!(done.flushed);
+//! assert_eq!(h.attempt(), 1); // a stop costs no life
+//! assert!(h.report::<u64>()?.is_some()); // still readable after the end
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # Platform support
 //!

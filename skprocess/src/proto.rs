@@ -96,6 +96,20 @@ pub(crate) const STATUS_BEGUN: usize = 3;
 /// Signs of life: bumped when a hook starts or ends, on `ctx.heartbeat()`
 /// and on `ctx.report()`.
 pub(crate) const STATUS_BEAT: usize = 4;
+/// Non-zero once a process child's stop came from a signal (SIGTERM or
+/// SIGINT): written before its final frame, so its parent, reading the page
+/// after that frame, treats the end as a stop.
+pub(crate) const STATUS_SIGNALLED: usize = 5;
+
+/// Records in a status page that the child's stop came from a signal.
+pub(crate) fn mark_signalled(words: &[AtomicU64]) {
+    words[STATUS_SIGNALLED].store(1, Ordering::Release);
+}
+
+/// Whether the child recorded that its stop came from a signal.
+pub(crate) fn was_signalled(words: &[AtomicU64]) -> bool {
+    words[STATUS_SIGNALLED].load(Ordering::Acquire) != 0
+}
 
 /// The timer words of `hook` in a status page.
 pub(crate) fn timer_words(words: &[AtomicU64], hook: Hook) -> &[AtomicU64] {

@@ -6,6 +6,7 @@ mod support;
 
 use serde::{Deserialize, Serialize};
 use skprocess::prelude::*;
+use skprocess::ImapNext;
 use std::time::{Duration, Instant};
 use support::{finish, watchdog};
 
@@ -93,6 +94,53 @@ fn a_million_reports_keep_the_parent_flat_and_every_read_is_whole() {
     assert!(grown < 16 << 20, "the parent grew by {} MiB", grown >> 20);
     h.stop();
     finish(&mut h).unwrap();
+}
+
+/// Reports large values in a tight loop until it is killed.
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1)]
+struct Chatterbox;
+
+impl Process for Chatterbox {
+    fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+        // Large reports: most of the loop is spent copying into the page,
+        // so a kill at a random moment often lands inside a write.
+        let mut note = "y".repeat(60_000);
+        ctx.report(&Progress {
+            done: 0,
+            note: note.clone(),
+        })?;
+        ctx.tell("reporting")?;
+        for done in 1.. {
+            note.replace_range(0..1, if done % 2 == 0 { "a" } else { "b" });
+            ctx.report(&Progress {
+                done,
+                note: note.clone(),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_child_killed_while_it_reports_leaves_a_report_that_reads_at_once() {
+    watchdog();
+    for _ in 0..20 {
+        let mut h = Chatterbox.start().unwrap();
+        let said: String = h.listen(support::DEADLINE).unwrap().expect("reporting");
+        assert_eq!(said, "reporting");
+        h.kill().unwrap();
+        assert!(matches!(finish(&mut h), Err(Error::Killed { .. })));
+        // A read that waited for the killed writer would never return.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(h.report::<Progress>().map(|p| p.map(|p| p.note.len())));
+        });
+        let read = rx
+            .recv_timeout(support::DEADLINE)
+            .expect("report() blocked after the child was killed");
+        assert_eq!(read.unwrap(), Some(60_000), "the last whole report");
+    }
 }
 
 /// Sleeps in run; with `beat`, says it is alive while it does.
@@ -218,6 +266,7 @@ fn a_fatal_error_ends_the_process_with_no_further_life() {
 
 #[test]
 fn pool_errors_name_their_item_and_fatal_ones_are_not_retried() {
+    watchdog();
     let pool = Pool::new(2).unwrap();
     let items = vec![
         BadInput {
@@ -233,7 +282,17 @@ fn pool_errors_name_their_item_and_fatal_ones_are_not_retried() {
             parsed: 0,
         },
     ];
-    let results: Vec<_> = pool.imap(items).collect();
+    let deadline = Instant::now() + support::DEADLINE;
+    let mut imap = pool.imap(items);
+    let mut results = Vec::new();
+    loop {
+        match imap.next_deadline(deadline) {
+            ImapNext::Item(r) => results.push(r),
+            ImapNext::Exhausted => break,
+            ImapNext::Timeout => panic!("the pool's items did not end within the deadline"),
+        }
+    }
+    assert_eq!(results.len(), 3);
     assert_eq!(results[0].as_ref().unwrap().parsed, 1);
     let e = results[1].as_ref().err().expect("item 1 fails");
     assert_eq!(e.item(), Some(1));

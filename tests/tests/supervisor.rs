@@ -170,20 +170,22 @@ fn a_transient_child_restarts_only_after_a_failure_and_a_temporary_one_never() {
     assert_eq!(sup.status("bad").unwrap().state, State::Stopped);
 }
 
-/// Fails in its first start only.
+/// Fails in its first start only, as soon as `armed` is set. Its
+/// `ballast` makes it slow to start: its parent sends it all first.
 #[derive(Process, Serialize, Deserialize)]
 struct FailsOnce {
     starts: Share<u64>,
+    armed: Share<bool>,
+    ballast: Vec<u8>,
 }
 
 impl Process for FailsOnce {
     fn run(&mut self, ctx: &mut Ctx) -> HookResult {
-        if ctx.run_index() == 0
-            && self.starts.update(|n| {
-                *n += 1;
-                *n
-            })? == 1
-        {
+        if ctx.run_index() == 0 {
+            self.starts.update(|n| *n += 1)?;
+        }
+        if self.starts.get()? == 1 && self.armed.get()? {
+            self.starts.update(|n| *n += 1)?;
             return Err("the first start fails".into());
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -196,15 +198,26 @@ fn strategy_restarts(strategy: Strategy, expect: [u32; 3]) {
     watchdog();
     let done = Share::new(0u64).unwrap();
     let starts = Share::new(0u64).unwrap();
+    let armed = Share::new(false).unwrap();
     let sup = Supervisor::builder()
         .strategy(strategy)
         .intensity(100, Duration::from_secs(60))
         .build();
     let events = sup.events();
     sup.add_with("first", Svc::forever(&done), quick()).unwrap();
-    sup.add_with("middle", FailsOnce { starts }, quick())
-        .unwrap();
+    sup.add_with(
+        "middle",
+        FailsOnce {
+            starts,
+            armed: armed.clone(),
+            ballast: Vec::new(),
+        },
+        quick(),
+    )
+    .unwrap();
     sup.add_with("last", Svc::forever(&done), quick()).unwrap();
+    // Every child is there before the failure.
+    armed.set(true).unwrap();
     assert!(exited(&events, "middle").is_some());
     // Every child that is to restart has restarted.
     let names = ["first", "middle", "last"];
@@ -244,6 +257,59 @@ fn one_for_all_restarts_every_child() {
 #[test]
 fn rest_for_one_restarts_the_failed_child_and_those_after_it() {
     strategy_restarts(Strategy::RestForOne, [0, 1, 1]);
+}
+
+#[test]
+fn one_for_all_restarts_a_sibling_that_is_still_starting() {
+    watchdog();
+    let armed = Share::new(true).unwrap();
+    let sup = Supervisor::builder()
+        .strategy(Strategy::OneForAll)
+        .intensity(100, Duration::from_secs(60))
+        .build();
+    let events = sup.events();
+    // Member 0 fails at once, while member 1 is still starting: the
+    // group's members start one after the other, and member 1's start
+    // takes as long as its child needs to read its ballast.
+    let starts: Vec<Share<u64>> = (0..2).map(|i| Share::new(i).unwrap()).collect();
+    sup.add_group_with(
+        "g",
+        2,
+        |i| FailsOnce {
+            starts: starts[i].clone(),
+            armed: armed.clone(),
+            ballast: vec![1; i * (32 << 20)],
+        },
+        quick(),
+    )
+    .unwrap();
+    let names = ["g/0", "g/1"];
+    let end = Instant::now() + support::DEADLINE;
+    loop {
+        let restarts: Vec<u32> = names
+            .iter()
+            .map(|n| sup.status(n).unwrap().restarts)
+            .collect();
+        let running = names
+            .iter()
+            .all(|n| sup.status(n).unwrap().state == State::Running);
+        if running && restarts == [1, 1] {
+            break;
+        }
+        assert!(Instant::now() < end, "restarts {restarts:?}");
+        std::thread::yield_now();
+    }
+    sup.stop_all().unwrap();
+    let after: Vec<u32> = names
+        .iter()
+        .map(|n| sup.status(n).unwrap().restarts)
+        .collect();
+    assert_eq!(after, [1, 1]);
+    let member_1_starts = events
+        .try_iter()
+        .filter(|e| matches!(e, Event::Started { name, .. } if name == "g/1"))
+        .count();
+    assert_eq!(member_1_starts, 2, "member 1 started again");
 }
 
 #[test]
@@ -343,6 +409,142 @@ fn a_child_killed_from_outside_is_restarted() {
 }
 
 #[test]
+fn a_child_stopped_by_sigterm_is_stopped_and_not_restarted() {
+    watchdog();
+    let done = Share::new(0u64).unwrap();
+    let sup = Supervisor::new();
+    let events = sup.events();
+    sup.add_with("calm", Svc::forever(&done), quick()).unwrap();
+    let pid = started(&events, "calm");
+    // Its first hook runs: its signal handling is in place.
+    let end = Instant::now() + support::DEADLINE;
+    while sup.report::<u64>("calm").unwrap().is_none() {
+        assert!(Instant::now() < end, "no report");
+        std::thread::yield_now();
+    }
+    assert_eq!(sup.status("calm").unwrap().pid, Some(pid));
+    // SAFETY: kill takes plain integers.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(exited(&events, "calm"), None, "a graceful stop");
+    let st = sup.status("calm").unwrap();
+    assert_eq!(st.state, State::Stopped);
+    assert_eq!(st.restarts, 0);
+    assert_eq!(st.pid, None);
+    assert_eq!(done.get().unwrap(), 1, "onfinish ran");
+    sup.wait().unwrap();
+    assert!(
+        !events
+            .try_iter()
+            .any(|e| matches!(e, Event::Started { .. } | Event::Restarting { .. })),
+        "a signal's stop is never followed by a restart"
+    );
+    assert_eq!(sup.status("calm").unwrap().restarts, 0);
+    assert_gone_within(pid, support::DEADLINE);
+    // Stopped, not gone: it can be started again on request.
+    sup.restart("calm").unwrap();
+    started(&events, "calm");
+    sup.stop_all().unwrap();
+}
+
+#[test]
+fn a_silent_child_with_a_heartbeat_is_hung() {
+    watchdog();
+    let done = Share::new(0u64).unwrap();
+    let sup = Supervisor::new();
+    let events = sup.events();
+    // Reports (a sign of life) once, then sleeps without a heartbeat.
+    let silent = Svc {
+        stubborn: true,
+        ..Svc::forever(&done)
+    };
+    let config = Svc::config().heartbeat(Duration::from_millis(200));
+    let child = quick().restart(Restart::Temporary).config(config);
+    sup.add_with("quiet", silent, child).unwrap();
+    let pid = started(&events, "quiet");
+    next_event(
+        &events,
+        |e| matches!(e, Event::Hung { name } if name == "quiet"),
+    );
+    let error = exited(&events, "quiet").expect("hung is a failure");
+    assert!(error.contains("heartbeat"), "{error}");
+    sup.wait().unwrap();
+    let st = sup.status("quiet").unwrap();
+    assert_eq!(st.state, State::Failed);
+    assert!(st.last_error.unwrap().contains("heartbeat"));
+    assert_gone_within(pid, support::DEADLINE);
+}
+
+#[test]
+fn unknown_names_are_errors() {
+    watchdog();
+    let done = Share::new(0u64).unwrap();
+    let sup = Supervisor::new();
+    sup.add("known", Svc::forever(&done)).unwrap();
+    assert!(sup.restart("unknown").is_err());
+    assert!(sup.stop("unknown").is_err());
+    assert!(sup.status("unknown").is_err());
+    assert!(sup.report::<u64>("unknown").is_err());
+    assert!(sup.stop_group("unknown").is_err());
+    assert_eq!(sup.status("known").unwrap().restarts, 0);
+    sup.stop_all().unwrap();
+    sup.wait().unwrap();
+}
+
+#[test]
+fn supervised_log_files_are_named_after_each_member() {
+    watchdog();
+    let dir = std::env::temp_dir().join(format!("skprocess-sup-logs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let sup = Supervisor::new();
+    let events = sup.events();
+    let child = quick().config(Greeter::config().log_dir(&dir));
+    sup.add_group_with("shard", 2, |i| Greeter { member: i }, child)
+        .unwrap();
+    let pids = [started(&events, "shard/0"), started(&events, "shard/1")];
+    let end = Instant::now() + support::DEADLINE;
+    for name in ["shard/0", "shard/1"] {
+        while sup.report::<u64>(name).unwrap().is_none() {
+            assert!(Instant::now() < end, "no report from {name}");
+            std::thread::yield_now();
+        }
+    }
+    sup.stop_all().unwrap();
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    let expected: Vec<String> = (0..2)
+        .map(|i| format!("shard-{i}-{}.log", pids[i]))
+        .collect();
+    assert_eq!(files, expected);
+    for (i, file) in expected.iter().enumerate() {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        assert!(text.contains(&format!("member {i} says hello")), "{text}");
+        let other = format!("member {} says hello", 1 - i);
+        assert!(!text.contains(&other), "{text}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Logs a greeting once, reports, then runs until stopped.
+#[derive(Process, Serialize, Deserialize)]
+struct Greeter {
+    member: usize,
+}
+
+impl Process for Greeter {
+    fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+        if ctx.run_index() == 0 {
+            tracing::info!("member {} says hello", self.member);
+            ctx.report(&1u64)?;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+        Ok(())
+    }
+}
+
+#[test]
 fn groups_names_and_reports() {
     watchdog();
     let done = Share::new(0u64).unwrap();
@@ -413,6 +615,36 @@ fn backoff_delays_double_between_restarts() {
 }
 
 #[test]
+fn backoff_goes_back_to_its_first_delay_after_a_healthy_run() {
+    watchdog();
+    let done = Share::new(0u64).unwrap();
+    let sup = Supervisor::builder()
+        .intensity(100, Duration::from_secs(60))
+        .build();
+    let events = sup.events();
+    let crashy = Svc {
+        runs: Some(1),
+        fail: true,
+        ..Svc::forever(&done)
+    };
+    // Every run counts as healthy: the delay never grows.
+    let backoff = Backoff::exponential(Duration::from_millis(10), Duration::from_millis(40))
+        .reset_after(Duration::ZERO);
+    sup.add_with("c", crashy, Child::new().backoff(backoff))
+        .unwrap();
+    let mut delays = Vec::new();
+    while delays.len() < 3 {
+        if let Event::Restarting { delay, .. } =
+            next_event(&events, |e| matches!(e, Event::Restarting { .. }))
+        {
+            delays.push(delay.as_millis());
+        }
+    }
+    assert_eq!(delays, [10, 10, 10]);
+    sup.stop_all().unwrap();
+}
+
+#[test]
 fn dropping_a_supervisor_stops_every_child_gracefully() {
     watchdog();
     let done = Share::new(0u64).unwrap();
@@ -460,7 +692,7 @@ fn supervising_program() {
         return;
     };
     let dir = std::path::PathBuf::from(dir);
-    let mut sup = Supervisor::new();
+    let sup = Supervisor::new();
     let events = sup.events();
     sup.shutdown_on_signals().unwrap();
     for name in ["a", "b", "c"] {

@@ -22,7 +22,7 @@ pub(crate) mod worker;
 
 pub(crate) use link::Link;
 
-use crate::proto::{Exit, Init, STATUS_WORDS};
+use crate::proto::{self, Exit, Init, STATUS_WORDS};
 use crate::report::ReportPage;
 use crate::spawn::{self, BOOT_ENV};
 use crate::sys::{self, mem::SharedWords};
@@ -154,6 +154,12 @@ fn main(control: OwnedFd, ppid: u32) -> ! {
                 }
                 None => Err(runtime::unregistered(&type_id, &plan)),
             };
+            if link.signalled.load(Ordering::Relaxed) {
+                // Before the final frame: the parent reads it after that
+                // frame and takes the end for a stop, not for a life lost
+                // or a reason to restart.
+                proto::mark_signalled(status.words());
+            }
             runtime::send_outcome(&link, outcome)
         }
         Init::Worker { .. } => worker::serve(&link, &status),

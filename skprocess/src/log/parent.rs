@@ -105,12 +105,12 @@ impl Origin {
     }
 
     /// A forwarder for one child, writing to `<dir>/<name>-<pid>.log` as
-    /// well if `file` is `Some((dir, name))`.
+    /// well if `log_dir` is given as `(dir, name)`.
     pub(crate) fn forwarder(
         &self,
         label: &str,
         pid: u32,
-        file: Option<(&Path, &str)>,
+        log_dir: Option<(&Path, &str)>,
     ) -> Result<Arc<Forwarder>> {
         let f = Forwarder::new(
             label.to_string(),
@@ -118,7 +118,7 @@ impl Origin {
             self.dispatch.clone(),
             self.span.clone(),
         );
-        Ok(Arc::new(match file {
+        Ok(Arc::new(match log_dir {
             Some((dir, name)) => f.with_log_dir(dir, name)?,
             None => f,
         }))

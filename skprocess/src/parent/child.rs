@@ -34,9 +34,8 @@ pub(crate) enum Role {
         /// Where it reports (the same page for every life).
         report: Arc<ReportPage>,
     },
-    /// A pool worker. Its events' label follows the items it runs, so its
-    /// log file is named after `log_name` instead (the same for its life).
-    Worker { log_name: String },
+    /// A pool worker.
+    Worker,
 }
 
 /// How to start a child.
@@ -44,10 +43,11 @@ pub(crate) enum Role {
 pub(crate) struct Launch<'a> {
     /// Where its `tracing` events go.
     pub(crate) origin: &'a log::Origin,
-    /// The `process` field of its events (and, for a process, its log
-    /// file's name).
+    /// The `process` field of its events.
     pub(crate) label: &'a str,
-    pub(crate) log_dir: Option<&'a Path>,
+    /// Where its log file goes, and the name it starts with (before the
+    /// pid), if it has one.
+    pub(crate) log_dir: Option<(&'a Path, &'a str)>,
     pub(crate) capture_output: bool,
     /// The largest frame either side accepts.
     pub(crate) max_frame: usize,
@@ -102,13 +102,7 @@ impl Child {
             capture_output: launch.capture_output,
         })?;
         let (pid, pidfd) = (s.pid, Arc::new(s.pidfd));
-        let log_name = match &role {
-            Role::Process { .. } => launch.label,
-            Role::Worker { log_name } => log_name,
-        };
-        let attached = Self::attach(
-            launch, log_name, s.socket, s.stdout, s.stderr, pid, &pidfd, status,
-        );
+        let attached = Self::attach(launch, s.socket, s.stdout, s.stderr, pid, &pidfd, status);
         let mut child = match attached {
             Ok(c) => c,
             Err(e) => {
@@ -120,12 +114,10 @@ impl Child {
         Ok(child)
     }
 
-    /// Starts forwarding the child's logs (to a file named after
-    /// `log_name` too, with a log directory) and splits its socket.
-    #[allow(clippy::too_many_arguments)]
+    /// Starts forwarding the child's logs (to its log file too, if it has
+    /// one) and splits its socket.
     fn attach(
         launch: &Launch<'_>,
-        log_name: &str,
         socket: OwnedFd,
         stdout: Option<OwnedFd>,
         stderr: Option<OwnedFd>,
@@ -133,8 +125,7 @@ impl Child {
         pidfd: &Arc<OwnedFd>,
         status: Arc<SharedWords>,
     ) -> Result<Child> {
-        let file = launch.log_dir.map(|dir| (dir, log_name));
-        let log = launch.origin.forwarder(launch.label, pid, file)?;
+        let log = launch.origin.forwarder(launch.label, pid, launch.log_dir)?;
         let (mut reader, writer) = wire::split(socket)?;
         reader.set_max_frame(launch.max_frame);
         let capture = log::Capture::start(log.clone(), stdout, stderr, pidfd.clone());
@@ -171,7 +162,7 @@ impl Child {
                 };
                 (init, value.fds)
             }
-            Role::Worker { .. } => (
+            Role::Worker => (
                 Init::Worker {
                     stop_grace: launch.stop_grace,
                 },

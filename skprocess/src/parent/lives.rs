@@ -66,6 +66,8 @@ struct State {
     /// The pid of the life running now (or the last one).
     pid: u32,
     stop: bool,
+    /// A life ended stopped by a signal it received (SIGTERM, SIGINT).
+    signalled: bool,
     killed: bool,
     /// Timers of the lives that have ended.
     past: Timers,
@@ -107,6 +109,7 @@ impl Control {
                 attempt: 0,
                 pid: 0,
                 stop: false,
+                signalled: false,
                 killed: false,
                 past: Timers::default(),
             }),
@@ -174,6 +177,19 @@ impl Control {
             // lock) before it reaps it, so the pid is not recycled yet.
             child::kill_child(l.pid, &l.pidfd);
         }
+    }
+
+    /// Whether a life ended stopped by a signal sent to the child itself:
+    /// a stop, as [`stop`](Control::stop) is.
+    pub(crate) fn is_signalled(&self) -> bool {
+        self.lock().signalled
+    }
+
+    /// A life said its stop came from a signal: no further life starts.
+    fn signalled(&self) {
+        let mut s = self.lock();
+        s.signalled = true;
+        s.stop = true;
     }
 
     pub(crate) fn is_killed(&self) -> bool {
@@ -265,6 +281,8 @@ pub(crate) struct Lives {
     config: Config,
     started: Instant,
     origin: log::Origin,
+    /// What its log files are named after, if not its type.
+    log_name: Option<String>,
 }
 
 impl Lives {
@@ -281,7 +299,20 @@ impl Lives {
             config,
             started: Instant::now(),
             origin: log::Origin::capture(),
+            log_name: None,
         }
+    }
+
+    /// Names its log files (`Config::log_dir`) after `name` instead of its
+    /// type: a supervised child's are named after the child.
+    pub(crate) fn log_name(mut self, name: String) -> Lives {
+        self.log_name = Some(name);
+        self
+    }
+
+    /// What other threads share with this runner.
+    pub(crate) fn control(&self) -> &Arc<Control> {
+        &self.control
     }
 
     fn failure(&self, attempt: u32, hook: Option<Hook>, run: Option<u64>, cause: Cause) -> Failure {
@@ -317,7 +348,10 @@ impl Lives {
         let launch = Launch {
             origin: &self.origin,
             label: self.control.name,
-            log_dir: self.config.log_dir.as_deref(),
+            log_dir: self.config.log_dir.as_deref().map(|dir| {
+                let name = self.log_name.as_deref().unwrap_or(self.control.name);
+                (dir, name)
+            }),
             capture_output: self.config.capture_output,
             max_frame: self.config.max_message,
             stop_grace: self.config.stop_grace,
@@ -443,6 +477,9 @@ impl Lives {
                 },
                 Event::Overrun(o) => return self.overrun(child, attempt, o),
                 Event::Closed => {
+                    if proto::was_signalled(child.status().words()) {
+                        self.control.signalled();
+                    }
                     self.control.unpublish(&child, None);
                     let (hook, run) = child.position();
                     let done = matches!(outcome, Some(Outcome::Done(_)));

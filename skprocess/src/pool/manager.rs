@@ -130,19 +130,20 @@ impl Worker {
     /// Starts the worker of `slot` with `settings` and tells it to serve;
     /// its events go to `origin`.
     pub(crate) fn spawn(origin: &log::Origin, settings: &Settings, slot: usize) -> Result<Worker> {
+        let log_name = log_name(slot);
         let launch = Launch {
             origin,
             label: &label(IDLE_LABEL, slot),
-            log_dir: settings.log_dir.as_deref(),
+            log_dir: settings
+                .log_dir
+                .as_deref()
+                .map(|dir| (dir, log_name.as_str())),
             capture_output: settings.capture_output,
             max_frame: crate::config::DEFAULT_MAX_MESSAGE,
             stop_grace: crate::Config::default().get_stop_grace(),
         };
-        let role = Role::Worker {
-            log_name: log_name(slot),
-        };
         Ok(Worker {
-            child: Child::start(&launch, role)?,
+            child: Child::start(&launch, Role::Worker)?,
             answered: 0,
             labelled: IDLE_LABEL.to_string(),
         })

@@ -133,6 +133,8 @@ enum Msg {
         slot: usize,
         generation: u64,
         result: Result<()>,
+        /// The child was stopped by a signal sent to it: a stop.
+        signalled: bool,
     },
     /// Look at the timers again.
     Poke,
@@ -242,7 +244,10 @@ impl Inner {
                     kill_at: None,
                     stopped: false,
                     pending_restart: false,
-                    launching: false,
+                    // Starting from now: a strategy that restarts its
+                    // siblings before `launch` below gets to it treats it
+                    // as any child still being started.
+                    launching: true,
                     report,
                 });
             }
@@ -262,6 +267,7 @@ impl Inner {
             let mut sup = self.lock();
             let slot = &mut sup.slots[i];
             if slot.stopped {
+                slot.launching = false;
                 slot.state = State::Stopped;
                 None
             } else {
@@ -281,26 +287,32 @@ impl Inner {
                     initial,
                     slot.spec.type_id,
                     slot.spec.config.clone(),
+                    // Log files are named after the child: `shard/0`
+                    // writes `shard-0-<pid>.log`.
+                    slot.spec.name.replace('/', "-"),
                 ))
             }
         };
-        let Some((generation, control, initial, type_id, config)) = prepared else {
+        let Some((generation, control, initial, type_id, config, log_name)) = prepared else {
             self.changed.notify_all();
             return;
         };
         let started = initial.and_then(|initial| {
-            let mut lives = Lives::new(control.clone(), type_id, initial, config);
+            let mut lives =
+                Lives::new(control.clone(), type_id, initial, config).log_name(log_name);
             let first = lives.start_first()?;
             let wake = self.wake.clone();
             std::thread::Builder::new()
                 .name("skprocess-supervised".into())
                 .stack_size(256 * 1024)
                 .spawn(move || {
+                    let control = lives.control().clone();
                     let result = lives.run(first).map(drop);
                     let _ = wake.send(Msg::Ended {
                         slot: i,
                         generation,
                         result,
+                        signalled: control.is_signalled(),
                     });
                 })
                 .map_err(Error::Spawn)
@@ -316,8 +328,9 @@ impl Inner {
                 slot.control = Some(control);
                 slot.state = State::Running;
                 let name = slot.spec.name.clone();
-                if slot.stopped {
-                    // Stopped while it was being started.
+                if slot.stopped || slot.pending_restart {
+                    // Stopped, or taken down by its strategy, while it was
+                    // being started.
                     slot.take_down(Instant::now());
                     let _ = self.wake.send(Msg::Poke);
                 }
@@ -331,6 +344,7 @@ impl Inner {
                     slot: i,
                     generation,
                     result: Err(e),
+                    signalled: false,
                 });
                 return;
             }
@@ -340,7 +354,7 @@ impl Inner {
     }
 
     /// What happens when a start has ended.
-    fn ended(self: &Arc<Self>, i: usize, generation: u64, result: Result<()>) {
+    fn ended(self: &Arc<Self>, i: usize, generation: u64, result: Result<()>, signalled: bool) {
         let now = Instant::now();
         let mut sup = self.lock();
         let gave_up = sup.gave_up.is_some();
@@ -353,6 +367,11 @@ impl Inner {
         slot.control = None;
         slot.launching = false;
         slot.kill_at = None;
+        if signalled {
+            // SIGTERM or SIGINT sent to the child itself: a stop, which
+            // is never followed by a restart.
+            slot.stopped = true;
+        }
         let name = slot.spec.name.clone();
         let hung = result.as_ref().err().is_some_and(Error::is_hung);
         let error = result.err().map(|e| e.to_string());
@@ -409,11 +428,8 @@ impl Inner {
                     give_up(&mut sup, &name, e, now);
                 } else {
                     let slot = &mut sup.slots[i];
-                    if ran >= slot.spec.backoff.reset_after {
-                        slot.delay = slot.spec.backoff.first;
-                    }
-                    let delay = slot.delay;
-                    slot.delay = slot.spec.backoff.next(delay);
+                    let (delay, then) = slot.spec.backoff.delay_after(slot.delay, ran);
+                    slot.delay = then;
                     slot.restarts += 1;
                     schedule(&mut sup, i, now, delay);
                     sup.emit(Event::Restarting {
@@ -433,6 +449,10 @@ impl Inner {
                         if other.control.is_some() {
                             other.pending_restart = true;
                             other.take_down(now);
+                        } else if other.launching {
+                            // Still being started: taken down as soon as
+                            // it runs (see `launch`), then started again.
+                            other.pending_restart = true;
                         } else if other.start_at.is_none() && !other.is_running() {
                             other.restarts += 1;
                             schedule(&mut sup, j, now, delay);
@@ -531,6 +551,9 @@ impl Inner {
             // Counted as a restart when it has ended.
             slot.pending_restart = true;
             slot.take_down(now);
+        } else if slot.launching {
+            // Taken down as soon as it runs, then started again.
+            slot.pending_restart = true;
         } else if !slot.is_running() {
             slot.restarts += 1;
             slot.start_at = None;
@@ -659,7 +682,8 @@ fn supervise(inner: &std::sync::Weak<Inner>, inbox: &Receiver<Msg>) {
                 slot,
                 generation,
                 result,
-            }) => inner.ended(slot, generation, result),
+                signalled,
+            }) => inner.ended(slot, generation, result, signalled),
             Ok(Msg::Poke) | Err(RecvTimeoutError::Timeout) => {}
         }
         next = inner.tick();

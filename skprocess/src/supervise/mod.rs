@@ -65,7 +65,7 @@ use crossbeam_channel::Receiver;
 use engine::Inner;
 use serde::de::DeserializeOwned;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -179,7 +179,7 @@ impl Builder {
     pub fn build(self) -> Supervisor {
         Supervisor {
             inner: Inner::start(self.strategy, self.intensity),
-            signals: None,
+            signals: Mutex::new(None),
         }
     }
 }
@@ -191,7 +191,8 @@ impl Builder {
 /// `drop` returns.
 pub struct Supervisor {
     inner: Arc<Inner>,
-    signals: Option<(signal_hook::iterator::Handle, JoinHandle<()>)>,
+    /// The signal handlers of [`shutdown_on_signals`](Supervisor::shutdown_on_signals), once installed.
+    signals: Mutex<Option<(signal_hook::iterator::Handle, JoinHandle<()>)>>,
 }
 
 impl fmt::Debug for Supervisor {
@@ -359,8 +360,9 @@ impl Supervisor {
     /// # Errors
     ///
     /// If the handlers cannot be installed.
-    pub fn shutdown_on_signals(&mut self) -> Result<()> {
-        if self.signals.is_some() {
+    pub fn shutdown_on_signals(&self) -> Result<()> {
+        let mut installed = self.signals.lock().unwrap_or_else(|p| p.into_inner());
+        if installed.is_some() {
             return Ok(());
         }
         use signal_hook::consts::{SIGINT, SIGTERM};
@@ -376,7 +378,7 @@ impl Supervisor {
                     }
                 }
             })?;
-        self.signals = Some((handle, thread));
+        *installed = Some((handle, thread));
         Ok(())
     }
 
@@ -394,7 +396,8 @@ impl Supervisor {
 impl Drop for Supervisor {
     fn drop(&mut self) {
         let _ = self.inner.stop_all();
-        if let Some((handle, thread)) = self.signals.take() {
+        let signals = self.signals.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some((handle, thread)) = signals.take() {
             handle.close();
             let _ = thread.join();
         }

@@ -76,6 +76,18 @@ impl Backoff {
     pub(crate) fn next(&self, delay: Duration) -> Duration {
         delay.saturating_mul(2).clamp(self.first, self.cap)
     }
+
+    /// The delay before restarting a child that ran for `ran`, when the
+    /// delay due was `due`; and the one due after it. A child that ran for
+    /// `reset_after` or longer starts over from `first`.
+    pub(crate) fn delay_after(&self, due: Duration, ran: Duration) -> (Duration, Duration) {
+        let delay = if ran >= self.reset_after {
+            self.first
+        } else {
+            due
+        };
+        (delay, self.next(delay))
+    }
 }
 
 impl Default for Backoff {
@@ -168,5 +180,21 @@ mod test {
         let ms: Vec<u128> = seen.iter().map(|d| d.as_millis()).collect();
         assert_eq!(ms, [100, 200, 400, 500, 500]);
         assert_eq!(Backoff::none().next(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn backoff_starts_over_after_a_healthy_stretch() {
+        let ms = Duration::from_millis;
+        let b = Backoff::exponential(ms(100), ms(800)).reset_after(Duration::from_secs(10));
+        // Quick failures: the delay doubles.
+        let (d1, due) = b.delay_after(b.first, ms(5));
+        let (d2, due) = b.delay_after(due, ms(5));
+        let (d3, due) = b.delay_after(due, Duration::from_secs(9));
+        assert_eq!([d1, d2, d3], [ms(100), ms(200), ms(400)]);
+        // A run as long as `reset_after`: back to the first delay.
+        let (d4, due) = b.delay_after(due, Duration::from_secs(10));
+        assert_eq!((d4, due), (ms(100), ms(200)));
+        let (d5, _) = b.delay_after(ms(800), Duration::from_secs(60));
+        assert_eq!(d5, ms(100));
     }
 }
