@@ -9,7 +9,7 @@ use skprocess::{Cause, ImapNext};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use support::{proc_state, watchdog};
+use support::{proc_state, send_signal, watchdog};
 
 /// A file-system gate: an item waits (bounded) until the test creates the
 /// file, so a test can prove an item was yielded while another still ran.
@@ -692,8 +692,7 @@ fn a_worker_killed_while_idle_is_replaced() {
     watchdog();
     let pool = Pool::new(2).unwrap();
     let victim = pool.pids()[0];
-    // SAFETY: sending SIGKILL to our own child has no memory-safety concern.
-    assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGKILL) }, 0);
+    send_signal(victim, rustix::process::Signal::KILL);
     let done = pool.map((0..30).map(Item::new)).unwrap();
     assert_eq!(ids(&done), (0..30).collect::<Vec<_>>());
     assert!(

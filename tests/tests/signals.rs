@@ -4,10 +4,11 @@
 
 mod support;
 
+use rustix::process::Signal;
 use serde::{Deserialize, Serialize};
 use skprocess::prelude::*;
 use std::time::{Duration, Instant};
-use support::{assert_gone, assert_gone_within, finish, watchdog};
+use support::{assert_gone, assert_gone_within, finish, send_signal, watchdog};
 
 /// Runs until stopped; says when it is running; records `onfinish`.
 #[derive(Process, Serialize, Deserialize)]
@@ -32,13 +33,7 @@ impl Process for Service {
     }
 }
 
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill takes plain integers.
-    let r = unsafe { libc::kill(pid as libc::pid_t, sig) };
-    assert_eq!(r, 0, "kill({pid}, {sig})");
-}
-
-fn stopped_by(sig: i32) {
+fn stopped_by(sig: Signal) {
     watchdog();
     let mut h = Service {
         runs: 0,
@@ -48,7 +43,7 @@ fn stopped_by(sig: i32) {
     .unwrap();
     let up: String = h.listen(support::DEADLINE).unwrap().expect("running");
     assert_eq!(up, "running");
-    signal(h.pid(), sig);
+    send_signal(h.pid(), sig);
     let done = finish(&mut h).unwrap();
     assert!(done.finished, "onfinish ran");
     assert!(done.runs >= 1);
@@ -58,12 +53,12 @@ fn stopped_by(sig: i32) {
 
 #[test]
 fn sigterm_is_a_graceful_stop() {
-    stopped_by(libc::SIGTERM);
+    stopped_by(Signal::TERM);
 }
 
 #[test]
 fn sigint_is_a_graceful_stop() {
-    stopped_by(libc::SIGINT);
+    stopped_by(Signal::INT);
 }
 
 /// Runs until stopped, with a `sleep` subprocess; `onfinish` marks a share.

@@ -5,11 +5,12 @@
 mod support;
 
 use crossbeam_channel::Receiver;
+use rustix::process::Signal;
 use serde::{Deserialize, Serialize};
 use skprocess::prelude::*;
 use skprocess::supervise::{Backoff, Child, Event, Restart, State, Strategy, Supervisor};
 use std::time::{Duration, Instant};
-use support::{assert_gone_within, watchdog};
+use support::{assert_gone_within, send_signal, watchdog};
 
 /// Runs until stopped (or for `runs` iterations), then fails if `fail`;
 /// counts its `onfinish` in a share; reports its iterations.
@@ -395,8 +396,7 @@ fn a_child_killed_from_outside_is_restarted() {
     sup.add_with("victim", Svc::forever(&done), quick())
         .unwrap();
     let pid = started(&events, "victim");
-    // SAFETY: kill takes plain integers.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    send_signal(pid, Signal::KILL);
     let error = exited(&events, "victim").expect("a crash");
     assert!(error.contains("SIGKILL"), "{error}");
     let again = started(&events, "victim");
@@ -423,8 +423,7 @@ fn a_child_stopped_by_sigterm_is_stopped_and_not_restarted() {
         std::thread::yield_now();
     }
     assert_eq!(sup.status("calm").unwrap().pid, Some(pid));
-    // SAFETY: kill takes plain integers.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    send_signal(pid, Signal::TERM);
     assert_eq!(exited(&events, "calm"), None, "a graceful stop");
     let st = sup.status("calm").unwrap();
     assert_eq!(st.state, State::Stopped);
@@ -735,8 +734,7 @@ fn a_supervising_program_that_receives_sigterm_stops_every_child_gracefully() {
         }
         std::thread::yield_now();
     }
-    // SAFETY: kill takes plain integers.
-    unsafe { libc::kill(program.id() as libc::pid_t, libc::SIGTERM) };
+    send_signal(program.id(), Signal::TERM);
     let status = loop {
         if let Some(s) = program.try_wait().unwrap() {
             break s;

@@ -96,3 +96,15 @@ pub fn open_fds() -> usize {
         .map(|d| d.count())
         .unwrap_or(0)
 }
+
+/// Sends `signal` to process `pid`; a process already gone is not an
+/// error (it may have ended on its own).
+pub fn send_signal(pid: u32, signal: rustix::process::Signal) {
+    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {
+        panic!("no process has pid {pid}");
+    };
+    match rustix::process::kill_process(pid, signal) {
+        Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+        Err(e) => panic!("kill({pid:?}, {signal:?}): {e}"),
+    }
+}
