@@ -11,6 +11,10 @@
 //! wait for it, so the stop is bounded: after `stop_grace` plus one second
 //! the control thread ends the group itself, even if a hook is stuck in C
 //! code.
+//!
+//! The role dispatch (`child`) starts it; the lifecycle (`runtime`) and the
+//! pool worker use it. It names neither, so neither reaches the other
+//! through it.
 
 use crate::error::{Error, Result};
 use crate::proto::{kind, Exit};
