@@ -154,7 +154,11 @@ fn control(mut reader: Reader, inbox: &Sender<Frame>, others: &Sender<Frame>, li
             Err(Error::Disconnected) => return,
             Err(e) => {
                 eprintln!("skprocess child {}: {e}", sys::proc::getpid());
-                end_group(Exit::ControlBroken)
+                // The parent is there (it wrote what broke): it sees this
+                // exit and ends what the hooks started, as for any life
+                // that ends without its result. Ending the group here
+                // would end this process by the signal, not the exit code.
+                sys::proc::exit_now(Exit::ControlBroken.code())
             }
         }
     }

@@ -140,3 +140,58 @@ fn an_io_error_prints_its_source_once() {
     let text = report(&e);
     assert_eq!(text.matches("Too many open files").count(), 1, "{text}");
 }
+
+/// Puts garbage where its control socket was, says so, then waits to be
+/// ended: the next frame its parent sends is followed by bytes that are no
+/// frame, as from a parent that speaks nonsense.
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1)]
+struct CorruptsItsControlSocket;
+
+impl Process for CorruptsItsControlSocket {
+    fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let sockets: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
+            .flatten()
+            .filter(|e| {
+                std::fs::read_link(e.path())
+                    .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+            })
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        let (garbage, mut feed) = std::os::unix::net::UnixStream::pair()?;
+        // A frame header whose reserved bytes are not zero.
+        feed.write_all(&[8, 0, 0, 0, 2, 0, 0xab, 0xcd])?;
+        ctx.tell(&"ready".to_string())?;
+        for fd in sockets {
+            // SAFETY: dup2 only replaces what descriptor `fd` refers to;
+            // the control thread's read in progress keeps the old socket.
+            unsafe { libc::dup2(garbage.as_raw_fd(), fd) };
+        }
+        // Ended by its control thread, at the next frame.
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+#[test]
+fn a_named_exit_reaches_the_user_in_words() {
+    watchdog();
+    let mut h = CorruptsItsControlSocket.start().unwrap();
+    let ready: Option<String> = h.listen(DEADLINE).unwrap();
+    assert_eq!(ready.as_deref(), Some("ready"));
+    // Wakes the control thread, which then reads the garbage.
+    let _ = h.tell(&0u64);
+    let e = finish(&mut h).err().expect("cannot succeed");
+    let text = e.to_string();
+    assert!(e.is_crash(), "{text}");
+    assert!(
+        text.contains("its parent sent malformed data on the control socket"),
+        "{text}"
+    );
+    assert!(!text.contains("exited with code"), "{text}");
+    assert!(!text.contains("SIGKILL"), "{text}");
+    assert_gone(h.pid());
+}
