@@ -447,7 +447,9 @@ fn pipe_run(seed: u64, lives: u32, report: &mut Report) {
         }
     });
     report.kills += kills;
-    let mut h = Arc::try_unwrap(h).ok().expect("the killer is done");
+    let Ok(mut h) = Arc::try_unwrap(h) else {
+        panic!("the killer still holds the handle")
+    };
     h.stop();
     // Stopped, or (if the stop met a life being replaced) its next life
     // starts stopped; the value comes back with the sender in it.
