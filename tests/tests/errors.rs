@@ -141,35 +141,50 @@ fn an_io_error_prints_its_source_once() {
     assert_eq!(text.matches("Too many open files").count(), 1, "{text}");
 }
 
-/// Puts garbage where its control socket was, says so, then waits to be
-/// ended: the next frame its parent sends is followed by bytes that are no
-/// frame, as from a parent that speaks nonsense.
+/// Puts garbage where its control socket was, says so through a share,
+/// then waits to be ended: the next frame its parent sends is followed by
+/// bytes that are no frame, as from a parent that speaks nonsense.
 #[derive(Process, Serialize, Deserialize)]
 #[process(runs = 1)]
-struct CorruptsItsControlSocket;
+struct CorruptsItsControlSocket {
+    done: Share<bool>,
+}
 
 impl Process for CorruptsItsControlSocket {
-    fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+    fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
         use std::io::Write;
         use std::os::fd::AsRawFd;
-        let sockets: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
+        // The control socket is the first socket a child has (taken over
+        // before `main`): the one of the lowest-numbered socket descriptor.
+        // The control thread reads it through one descriptor and writes
+        // through another.
+        let mut sockets: Vec<(i32, String)> = std::fs::read_dir("/proc/self/fd")?
             .flatten()
-            .filter(|e| {
-                std::fs::read_link(e.path())
-                    .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+            .filter_map(|e| {
+                let target = std::fs::read_link(e.path()).ok()?;
+                let target = target.to_string_lossy().into_owned();
+                let fd = e.file_name().to_str()?.parse().ok()?;
+                target.starts_with("socket:").then_some((fd, target))
             })
-            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        sockets.sort();
+        let control = sockets.first().ok_or("no socket")?.1.clone();
+        let sockets: Vec<i32> = sockets
+            .into_iter()
+            .filter(|(_, t)| *t == control)
+            .map(|(fd, _)| fd)
             .collect();
         let (garbage, mut feed) = std::os::unix::net::UnixStream::pair()?;
         // A frame header whose reserved bytes are not zero.
         feed.write_all(&[8, 0, 0, 0, 2, 0, 0xab, 0xcd])?;
-        ctx.tell(&"ready".to_string())?;
         for fd in sockets {
-            // SAFETY: dup2 only replaces what descriptor `fd` refers to;
-            // the control thread's read in progress keeps the old socket.
+            // SAFETY: dup2 only changes what descriptor `fd` refers to; the
+            // control thread's read in progress keeps the old socket until
+            // the next frame arrives.
             unsafe { libc::dup2(garbage.as_raw_fd(), fd) };
         }
-        // Ended by its control thread, at the next frame.
+        self.done.set(true)?;
+        // Ended by its control thread, after the next frame.
         loop {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
@@ -179,12 +194,28 @@ impl Process for CorruptsItsControlSocket {
 #[test]
 fn a_named_exit_reaches_the_user_in_words() {
     watchdog();
-    let mut h = CorruptsItsControlSocket.start().unwrap();
-    let ready: Option<String> = h.listen(DEADLINE).unwrap();
-    assert_eq!(ready.as_deref(), Some("ready"));
-    // Wakes the control thread, which then reads the garbage.
-    let _ = h.tell(&0u64);
-    let e = finish(&mut h).err().expect("cannot succeed");
+    let done = Share::new(false).unwrap();
+    let mut h = CorruptsItsControlSocket { done: done.clone() }
+        .start()
+        .unwrap();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let e = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child never got ready"
+        );
+        if done.get().unwrap() {
+            // Wakes the control thread (if nothing else did), which then
+            // reads the garbage.
+            let _ = h.tell(&0u64);
+            break finish(&mut h).err().expect("cannot succeed");
+        }
+        match h.wait_timeout(std::time::Duration::from_millis(1)) {
+            Ok(None) => {}
+            Ok(Some(_)) => panic!("cannot succeed"),
+            Err(e) => break e,
+        }
+    };
     let text = e.to_string();
     assert!(e.is_crash(), "{text}");
     assert!(
