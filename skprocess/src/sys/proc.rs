@@ -147,8 +147,8 @@ pub(crate) fn getppid() -> u32 {
 }
 
 /// Asks the kernel to send SIGTERM to this process when the thread that
-/// spawned it ends: the child turns it into a graceful stop, bounded in time
-/// (see `child::signals`).
+/// spawned it ends: the child turns it into a graceful stop, bounded in
+/// time.
 pub(crate) fn set_parent_death_signal() -> io::Result<()> {
     Ok(rustix::process::set_parent_process_death_signal(Some(
         Signal::TERM,
