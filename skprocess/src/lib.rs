@@ -445,6 +445,7 @@ mod child;
 mod config;
 mod error;
 mod handle;
+mod link;
 pub mod live;
 mod log;
 mod parent;

@@ -2,7 +2,7 @@
 //! sees ([`Ctx`]), panics turned into failures, and hook timing.
 //!
 //! The main thread (which took over before `main`) runs the hooks; the
-//! control thread (`child::link`) reads the socket meanwhile, so a stop
+//! control thread (`link`) reads the socket meanwhile, so a stop
 //! request or a `tell` arrives while a hook runs.
 //!
 //! Each hook call is timed into a shared-memory page the parent can read at
@@ -10,9 +10,9 @@
 //! that dies is reported with where it was. Only hooks with a timeout cost a
 //! message (start and end), which the parent needs to arm its deadline.
 
-use crate::child::Link;
 use crate::config::Hook;
 use crate::error::{chain, Cause, Error, Failure, Fatal, HookResult, Result};
+use crate::link::Link;
 use crate::proto::{kind, timer_words, Exit, HookMark, Plan, STATUS_BEAT, STATUS_HOOK, STATUS_RUN};
 use crate::report::ReportPage;
 use crate::stats::Stats;

@@ -446,10 +446,10 @@ impl<'de, T: Send + 'static> Deserialize<'de> for Share<T> {
         let FdIndex(index) = FdIndex::deserialize(d)?;
         let fd = wire::take_fd(index).map_err(serde::de::Error::custom)?;
         let seg = attach(fd).map_err(|e| {
-            serde::de::Error::custom(format_args!(
+            serde::de::Error::custom(wire::refuse(format!(
                 "cannot attach to Share<{}>: {e}",
                 std::any::type_name::<T>()
-            ))
+            )))
         })?;
         Ok(Share { seg })
     }

@@ -8,6 +8,9 @@
 //! panic. The set of frame kinds is open: a reader that meets a kind it does
 //! not know reports it as an error its caller can surface.
 //!
+//! The codec holds no limit of its own beyond what a header can state:
+//! callers pass theirs (`Reader::set_max_frame`, [`check_size`]).
+//!
 //! Values are encoded with postcard. Types postcard cannot describe
 //! (`#[serde(flatten)]`, untagged enums) fail with an error that names the
 //! type and points to [`Json`].
@@ -132,12 +135,19 @@ pub(crate) struct Reader {
     fds_lost: bool,
 }
 
+/// The largest payload a header can state: the limit of a reader nobody
+/// gave one (see [`Reader::set_max_frame`]).
+const MAX_LENGTH: usize = u32::MAX as usize;
+
 const READ_CHUNK: usize = 256 * 1024;
 /// A reader starts small (a live handle should cost little memory) and grows
 /// to fit the frames it meets.
 const INITIAL_BUFFER: usize = 16 * 1024;
 
 impl Reader {
+    /// A reader of `fd` that accepts any length a header can state; a
+    /// caller with a configured limit sets it with
+    /// [`set_max_frame`](Reader::set_max_frame).
     pub(crate) fn new(fd: OwnedFd) -> Self {
         Reader {
             sock: Arc::new(fd),
@@ -145,7 +155,7 @@ impl Reader {
             start: 0,
             end: 0,
             fds: VecDeque::new(),
-            max_frame: crate::config::DEFAULT_MAX_MESSAGE,
+            max_frame: MAX_LENGTH,
             eof: false,
             fds_lost: false,
         }

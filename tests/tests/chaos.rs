@@ -211,12 +211,10 @@ impl Process for Clerk {
     }
 }
 
-#[test]
-fn processes_killed_while_holding_a_share_leave_it_whole_and_usable() {
-    watchdog();
-    let ledger = Share::new(Ledger::default()).unwrap();
-    let mut rng = Rng::new(7);
-    for round in 0..6 {
+/// Clerks killed at random while they hold the ledger's lock, for
+/// `rounds` rounds.
+fn share_rounds(ledger: &Share<Ledger>, rng: &mut Rng, rounds: u32, report: &mut Report) {
+    for round in 0..rounds {
         let clerks: Vec<Handle<Clerk>> = (0..3)
             .map(|_| {
                 Clerk {
@@ -231,29 +229,39 @@ fn processes_killed_while_holding_a_share_leave_it_whole_and_usable() {
             .map(|h| h.listen(support::DEADLINE).unwrap().expect("pid"))
             .collect();
         // Let them contend a little, then kill them one by one at random.
-        for (h, &pid) in clerks.iter().zip(&pids) {
+        for &pid in &pids {
             let until = Instant::now() + Duration::from_micros(rng.below(5_000));
             while Instant::now() < until {
                 std::hint::spin_loop();
             }
             sigkill(pid);
-            let _ = h;
+            report.kills += 1;
         }
         for mut h in clerks {
             assert!(finish(&mut h).is_err(), "round {round}: killed");
         }
-        for p in pids {
-            assert_gone_within(p, support::DEADLINE);
-        }
+        report.pids.extend(pids);
         let l = ledger
             .lock_timeout(support::DEADLINE)
             .unwrap()
             .expect("the lock is free again");
         l.check();
     }
+}
+
+fn share_scenario(report: &mut Report) {
+    let ledger = Share::new(Ledger::default()).unwrap();
+    let mut rng = Rng::new(7);
+    share_rounds(&ledger, &mut rng, 1, report);
+    report.fds[0] = open_fds();
+    share_rounds(&ledger, &mut rng, 6, report);
     assert!(ledger.get().unwrap().a > 0, "the clerks did some work");
-    assert!(zombie_children().is_empty());
-    assert_no_shm_files();
+    report.fds[1] = open_fds();
+}
+
+#[test]
+fn processes_killed_while_holding_a_share_leave_it_whole_and_usable() {
+    alone(Scenario::Share);
 }
 
 /// A process with a life to spare per kill, that sends numbered messages
@@ -272,16 +280,14 @@ impl Process for Counter {
     }
 }
 
-#[test]
-fn a_process_killed_between_and_during_lives_restarts_cleanly() {
-    watchdog();
+/// A `Counter` killed `kills` times at random, then stopped.
+fn respawn_run(rng: &mut Rng, kills: u32, report: &mut Report) {
     let mut h = Counter { n: 0 }.start().unwrap();
-    let mut rng = Rng::new(11);
     let mut last_attempt = 1;
     let mut expect = 0u64;
-    let mut kills = 0;
+    let mut killed = 0;
     let deadline = Instant::now() + support::DEADLINE;
-    while kills < 30 {
+    while killed < kills {
         assert!(Instant::now() < deadline, "no progress");
         let (attempt, n, sum): (u32, u64, u64) = match h.listen(support::DEADLINE).unwrap() {
             Some(m) => m,
@@ -297,18 +303,260 @@ fn a_process_killed_between_and_during_lives_restarts_cleanly() {
         }
         assert_eq!(n, expect, "in order within a life");
         expect += 1;
+        report.checked += 1;
         if rng.below(50) == 0 {
+            report.pids.push(h.pid());
             sigkill(h.pid());
-            kills += 1;
+            killed += 1;
         }
     }
+    report.kills += killed;
     h.stop();
-    let pid = h.pid();
     // Stopped (or, if the stop met a life being replaced, the next life
     // starts stopped): it ends either way.
     let _ = finish(&mut h);
-    assert_gone_within(pid, support::DEADLINE);
-    assert!(zombie_children().is_empty());
+    report.pids.push(h.pid());
+}
+
+fn respawn_scenario(report: &mut Report) {
+    let mut rng = Rng::new(11);
+    respawn_run(&mut rng, 2, report);
+    report.fds[0] = open_fds();
+    respawn_run(&mut rng, 30, report);
+    report.fds[1] = open_fds();
+}
+
+#[test]
+fn a_process_killed_between_and_during_lives_restarts_cleanly() {
+    alone(Scenario::Respawn);
+}
+
+/// One message through the pipe: its life, its place in that life, and
+/// bytes that follow from both, with their checksum.
+#[derive(Serialize, Deserialize, Debug)]
+struct Numbered {
+    attempt: u32,
+    seq: u64,
+    data: Vec<u8>,
+    sum: u64,
+}
+
+fn fnv(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+        (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The bytes of message `seq` of life `attempt`: sizes from a few bytes
+/// to more than twice the ring, so many are streamed through it in pieces
+/// and a kill often lands in the middle of one.
+fn numbered_data(attempt: u32, seq: u64) -> Vec<u8> {
+    let len = (seq.wrapping_mul(7919) % (2 * PIPE_RING as u64 + 1000)) as usize;
+    (0..len)
+        .map(|i| (i as u64 ^ seq.wrapping_mul(131) ^ u64::from(attempt)) as u8)
+        .collect()
+}
+
+impl Numbered {
+    fn new(attempt: u32, seq: u64) -> Numbered {
+        let data = numbered_data(attempt, seq);
+        Numbered {
+            attempt,
+            seq,
+            sum: fnv(&data),
+            data,
+        }
+    }
+
+    /// Whether this is exactly the message its header names.
+    fn is_whole(&self) -> bool {
+        self.sum == fnv(&self.data) && self.data == numbered_data(self.attempt, self.seq)
+    }
+}
+
+const PIPE_RING: usize = 16 << 10;
+
+/// Streams numbered messages through its pipe, each life from 0.
+#[derive(Process, Serialize, Deserialize)]
+#[process(lives = 1000)]
+struct Streamer {
+    tx: PipeSender,
+    seq: u64,
+}
+
+impl Process for Streamer {
+    fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+        self.tx.send(&Numbered::new(ctx.attempt(), self.seq))?;
+        self.seq += 1;
+        Ok(())
+    }
+}
+
+/// Checks the stream one message at a time: whole, and in order within a
+/// life (only a life's last message can be lost, cut by its death).
+#[derive(Default)]
+struct StreamCheck {
+    attempt: u32,
+    next: u64,
+    received: u64,
+}
+
+impl StreamCheck {
+    fn take(&mut self, m: &Numbered) {
+        assert!(
+            m.is_whole(),
+            "a garbled message: life {} #{} of {} bytes",
+            m.attempt,
+            m.seq,
+            m.data.len()
+        );
+        assert!(m.attempt >= self.attempt, "lives only go up");
+        if m.attempt > self.attempt {
+            self.attempt = m.attempt;
+            self.next = 0;
+        }
+        assert_eq!(m.seq, self.next, "in order within life {}", m.attempt);
+        self.next += 1;
+        self.received += 1;
+    }
+}
+
+/// A `Streamer` SIGKILLed at random moments until the parent has read
+/// from `lives` lives, then stopped; the parent reads until the pipe says
+/// the sender is gone.
+fn pipe_run(seed: u64, lives: u32, report: &mut Report) {
+    let (tx, rx) = Pipe::one_way_with_capacity(PIPE_RING).unwrap();
+    let h = Arc::new(Streamer { tx, seq: 0 }.start().unwrap());
+    let victims = {
+        let h = h.clone();
+        move || match h.is_alive() {
+            true => vec![h.pid()],
+            false => vec![],
+        }
+    };
+    let mut check = StreamCheck::default();
+    let deadline = Instant::now() + support::DEADLINE;
+    let ((), kills) = with_killer(seed, victims, || {
+        while check.attempt < lives {
+            assert!(Instant::now() < deadline, "no progress");
+            let m: Numbered = rx
+                .recv_timeout(support::DEADLINE)
+                .unwrap()
+                .expect("a message");
+            check.take(&m);
+        }
+    });
+    report.kills += kills;
+    let Ok(mut h) = Arc::try_unwrap(h) else {
+        panic!("the killer still holds the handle")
+    };
+    h.stop();
+    // Stopped, or (if the stop met a life being replaced) its next life
+    // starts stopped; the value comes back with the sender in it.
+    let done = finish(&mut h);
+    report.pids.push(h.pid());
+    drop((done, h));
+    // Whatever the last lives sent arrives whole, then the end.
+    let end = loop {
+        match rx.recv_timeout::<Numbered>(support::DEADLINE) {
+            Ok(Some(m)) => check.take(&m),
+            Ok(None) => panic!("the pipe neither delivers nor ends"),
+            Err(e) => break e,
+        }
+    };
+    // The end: the sender is gone, or the last life's death cut a message
+    // that no later life took over from (which the receiver reports as
+    // such, never as a message).
+    let cut = matches!(&end, Error::Wire(m) if m.contains("ended in the middle of a message"));
+    assert!(end.is_disconnected() || cut, "{end}");
+    assert!(check.received > 0);
+    report.checked += check.received;
+}
+
+fn pipe_scenario(report: &mut Report) {
+    pipe_run(21, 2, report);
+    report.fds[0] = open_fds();
+    for seed in 22..25 {
+        pipe_run(seed, 6, report);
+    }
+    report.fds[1] = open_fds();
+}
+
+#[test]
+fn a_pipe_sender_killed_at_random_moments_never_delivers_a_torn_message() {
+    alone(Scenario::Pipe);
+}
+
+/// What a scenario run in a process of its own saw.
+#[derive(Serialize, Deserialize, Default, Debug)]
+struct Report {
+    kills: u32,
+    /// Messages received and checked.
+    checked: u64,
+    /// Descriptors open after a warm-up run and after the scenario.
+    fds: [usize; 2],
+    /// Every process it started (or killed).
+    pids: Vec<u32>,
+    zombies: Vec<u32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug)]
+enum Scenario {
+    Share,
+    Respawn,
+    Pipe,
+}
+
+/// Runs a scenario in a process of its own, where no other test opens or
+/// closes descriptors or starts children meanwhile.
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1)]
+struct Alone {
+    scenario: Scenario,
+    report: Report,
+}
+
+impl Process for Alone {
+    fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        let r = &mut self.report;
+        match self.scenario {
+            Scenario::Share => share_scenario(r),
+            Scenario::Respawn => respawn_scenario(r),
+            Scenario::Pipe => pipe_scenario(r),
+        }
+        r.zombies = zombie_children();
+        Ok(())
+    }
+}
+
+/// Runs `scenario` alone and checks what it left behind: no zombie, no
+/// process, no descriptor more than after its warm-up, nothing in /dev/shm.
+fn alone(scenario: Scenario) {
+    watchdog();
+    let mut h = Alone {
+        scenario,
+        report: Report::default(),
+    }
+    .start()
+    .unwrap();
+    let r = finish(&mut h)
+        .unwrap_or_else(|e| panic!("{scenario:?}: {e}"))
+        .report;
+    eprintln!(
+        "{scenario:?}: {} kills, {} messages checked, descriptors {:?}",
+        r.kills, r.checked, r.fds
+    );
+    assert!(r.kills > 0, "{scenario:?}: the killer never struck");
+    assert!(
+        r.zombies.is_empty(),
+        "{scenario:?}: zombies {:?}",
+        r.zombies
+    );
+    assert_eq!(r.fds[1], r.fds[0], "{scenario:?}: descriptors left open");
+    for p in r.pids {
+        assert_gone_within(p, support::DEADLINE);
+    }
+    assert_no_shm_files();
 }
 
 /// Starts a pool and a few processes, hands their pids up, then waits.

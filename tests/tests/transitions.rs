@@ -101,6 +101,97 @@ fn tells_racing_a_new_life_are_kept_in_order_and_cost_no_life() {
     }
 }
 
+/// Attempt 1 says so and fails; later attempts run until stopped, and
+/// `onfinish` records which attempt finished.
+#[derive(Process, Serialize, Deserialize)]
+#[process(lives = 3)]
+struct StopsInSecondLife {
+    finished_in: Option<u32>,
+}
+
+impl Process for StopsInSecondLife {
+    fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+        if ctx.attempt() == 1 {
+            ctx.tell(&"dying".to_string())?;
+            return Err("the first life fails".into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+        Ok(())
+    }
+
+    fn onfinish(&mut self, ctx: &mut Ctx) -> HookResult {
+        self.finished_in = Some(ctx.attempt());
+        Ok(())
+    }
+}
+
+/// The children of this process now, from /proc.
+fn children() -> Vec<u32> {
+    let mut pids = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        pids.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    pids
+}
+
+#[test]
+fn a_stop_racing_a_new_life_stops_it_gracefully_and_costs_no_life() {
+    watchdog();
+    // Rounds where the stop was sent once the second life existed (the
+    // new child seen may belong to another test running meanwhile).
+    let mut raced = 0;
+    for round in 0..100 {
+        if raced == 10 {
+            break;
+        }
+        let mut h = StopsInSecondLife { finished_in: None }.start().unwrap();
+        let said: Option<String> = h.listen(support::DEADLINE).unwrap();
+        assert_eq!(said.as_deref(), Some("dying"));
+        let first = h.pid();
+        let before = children();
+        // Stop as soon as a second life exists as a process: most often
+        // before it has read its start frame, or even before the parent
+        // has sent it.
+        let deadline = Instant::now() + support::DEADLINE;
+        let new = loop {
+            if let Some(p) = children().into_iter().find(|p| !before.contains(p)) {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "round {round}: no second life");
+            std::hint::spin_loop();
+        };
+        h.stop();
+        let outcome = finish(&mut h);
+        assert_gone(h.pid());
+        if h.pid() == new {
+            raced += 1;
+            let done = outcome
+                .unwrap_or_else(|e| panic!("round {round}: the stop cost the second life: {e}"));
+            assert_eq!(done.finished_in, Some(2), "round {round}");
+            assert_eq!(h.attempt(), 2, "round {round}");
+        } else {
+            // Either the stop came before a second life was started (there
+            // is none, and the first life's failure is the outcome), or the
+            // second life took it as above.
+            match outcome {
+                Ok(done) => {
+                    assert_eq!(done.finished_in, Some(2), "round {round}");
+                    assert_eq!(h.attempt(), 2, "round {round}");
+                }
+                Err(e) => {
+                    assert!(e.to_string().contains("the first life fails"), "{e}");
+                    assert_eq!((h.attempt(), h.pid()), (1, first), "round {round}");
+                }
+            }
+        }
+    }
+    assert_eq!(raced, 10, "the stop never met a second life");
+}
+
 /// Tells `n` small messages.
 #[derive(Process, Serialize, Deserialize)]
 #[process(runs = 1)]

@@ -10,18 +10,17 @@
 //! [`spawn`](crate::spawn)). Nothing of the process value is in argv or the
 //! environment: it arrives as the first frame on the socket.
 //!
-//! An `.init_array` entry (see `sys::boot`) calls [`boot`] before `main`: it
+//! An `.init_array` entry (registered here with `sys::boot::before_main!`)
+//! calls [`boot`] before `main`: it
 //! removes the variable (so the child's own subprocesses are ordinary
 //! programs), arranges to die with its parent, and hands the socket to
 //! [`main`], which never returns. Code in `main` never runs in a child, so a
 //! binary, example, test harness or bench needs no set-up line.
 
-mod link;
 mod signals;
 pub(crate) mod worker;
 
-pub(crate) use link::Link;
-
+use crate::link::{self, Link};
 use crate::proto::{self, Exit, Init, STATUS_WORDS};
 use crate::report::ReportPage;
 use crate::spawn::{self, BOOT_ENV};
@@ -48,9 +47,11 @@ pub fn is_child() -> bool {
     IS_CHILD.load(Ordering::Relaxed)
 }
 
+sys::boot::before_main!(boot);
+
 /// Runs before `main` in every process that links skprocess. Returns at
 /// once unless this process is a spawned child; in a child it never returns.
-pub(crate) fn boot(pre_main: sys::boot::PreMain) {
+fn boot(pre_main: sys::boot::PreMain) {
     let Some(value) = std::env::var_os(BOOT_ENV) else {
         return;
     };
@@ -70,7 +71,9 @@ pub(crate) fn boot(pre_main: sys::boot::PreMain) {
     }
     sys::proc::ignore_sigpipe();
     IS_CHILD.store(true, Ordering::Relaxed);
-    let control = pre_main.adopt_inherited_fd(fd);
+    let Ok(control) = pre_main.adopt_inherited_fd(fd) else {
+        sys::proc::exit_now(Exit::NoControlFd.code())
+    };
     main(control, ppid)
 }
 
@@ -109,7 +112,7 @@ fn main(control: OwnedFd, ppid: u32) -> ! {
         Init::Worker { stop_grace } => (crate::config::DEFAULT_MAX_MESSAGE, *stop_grace),
     };
     reader.set_max_frame(max_message);
-    let Ok(link) = link::Link::start(reader, writer, max_message, stop_grace, early) else {
+    let Ok(link) = Link::start(reader, writer, max_message, stop_grace, early) else {
         sys::proc::exit_now(Exit::NoControlThread.code())
     };
     if signals::install(&link, ppid).is_err() {

@@ -7,7 +7,7 @@
 //! stops the same way, bounded by `stop_grace` plus a second (see
 //! [`Link::parent_lost`]).
 
-use super::link::Link;
+use crate::link::Link;
 use crate::sys;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;

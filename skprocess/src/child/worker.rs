@@ -1,7 +1,7 @@
 //! The worker's side: a child that runs items and calls until its pool
 //! closes the socket.
 //!
-//! The control thread (see `child::link`) forwards the pool's frames to the
+//! The control thread (see `link`) forwards the pool's frames to the
 //! worker loop, one batch per frame. Each process item runs its full
 //! lifecycle with a fresh [`Ctx`], exactly as in a child of its own, and is
 //! answered at once with `DONE` or `FAILED`: a crash later in the batch
@@ -9,7 +9,7 @@
 //! one `POOL_RESULTS` frame. End of file on the socket ends the process
 //! (the control thread exits), whatever it is doing.
 
-use super::Link;
+use crate::link::Link;
 use crate::pool::batch::{self, Parts};
 use crate::proto::{kind, Exit, Plan, STATUS_BEGUN, STATUS_HOOK, STATUS_RUN};
 use crate::registry;

@@ -37,9 +37,11 @@ impl End {
     /// An end over an existing socket (one that arrived in a message).
     pub(crate) fn from_fd(sock: OwnedFd, role: Role) -> Result<End> {
         let reader = match role.receives() {
-            true => Some(Mutex::new(Reader::new(
-                sock.try_clone().map_err(Error::Io)?,
-            ))),
+            true => {
+                let mut reader = Reader::new(sock.try_clone().map_err(Error::Io)?);
+                reader.set_max_frame(crate::config::DEFAULT_MAX_MESSAGE);
+                Some(Mutex::new(reader))
+            }
             false => None,
         };
         let writer = match role.sends() {

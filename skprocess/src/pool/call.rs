@@ -164,7 +164,7 @@ impl<'p> PoolCall<'p> {
             return Err(Error::usage(CAPTURING_CLOSURE));
         }
         let _ = f;
-        let entry = sys::code::calls_entry_offset::<A, R, F>();
+        let entry = sys::code::calls_entry_offset(super::batch::call_batch::<A, R, F>);
         let name = format!("map_fn({})", std::any::type_name::<F>());
         let items = items.into_iter();
         let mut out = InOrder::with_capacity(items.size_hint().0);

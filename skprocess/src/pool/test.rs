@@ -230,12 +230,16 @@ fn results_with_descriptors_carry_them() {
 
 #[test]
 fn an_entry_offset_names_the_same_function() {
-    let entry: sys::code::CallEntry = batch::call_batch::<u64, u64, fn(u64) -> u64>;
-    let offset = sys::code::calls_entry_offset::<u64, u64, fn(u64) -> u64>();
+    let offset = sys::code::calls_entry_offset(batch::call_batch::<u64, u64, fn(u64) -> u64>);
     assert_eq!(
-        sys::code::entry_at(offset).map(|e| e as usize),
-        Some(entry as usize)
+        sys::code::calls_entry_offset(batch::call_batch::<u64, u64, fn(u64) -> u64>),
+        offset
     );
+    assert_ne!(
+        sys::code::calls_entry_offset(batch::call_batch::<u32, u64, fn(u32) -> u64>),
+        offset
+    );
+    assert!(sys::code::entry_at(offset).is_some());
 }
 
 #[test]

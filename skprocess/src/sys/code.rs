@@ -9,12 +9,11 @@
 //! The child does not take the sum on trust: every `Pool::map_fn`
 //! trampoline the binary contains is recorded at link time in a table (a
 //! linker section, `skprocess_map_fn`, which each instantiation of
-//! [`calls_entry_offset`] adds its trampoline to), and [`entry_at`] answers
+//! [`calls_entry_offset`] adds the trampoline it is given to), and
+//! [`entry_at`] answers
 //! only with an entry of that table. A corrupt or foreign offset is `None`,
 //! never a call into arbitrary code.
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use std::os::fd::OwnedFd;
 
 /// What `Pool::map_fn` runs in a worker: a monomorphised trampoline that
@@ -69,17 +68,30 @@ fn entry_offset(f: CallEntry) -> u64 {
     (f as usize).wrapping_sub(anchor as fn() as usize) as u64
 }
 
-/// The offset of `Pool::map_fn`'s trampoline for `(A, R, F)`, to send to a
-/// worker, which finds it with [`entry_at`]. Records the trampoline in the
+/// The offset of `trampoline` (a function item of [`CallEntry`]'s
+/// signature, such as `Pool::map_fn`'s trampoline for one `(A, R, F)`) to
+/// send to a worker, which finds it with [`entry_at`]. Records it in the
 /// binary's table of entries.
-pub(crate) fn calls_entry_offset<A, R, F>() -> u64
+pub(crate) fn calls_entry_offset<E>(trampoline: E) -> u64
 where
-    A: DeserializeOwned,
-    R: Serialize,
-    F: Fn(A) -> R + Copy,
+    E: Fn(&[u8], Vec<OwnedFd>, &mut Vec<u8>, &mut Vec<OwnedFd>) + Copy,
 {
-    record_entry!(crate::pool::batch::call_batch::<A, R, F>);
-    entry_offset(crate::pool::batch::call_batch::<A, R, F>)
+    const { assert!(std::mem::size_of::<E>() == 0, "pass a function item") };
+    let _ = trampoline;
+    record_entry!(call_item::<E>);
+    entry_offset(call_item::<E>)
+}
+
+/// The [`CallEntry`] that calls the function item `E`.
+fn call_item<E>(input: &[u8], fds: Vec<OwnedFd>, out: &mut Vec<u8>, out_fds: &mut Vec<OwnedFd>)
+where
+    E: Fn(&[u8], Vec<OwnedFd>, &mut Vec<u8>, &mut Vec<OwnedFd>) + Copy,
+{
+    // `E` is zero-sized (checked where it was recorded) and a value of it
+    // was given to `calls_entry_offset`, so this is `Some`.
+    if let Some(f) = super::zst::conjure::<E>() {
+        f(input, fds, out, out_fds);
+    }
 }
 
 /// Stands in the table so that it is never empty (its bounds then exist in
@@ -119,16 +131,35 @@ pub(crate) fn entry_at(offset: u64) -> Option<CallEntry> {
 mod test {
     use super::*;
 
+    fn echo(input: &[u8], _: Vec<OwnedFd>, out: &mut Vec<u8>, _: &mut Vec<OwnedFd>) {
+        out.extend_from_slice(input);
+    }
+
+    fn twice(input: &[u8], _: Vec<OwnedFd>, out: &mut Vec<u8>, _: &mut Vec<OwnedFd>) {
+        out.extend_from_slice(input);
+        out.extend_from_slice(input);
+    }
+
+    fn run(entry: CallEntry) -> Vec<u8> {
+        let mut out = Vec::new();
+        entry(b"ab", Vec::new(), &mut out, &mut Vec::new());
+        out
+    }
+
     #[test]
     fn a_recorded_trampoline_is_found_and_nothing_else() {
-        let offset = calls_entry_offset::<u64, u64, fn(u64) -> u64>();
-        let entry: CallEntry = crate::pool::batch::call_batch::<u64, u64, fn(u64) -> u64>;
-        assert_eq!(entry_at(offset).map(|e| e as usize), Some(entry as usize));
+        let offset = calls_entry_offset(echo);
+        assert_eq!(calls_entry_offset(echo), offset);
+        let other = calls_entry_offset(twice);
+        assert_ne!(other, offset);
+        assert_eq!(entry_at(offset).map(run).as_deref(), Some(&b"ab"[..]));
+        assert_eq!(entry_at(other).map(run).as_deref(), Some(&b"abab"[..]));
         // Offsets a corrupt frame could carry: none is a recorded entry.
         for bad in [0, 1, offset + 1, offset.wrapping_sub(16), u64::MAX, 1 << 40] {
             assert!(entry_at(bad).is_none(), "offset {bad:#x}");
         }
         // A function of the right type that was never recorded.
         assert!(entry_at(entry_offset(|_, _, _, _| {})).is_none());
+        assert!(entry_at(entry_offset(echo)).is_none());
     }
 }

@@ -147,8 +147,8 @@ pub(crate) fn getppid() -> u32 {
 }
 
 /// Asks the kernel to send SIGTERM to this process when the thread that
-/// spawned it ends: the child turns it into a graceful stop, bounded in time
-/// (see `child::signals`).
+/// spawned it ends: the child turns it into a graceful stop, bounded in
+/// time.
 pub(crate) fn set_parent_death_signal() -> io::Result<()> {
     Ok(rustix::process::set_parent_process_death_signal(Some(
         Signal::TERM,
@@ -209,19 +209,22 @@ pub(crate) unsafe fn remove_env(key: &str) {
 /// `fd` and every descriptor above it belong to nothing in this process
 /// (see [`close_fds_from`]): true before `main`, for a descriptor the
 /// parent handed over.
-pub(crate) unsafe fn adopt_inherited_fd(fd: RawFd) -> OwnedFd {
+///
+/// # Errors
+///
+/// `fd` is not open (or could not be moved); the caller should end the
+/// process, since the descriptors above it are closed already.
+pub(crate) unsafe fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: the caller's promise.
     unsafe { close_fds_from(fd as u32 + 1) };
     // SAFETY: `fd` belongs to nothing else (the caller's promise), so this
     // is its only owner; if it is not open, the dup below fails and the
-    // process ends before anything closes it.
+    // error is returned before anything closes it.
     let inherited = unsafe { BorrowedFd::borrow_raw(fd) };
-    let Ok(new) = rustix::io::fcntl_dupfd_cloexec(inherited, fd + 1) else {
-        exit_now(71);
-    };
+    let new = rustix::io::fcntl_dupfd_cloexec(inherited, fd + 1)?;
     // SAFETY: as above: the inherited number is ours to close now.
     drop(unsafe { OwnedFd::from_raw_fd(fd) });
-    new
+    Ok(new)
 }
 
 /// Blocks until `pid` (a child of this process) has ended, reaps it, and

@@ -11,6 +11,10 @@
 //! wait for it, so the stop is bounded: after `stop_grace` plus one second
 //! the control thread ends the group itself, even if a hook is stuck in C
 //! code.
+//!
+//! The role dispatch (`child`) starts it; the lifecycle (`runtime`) and the
+//! pool worker use it. It names neither, so neither reaches the other
+//! through it.
 
 use crate::error::{Error, Result};
 use crate::proto::{kind, Exit};
@@ -150,7 +154,11 @@ fn control(mut reader: Reader, inbox: &Sender<Frame>, others: &Sender<Frame>, li
             Err(Error::Disconnected) => return,
             Err(e) => {
                 eprintln!("skprocess child {}: {e}", sys::proc::getpid());
-                end_group(Exit::ControlBroken)
+                // The parent is there (it wrote what broke): it sees this
+                // exit and ends what the hooks started, as for any life
+                // that ends without its result. Ending the group here
+                // would end this process by the signal, not the exit code.
+                sys::proc::exit_now(Exit::ControlBroken.code())
             }
         }
     }
