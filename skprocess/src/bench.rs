@@ -197,3 +197,10 @@ pub fn bare_child_peak_rss() -> Result<u64> {
     }
     Ok(rss)
 }
+
+/// Makes descriptor number `target` of this process refer to what `src`
+/// refers to (`dup2`), so a test can replace a socket under its reader with
+/// one that speaks garbage.
+pub fn replace_descriptor(src: BorrowedFd<'_>, target: std::os::fd::RawFd) -> Result<()> {
+    crate::sys::sock::replace_descriptor(src, target).map_err(Error::Io)
+}

@@ -153,7 +153,7 @@ struct CorruptsItsControlSocket {
 impl Process for CorruptsItsControlSocket {
     fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
         use std::io::Write;
-        use std::os::fd::AsRawFd;
+        use std::os::fd::AsFd;
         // The control socket is the first socket a child has (taken over
         // before `main`): the one of the lowest-numbered socket descriptor.
         // The control thread reads it through one descriptor and writes
@@ -177,11 +177,10 @@ impl Process for CorruptsItsControlSocket {
         let (garbage, mut feed) = std::os::unix::net::UnixStream::pair()?;
         // A frame header whose reserved bytes are not zero.
         feed.write_all(&[8, 0, 0, 0, 2, 0, 0xab, 0xcd])?;
+        // The control thread's read in progress keeps the old socket until
+        // the next frame arrives; the one after reads the garbage.
         for fd in sockets {
-            // SAFETY: dup2 only changes what descriptor `fd` refers to; the
-            // control thread's read in progress keeps the old socket until
-            // the next frame arrives.
-            unsafe { libc::dup2(garbage.as_raw_fd(), fd) };
+            skprocess::__bench::replace_descriptor(garbage.as_fd(), fd)?;
         }
         self.done.set(true)?;
         // Ended by its control thread, after the next frame.

@@ -196,16 +196,10 @@ impl End {
             )
         };
         c.spin = spin;
-        match got {
-            Err(Error::Disconnected)
-                if c.reading != Reading::Header || self.available(c, r)? > 0 =>
-            {
-                Err(Error::Wire(
-                    "the other side ended in the middle of a message".into(),
-                ))
-            }
-            other => other,
-        }
+        // A sender that ended for good in the middle of a message is gone
+        // like any other: the cut message is never received, in part or
+        // whole, and the receiver learns that its peer is gone.
+        got
     }
 
     /// Publishes the read position, waking the producer if it waits for
