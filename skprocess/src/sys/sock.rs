@@ -209,6 +209,18 @@ pub(crate) fn deadline_after(d: Duration) -> Option<Instant> {
     Instant::now().checked_add(d)
 }
 
+/// Makes descriptor number `target` refer to what `src` refers to
+/// (`dup2`), closing what it referred to before. Only skprocess's own tests
+/// use it, to play a parent that sends garbage on a child's control socket.
+#[cfg(feature = "bench-internals")]
+pub(crate) fn replace_descriptor(src: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 takes descriptor numbers and touches no memory of ours;
+    // `src` is open for the call (it is borrowed), and `target` is replaced
+    // atomically, so whoever owns that number keeps an open descriptor (now
+    // to another file) and never sees it closed under it.
+    super::cvt(unsafe { libc::dup2(src.as_raw_fd(), target) }).map(drop)
+}
+
 #[cfg(test)]
 mod test {
     use super::*;
@@ -250,16 +262,4 @@ mod test {
         assert!(fds.is_empty(), "no partial set of descriptors is returned");
         assert!(fds_lost_error().to_string().contains("too many open files"));
     }
-}
-
-/// Makes descriptor number `target` refer to what `src` refers to
-/// (`dup2`), closing what it referred to before. Only skprocess's own tests
-/// use it, to play a parent that sends garbage on a child's control socket.
-#[cfg(feature = "bench-internals")]
-pub(crate) fn replace_descriptor(src: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
-    // SAFETY: dup2 takes descriptor numbers and touches no memory of ours;
-    // `src` is open for the call (it is borrowed), and `target` is replaced
-    // atomically, so whoever owns that number keeps an open descriptor (now
-    // to another file) and never sees it closed under it.
-    super::cvt(unsafe { libc::dup2(src.as_raw_fd(), target) }).map(drop)
 }
