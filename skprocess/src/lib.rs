@@ -360,10 +360,12 @@ mod pipe;
 mod pool;
 mod process;
 mod proto;
+mod queue;
 mod registry;
 mod report;
 mod runtime;
 mod share;
+mod slice;
 mod spawn;
 mod stats;
 pub mod supervise;
@@ -372,6 +374,9 @@ mod sys;
 mod timers;
 mod wire;
 
+/// The crate that says which types are plain data ([`bytemuck::Pod`]), the
+/// element types of [`SharedSlice`] and [`SharedSliceMut`].
+pub use bytemuck;
 pub use child::is_child;
 pub use config::{Config, Hook};
 pub use error::{fatal, BoxError, Cause, Error, Failure, Fatal, HookResult, Result};
@@ -379,9 +384,11 @@ pub use handle::Handle;
 pub use pipe::{Pipe, PipeReceiver, PipeSender};
 pub use pool::{Imap, ImapNext, Pool, PoolCall};
 pub use process::Process;
+pub use queue::Queue;
 pub use runtime::Ctx;
 pub use share::{Share, ShareGuard};
 pub use skprocess_derive::Process;
+pub use slice::{SharedSlice, SharedSliceGuard, SharedSliceMut};
 pub use stats::Stats;
 pub use timers::{Timer, Timers};
 pub use wire::Json;
@@ -390,7 +397,7 @@ pub use wire::Json;
 pub mod prelude {
     pub use crate::{
         BoxError, Config, Ctx, Error, Handle, Hook, HookResult, Pipe, PipeReceiver, PipeSender,
-        Pool, Process, Result, Share, Timer, Timers,
+        Pool, Process, Queue, Result, Share, SharedSlice, SharedSliceMut, Timer, Timers,
     };
 }
 
