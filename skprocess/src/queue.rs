@@ -57,6 +57,15 @@ const F_PUSH_WAITERS: usize = 3;
 /// it delays others by at most this.
 const SLICE: Duration = Duration::from_millis(100);
 
+/// Looks at the word a waiter waits on before it sleeps (bounded: a few
+/// microseconds).
+const SPINS: u32 = 2_000;
+
+thread_local! {
+    /// This thread's buffer for encoding items to push.
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// A bounded queue of `T` shared by every process that holds a clone:
 /// many producers and many consumers, in any processes.
 ///
@@ -268,7 +277,18 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn push_until(&self, item: &T, deadline: Option<Instant>) -> Result<bool> {
-        let bytes = wire::encode_plain(item, Vec::new(), "a Queue")?;
+        let scratch = SCRATCH.with(|s| s.take());
+        let bytes = wire::encode_plain(item, scratch, "a Queue")?;
+        let r = self.push_bytes(&bytes, deadline);
+        // The buffer is kept for this thread's next push, unless a large
+        // item left it big.
+        if bytes.capacity() <= 64 << 10 {
+            SCRATCH.with(|s| s.set(bytes));
+        }
+        r
+    }
+
+    fn push_bytes(&self, bytes: &[u8], deadline: Option<Instant>) -> Result<bool> {
         let cap = self.capacity();
         if bytes.len() > u32::MAX as usize || bytes.len() + PREFIX > cap {
             return Err(Error::Encode {
@@ -287,7 +307,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             let Some(g) = self.locked(deadline)? else {
                 return Ok(false);
             };
-            match self.push_locked(&g, &bytes).map_err(sys_error::<T>)? {
+            match self.push_locked(&g, bytes).map_err(sys_error::<T>)? {
                 Pushed::Done => {
                     drop(g);
                     r.futex(F_ITEMS).fetch_add(1, Ordering::SeqCst);
@@ -411,10 +431,11 @@ impl<T> Queue<T> {
 
     /// The length of the item at `pos`, checked to lie inside the used part.
     fn item_len(&self, g: &LockedGuard<'_>, ring: Ring, pos: u64) -> io::Result<u64> {
-        let mut prefix = Vec::with_capacity(PREFIX);
-        ring_copy_out(g, ring.cap, pos, PREFIX, &mut prefix);
         let mut le = [0u8; PREFIX];
-        le.copy_from_slice(&prefix);
+        let at = (pos % ring.cap) as usize;
+        let first = PREFIX.min(ring.cap as usize - at);
+        g.copy_out(at, &mut le[..first]);
+        g.copy_out(0, &mut le[first..]);
         let len = u64::from(u32::from_le_bytes(le));
         if (pos - ring.head) + PREFIX as u64 + len > ring.used() {
             return Err(corrupt("an item runs past the end"));
@@ -505,6 +526,15 @@ impl<T> Queue<T> {
                 return false;
             }
             slice = slice.min(left);
+        }
+        // A short look before sleeping: a peer on another core often
+        // changes the word within microseconds, and then neither side pays
+        // for a sleep and a wake-up.
+        for _ in 0..SPINS {
+            if word.load(Ordering::Acquire) != seen {
+                return true;
+            }
+            std::hint::spin_loop();
         }
         let waiters = self.region.futex(waiters);
         waiters.fetch_add(1, Ordering::SeqCst);

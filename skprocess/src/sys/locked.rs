@@ -212,6 +212,16 @@ impl LockedGuard<'_> {
         self.region.region.copy_in(HEADER + offset, src);
     }
 
+    /// Copies the data at `offset` into `dst`.
+    ///
+    /// # Panics
+    ///
+    /// If the range is not inside the data.
+    pub(crate) fn copy_out(&self, offset: usize, dst: &mut [u8]) {
+        assert!(offset <= self.region.data_len(), "copy out of the data");
+        self.region.region.copy_out(HEADER + offset, dst);
+    }
+
     /// Appends `len` bytes of the data at `offset` to `dst`.
     ///
     /// # Panics
