@@ -54,20 +54,16 @@ struct Worker {
 impl Process for Worker {
     fn run(&mut self, ctx: &mut Ctx) -> HookResult {
         let (mut rows, mut busy) = (0u64, std::time::Duration::ZERO);
-        loop {
-            match self.tasks.pop()? {
-                Task::Row(row) => {
-                    let t0 = Instant::now();
-                    let value = self.input[row * ROW..(row + 1) * ROW]
-                        .iter()
-                        .map(|x| x * x)
-                        .sum();
-                    busy += t0.elapsed();
-                    rows += 1;
-                    self.results.push(&Report::Done { row, value })?;
-                }
-                Task::Shutdown => break,
-            }
+        // Until the shutdown message.
+        while let Task::Row(row) = self.tasks.pop()? {
+            let t0 = Instant::now();
+            let value = self.input[row * ROW..(row + 1) * ROW]
+                .iter()
+                .map(|x| x * x)
+                .sum();
+            busy += t0.elapsed();
+            rows += 1;
+            self.results.push(&Report::Done { row, value })?;
         }
         self.results.push(&Report::Stats {
             worker: self.id,
