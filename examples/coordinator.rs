@@ -10,9 +10,9 @@ use skprocess::prelude::*;
 use std::time::Instant;
 
 /// Elements of the input each task reads.
-const ROW: usize = 1024;
+const ROW: usize = 8192;
 /// Tasks (rows of the input).
-const ROWS: usize = 2048;
+const ROWS: usize = 1024;
 /// Worker processes.
 const WORKERS: usize = 4;
 
@@ -54,6 +54,7 @@ struct Worker {
 impl Process for Worker {
     fn run(&mut self, ctx: &mut Ctx) -> HookResult {
         let (mut rows, mut busy) = (0u64, std::time::Duration::ZERO);
+        ctx.tell("ready")?;
         // Until the shutdown message.
         while let Task::Row(row) = self.tasks.pop()? {
             let t0 = Instant::now();
@@ -99,6 +100,13 @@ fn main() -> skprocess::Result<()> {
             .start()
         })
         .collect::<skprocess::Result<Vec<_>>>()?;
+
+    // Every worker is up before the first task, so they share the work.
+    for w in &workers {
+        w.listen::<String>(std::time::Duration::from_secs(60))?
+            .ok_or("a worker did not start")
+            .map_err(|e| skprocess::Error::Usage(e.into()))?;
+    }
 
     // The tasks, then one shutdown message per worker: each worker stops
     // after the shutdown it pops, which comes after every task.
