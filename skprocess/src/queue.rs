@@ -57,6 +57,10 @@ const F_PUSH_WAITERS: usize = 3;
 /// it delays others by at most this.
 const SLICE: Duration = Duration::from_millis(100);
 
+/// How long a call waits for the queue's lock beyond its own deadline
+/// (see `Queue::locked`).
+const LOCK_GRACE: Duration = Duration::from_millis(100);
+
 /// Looks at the word a waiter waits on before it sleeps (bounded: a few
 /// microseconds).
 const SPINS: u32 = 2_000;
@@ -225,6 +229,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// Adds `item` if there is room now: `Ok(false)` if the queue is full.
+    /// Does not wait for room (only, briefly, for another process to finish
+    /// its own push or pop).
     ///
     /// # Errors
     ///
@@ -267,7 +273,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         self.pop_until(Instant::now().checked_add(timeout))
     }
 
-    /// Takes the item at the front if there is one now.
+    /// Takes the item at the front if there is one now. Does not wait for
+    /// an item (only, briefly, for another process to finish its own push
+    /// or pop).
     ///
     /// # Errors
     ///
@@ -405,7 +413,13 @@ impl<T> Queue<T> {
 
     /// Takes the lock (until `deadline`), first repairing the item count if
     /// the previous holder died holding it.
+    ///
+    /// The lock is held only while one item is copied in or out, so even a
+    /// call whose deadline has passed (`try_pop`) waits up to
+    /// [`LOCK_GRACE`] for it: "the queue is busy" is not "the queue is
+    /// empty". A holder stopped with the lock is what this gives up on.
     fn locked(&self, deadline: Option<Instant>) -> Result<Option<LockedGuard<'_>>> {
+        let deadline = deadline.map(|d| d.max(Instant::now() + LOCK_GRACE));
         let Some(g) = self.region.lock(deadline).map_err(sys_error::<T>)? else {
             return Ok(None);
         };
