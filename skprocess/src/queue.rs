@@ -703,6 +703,63 @@ mod test {
         assert_eq!(q.try_pop().unwrap(), Some(7));
     }
 
+    /// Runs `f` under the queue's lock on a thread that then ends holding
+    /// it, as a process killed inside `push` or `pop` would.
+    fn die_holding(q: &Queue<u64>, f: impl FnOnce(&Queue<u64>, &LockedGuard<'_>) + Send) {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let g = q.region.lock(None).unwrap().unwrap();
+                f(q, &g);
+                std::mem::forget(g);
+            });
+        });
+    }
+
+    #[test]
+    fn a_holder_that_dies_mid_push_or_mid_pop_leaves_the_queue_consistent() {
+        let q = Queue::<u64>::with_capacity(256).unwrap();
+        for i in 0..3 {
+            q.push(&i).unwrap();
+        }
+        // Died after moving the head past item 0, before the count.
+        die_holding(&q, |q, g| {
+            let ring = q.ring().unwrap();
+            let len = q.item_len(g, ring, ring.head).unwrap();
+            q.region
+                .word(W_HEAD)
+                .store(ring.head + PREFIX as u64 + len, Ordering::Release);
+        });
+        assert_eq!(q.len(), 3, "the count is stale until the next lock");
+        assert_eq!(q.try_pop().unwrap(), Some(1), "item 0 is gone, once");
+        assert_eq!(q.len(), 1);
+        // Died after writing an item's bytes, before moving the tail.
+        die_holding(&q, |q, g| {
+            let ring = q.ring().unwrap();
+            ring_copy_in(g, ring.cap, ring.tail, &1u32.to_le_bytes());
+            ring_copy_in(g, ring.cap, ring.tail + PREFIX as u64, &[99]);
+        });
+        assert_eq!(q.try_pop().unwrap(), Some(2));
+        assert_eq!(
+            q.try_pop().unwrap(),
+            None,
+            "the unfinished push is not there"
+        );
+        // Died after moving the tail, before the count: the item is there.
+        die_holding(&q, |q, g| {
+            let ring = q.ring().unwrap();
+            ring_copy_in(g, ring.cap, ring.tail, &1u32.to_le_bytes());
+            ring_copy_in(g, ring.cap, ring.tail + PREFIX as u64, &[42]);
+            q.region
+                .word(W_TAIL)
+                .store(ring.tail + PREFIX as u64 + 1, Ordering::Release);
+        });
+        assert_eq!(q.len(), 0, "the count is stale until the next lock");
+        assert_eq!(q.pop_timeout(Duration::ZERO).unwrap(), Some(42));
+        q.push(&5).unwrap();
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.pop().unwrap(), 5);
+    }
+
     #[test]
     fn an_item_larger_than_the_queue_is_an_error() {
         let q = Queue::<Vec<u8>>::with_capacity(64).unwrap();
