@@ -70,9 +70,11 @@ fn check_type<T>(max_align: usize) -> Result<()> {
 /// when it arrives. It is freed when the last process holding a handle
 /// drops it or ends.
 ///
-/// `T` is any [`bytemuck::Pod`] type (numbers, arrays of them, or your own
-/// `#[repr(C)]` structs deriving `Pod`, with skprocess's `derive` feature
-/// or bytemuck's own).
+/// `T` is any [`bytemuck::Pod`] type: numbers, arrays of them, or your own
+/// `#[repr(C)]` structs deriving `Pod` and `Zeroable` (with bytemuck's
+/// `derive` feature; or with skprocess's, through the re-export
+/// [`skprocess::bytemuck`](crate::bytemuck) and
+/// `#[bytemuck(crate = "skprocess::bytemuck")]`).
 ///
 /// # Examples
 ///

@@ -246,6 +246,62 @@ fn a_holder_killed_with_the_lock_hands_it_over() -> skprocess::Result<()> {
     Ok(())
 }
 
+/// A plain-data element type of the user's own.
+#[derive(
+    Clone, Copy, Debug, PartialEq, skprocess::bytemuck::Pod, skprocess::bytemuck::Zeroable,
+)]
+#[bytemuck(crate = "skprocess::bytemuck")]
+#[repr(C)]
+struct Point {
+    x: f32,
+    y: f32,
+    tag: u32,
+    weight: u32,
+}
+
+/// Reads the points in place and moves each one in the mutable slice.
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1)]
+struct Mover {
+    from: SharedSlice<Point>,
+    to: SharedSliceMut<Point>,
+}
+
+impl Process for Mover {
+    fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        let mut to = self.to.lock()?;
+        for (t, p) in to.iter_mut().zip(self.from.iter()) {
+            *t = Point { x: p.x + 1.0, ..*p };
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn slices_of_a_derived_plain_data_type_cross_processes() -> skprocess::Result<()> {
+    let points: Vec<Point> = (0..100u32)
+        .map(|i| Point {
+            x: i as f32,
+            y: -(i as f32),
+            tag: i,
+            weight: 2 * i,
+        })
+        .collect();
+    let from = SharedSlice::from_slice(&points)?;
+    let to = SharedSliceMut::zeroed(points.len())?;
+    let mut h = Mover {
+        from,
+        to: to.clone(),
+    }
+    .start()?;
+    finish(&mut h)?;
+    let moved = to.to_vec()?;
+    for (m, p) in moved.iter().zip(&points) {
+        assert_eq!(*m, Point { x: p.x + 1.0, ..*p });
+    }
+    Ok(())
+}
+
 #[test]
 fn forged_or_truncated_slice_descriptors_are_errors() -> skprocess::Result<()> {
     use skprocess::__bench::{handle_fd, shared_slice_from_fd, shared_slice_mut_from_fd};
