@@ -252,6 +252,13 @@ fn an_item_larger_than_the_queue_is_an_error() -> skprocess::Result<()> {
     let e = q.push(&vec![1; 2000]).unwrap_err();
     assert!(e.to_string().contains("with_capacity"), "{e}");
     assert!(q.try_push(&vec![1; 500])?);
+    // A handle (a descriptor) cannot live in shared memory.
+    let of_queues: Queue<Queue<u64>> = Queue::new()?;
+    let e = of_queues.push(&Queue::new()?).unwrap_err();
+    assert!(
+        e.to_string().contains("cannot live in shared memory"),
+        "{e}"
+    );
     Ok(())
 }
 
