@@ -124,27 +124,27 @@ impl LockedRegion {
             return Err(invalid("the shared memory is too small"));
         }
         let region = Region::from_fd(fd)?;
-        let this = LockedRegion {
-            region: ManuallyDrop::new(region),
-        };
-        if this.region.u64_at(MAGIC_AT).load(Ordering::Acquire) != magic {
-            // Nothing was ever locked here: unmapping is fine.
+        // Checked before the lock is looked at: only a region with the magic
+        // has one.
+        if region.u64_at(MAGIC_AT).load(Ordering::Acquire) != magic {
             return Err(invalid("the shared memory holds something else"));
         }
-        if this.region.u64_at(TAG_AT).load(Ordering::Relaxed) != tag {
+        if region.u64_at(TAG_AT).load(Ordering::Relaxed) != tag {
             return Err(invalid("the shared memory was made for another type"));
         }
-        Ok(this)
+        Ok(LockedRegion {
+            region: ManuallyDrop::new(region),
+        })
     }
 
     fn mutex(&self) -> &SharedMutex {
-        let at = self.region.u64_at(MAGIC_AT) as *const AtomicU64 as *const u8;
+        let at = self.region.base().cast_const();
         // SAFETY: the mapping is page-aligned and at least HEADER bytes long
         // (checked in `create`/`open`), so the lock lies inside it at
         // LOCK_AT with its alignment (checked at compile time); it lives as
         // long as `self`. The creator made the lock ready before publishing
         // the magic, which `open` checks (and `create` calls `init` first).
-        unsafe { SharedMutex::at(at.wrapping_add(LOCK_AT)) }
+        unsafe { SharedMutex::at(at.add(LOCK_AT)) }
     }
 
     /// The descriptor, to send to another process.
@@ -234,8 +234,7 @@ impl LockedGuard<'_> {
 
     /// The data, to read in place.
     pub(crate) fn bytes(&self) -> &[u8] {
-        let words = self.region.region.words();
-        let base = words.as_ptr().cast::<u8>();
+        let base = self.region.region.base().cast_const();
         // SAFETY: the data lies inside the live mapping (HEADER plus
         // data_len bytes from its start), which outlives the borrow of the
         // guard. Every user of the region writes the data only while holding
@@ -246,8 +245,7 @@ impl LockedGuard<'_> {
 
     /// The data, to change in place.
     pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
-        let words = self.region.region.words();
-        let base = words.as_ptr().cast::<u8>().cast_mut();
+        let base = self.region.region.base();
         // SAFETY: as in `bytes`; the lock held by this thread makes this the
         // only access to the data in any process, and the borrow of `self`
         // (exclusive) keeps this the only reference in this thread.
