@@ -457,6 +457,71 @@ fn chapter_6() -> skprocess::Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------
+// Chapter 7: a task queue and a result queue shared by workers, with a large
+// read-only input every worker reads in place.
+
+/// Pops row numbers until the task queue is closed and empty, and pushes
+/// each row's maximum to the result queue.
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1)]
+struct RowMax {
+    tasks: Queue<usize>,
+    results: Queue<(usize, u32)>,
+    grid: SharedSlice<u32>,
+}
+
+impl Process for RowMax {
+    fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        while let Ok(row) = self.tasks.pop() {
+            let max = self.grid[row * 1000..][..1000].iter().max().copied();
+            self.results.push(&(row, max.unwrap_or(0)))?;
+        }
+        Ok(())
+    }
+}
+
+fn chapter_7() -> skprocess::Result<()> {
+    println!("== 7. Queue and SharedSlice: workers pulling tasks");
+    let grid: Vec<u32> = (0..1_000_000u32)
+        .map(|i| i.wrapping_mul(2_654_435_761) % 1_000_003)
+        .collect();
+    // Copied once; each worker gets a descriptor, not 4 MB.
+    let grid = SharedSlice::from_slice(&grid)?;
+    let tasks: Queue<usize> = Queue::new()?;
+    let results: Queue<(usize, u32)> = Queue::new()?;
+    let mut workers = (0..3)
+        .map(|_| {
+            RowMax {
+                tasks: tasks.clone(),
+                results: results.clone(),
+                grid: grid.clone(),
+            }
+            .start()
+        })
+        .collect::<skprocess::Result<Vec<_>>>()?;
+    for row in 0..1000 {
+        tasks.push(&row)?;
+    }
+    tasks.close(); // workers stop once it is empty
+    let mut best = (0, 0);
+    for _ in 0..1000 {
+        let (row, max) = results.pop()?;
+        if max > best.1 {
+            best = (row, max);
+        }
+    }
+    for w in &mut workers {
+        w.wait()?;
+    }
+    println!(
+        "1000 rows by 3 workers: the largest value {} is in row {}",
+        best.1, best.0
+    );
+    println!();
+    Ok(())
+}
+
 fn main() -> skprocess::Result<()> {
     // Only the parent sets up logging; children need nothing.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -470,5 +535,6 @@ fn main() -> skprocess::Result<()> {
     chapter_4()?;
     chapter_5()?;
     chapter_6()?;
+    chapter_7()?;
     Ok(())
 }

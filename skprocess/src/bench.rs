@@ -201,6 +201,54 @@ pub fn bare_child_peak_rss() -> Result<u64> {
 /// Makes descriptor number `target` of this process refer to what `src`
 /// refers to (`dup2`), so a test can replace a socket under its reader with
 /// one that speaks garbage.
+///
+/// # Errors
+///
+/// If `dup2` fails (`target` out of range, say).
 pub fn replace_descriptor(src: BorrowedFd<'_>, target: std::os::fd::RawFd) -> Result<()> {
     crate::sys::sock::replace_descriptor(src, target).map_err(Error::Io)
+}
+
+/// Attaches the memory `fd` as a `Queue<T>`, with the checks a queue that
+/// arrives from another process gets: for tests that forge descriptors.
+///
+/// # Errors
+///
+/// If `fd` is not a queue of `T` (see `Queue`'s `Deserialize`).
+pub fn queue_from_fd<T>(fd: OwnedFd) -> Result<crate::Queue<T>> {
+    crate::queue::attach_fd(fd)
+}
+
+/// Attaches the memory `fd` as a `SharedSlice<T>`, with the checks of a
+/// slice that arrives from another process.
+///
+/// # Errors
+///
+/// If `fd` is not a read-only shared slice of `T`.
+pub fn shared_slice_from_fd<T: bytemuck::Pod>(fd: OwnedFd) -> Result<crate::SharedSlice<T>> {
+    crate::slice::attach_slice_fd(fd)
+}
+
+/// Attaches the memory `fd` as a `SharedSliceMut<T>`, with the checks of
+/// a slice that arrives from another process.
+///
+/// # Errors
+///
+/// If `fd` is not a mutable shared slice of `T`.
+pub fn shared_slice_mut_from_fd<T: bytemuck::Pod>(fd: OwnedFd) -> Result<crate::SharedSliceMut<T>> {
+    crate::slice::attach_slice_mut_fd(fd)
+}
+
+/// The descriptor behind a queue or shared slice (a duplicate), as it
+/// would travel to another process.
+///
+/// # Errors
+///
+/// If the descriptor cannot be duplicated.
+pub fn handle_fd<H: Serialize>(handle: &H) -> Result<OwnedFd> {
+    let enc = wire::encode(handle)?;
+    enc.fds
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::usage("the value holds no descriptor"))
 }

@@ -427,6 +427,32 @@ pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
+/// Turns an error from the shared-memory layer (`sys`) about a value of
+/// type `type_name` held by a `handle` (`Share`, `Queue`, ...) into the
+/// crate's error: memory that does not hold a valid value (corrupt, forged,
+/// or made for another type) cannot be decoded; a value too large for its
+/// memory cannot be encoded into it; locking twice from one thread is a
+/// misuse; anything else is the system's error.
+pub(crate) fn shared_memory_error(
+    e: std::io::Error,
+    type_name: &'static str,
+    handle: &str,
+) -> Error {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::InvalidData => Error::Decode {
+            type_name,
+            reason: e.to_string(),
+        },
+        ErrorKind::FileTooLarge => Error::Encode {
+            type_name,
+            reason: e.to_string(),
+        },
+        ErrorKind::Deadlock => Error::usage(format!("{handle}<{type_name}>: {e}")),
+        _ => Error::Io(e),
+    }
+}
+
 #[cfg(test)]
 mod test {
     use super::*;

@@ -154,6 +154,74 @@
 //! # }
 //! ```
 //!
+//! # Queue and shared slices
+//!
+//! A [`Queue<T>`](Queue) is a bounded queue that any number of processes
+//! push to and pop from (a task queue for workers, a result queue back):
+//! `push` waits while it is full, `pop` while it is empty, `close` ends it
+//! for everyone. Each item goes to exactly one consumer; a process killed
+//! inside `push` or `pop` leaves the queue consistent. Delivery is at most
+//! once: a consumer that dies after popping loses that item, so work that
+//! must be retried belongs in a [`Pool`].
+//!
+//! A [`SharedSlice<T>`](SharedSlice) copies a slice of plain data
+//! ([`bytemuck::Pod`]) once into sealed, read-only shared memory; it
+//! travels as a descriptor and every process reads it in place, with no
+//! copy. A [`SharedSliceMut<T>`](SharedSliceMut) is changed in place under a
+//! robust cross-process lock.
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use skprocess::prelude::*;
+//!
+//! #[derive(Process, Serialize, Deserialize)]
+//! #[process(runs = 1)]
+//! struct Worker {
+//!     tasks: Queue<usize>,
+//!     results: Queue<(usize, f64)>,
+//!     data: SharedSlice<f64>,
+//!     seen: SharedSliceMut<u64>,
+//! }
+//!
+//! impl Process for Worker {
+//!     fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+//!         // Pops until the queue is closed and empty.
+//!         while let Ok(row) = self.tasks.pop() {
+//!             let sum = self.data[row * 10..][..10].iter().sum();
+//!             self.results.push(&(row, sum))?;
+//!             self.seen.lock()?[row] += 1;
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # fn main() -> skprocess::Result<()> {
+//! let data: Vec<f64> = (0..100).map(f64::from).collect();
+//! let (tasks, results) = (Queue::new()?, Queue::new()?);
+//! let data = SharedSlice::from_slice(&data)?;
+//! let seen = SharedSliceMut::zeroed(10)?;
+//! let mut workers = (0..2)
+//!     .map(|_| Worker { tasks: tasks.clone(), results: results.clone(),
+//!                       data: data.clone(), seen: seen.clone() }.start())
+//!     .collect::<skprocess::Result<Vec<_>>>()?;
+//! for row in 0..10 {
+//!     tasks.push(&row)?;
+//! }
+//! tasks.close();
+//! let mut total = 0.0;
+//! for _ in 0..10 {
+//!     let (_row, sum) = results.pop()?;
+//!     total += sum;
+//! }
+//! for w in &mut workers {
+//!     w.wait()?;
+//! }
+//! assert_eq!(total, 4950.0);
+//! assert_eq!(seen.to_vec()?, [1; 10]);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Pool
 //!
 //! A [`Pool`] keeps worker processes and reuses them: `map` runs each
@@ -453,10 +521,12 @@ mod pipe;
 mod pool;
 mod process;
 mod proto;
+mod queue;
 mod registry;
 mod report;
 mod runtime;
 mod share;
+mod slice;
 mod spawn;
 mod stats;
 pub mod supervise;
@@ -465,6 +535,9 @@ mod sys;
 mod timers;
 mod wire;
 
+/// The crate that says which types are plain data ([`bytemuck::Pod`]), the
+/// element types of [`SharedSlice`] and [`SharedSliceMut`].
+pub use bytemuck;
 pub use child::is_child;
 pub use config::{Config, Hook};
 pub use error::{fatal, BoxError, Cause, Error, Failure, Fatal, HookResult, Result};
@@ -472,9 +545,11 @@ pub use handle::Handle;
 pub use pipe::{Pipe, PipeReceiver, PipeSender};
 pub use pool::{Imap, ImapNext, Pool, PoolBuilder, PoolCall};
 pub use process::Process;
+pub use queue::Queue;
 pub use runtime::Ctx;
 pub use share::{Share, ShareGuard};
 pub use skprocess_derive::Process;
+pub use slice::{SharedSlice, SharedSliceGuard, SharedSliceMut};
 pub use stats::Stats;
 pub use timers::{Timer, Timers};
 pub use wire::Json;
@@ -483,7 +558,7 @@ pub use wire::Json;
 pub mod prelude {
     pub use crate::{
         BoxError, Config, Ctx, Error, Handle, Hook, HookResult, Pipe, PipeReceiver, PipeSender,
-        Pool, Process, Result, Share, Timer, Timers,
+        Pool, Process, Queue, Result, Share, SharedSlice, SharedSliceMut, Timer, Timers,
     };
 }
 

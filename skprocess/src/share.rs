@@ -132,7 +132,7 @@ pub struct Share<T> {
 
 /// A fingerprint of `T`'s name, so a handle cannot be attached as another
 /// type (every process runs the same binary, so names agree).
-fn tag<T>() -> u64 {
+pub(crate) fn tag<T>() -> u64 {
     // FNV-1a.
     std::any::type_name::<T>()
         .bytes()
@@ -147,63 +147,7 @@ fn tag<T>() -> u64 {
 /// too large for its memory cannot be encoded into it; locking twice from
 /// one thread is a misuse; anything else is the system's error.
 fn sys_error<T>(e: io::Error) -> Error {
-    match e.kind() {
-        io::ErrorKind::InvalidData => Error::Decode {
-            type_name: std::any::type_name::<T>(),
-            reason: e.to_string(),
-        },
-        io::ErrorKind::FileTooLarge => Error::Encode {
-            type_name: std::any::type_name::<T>(),
-            reason: e.to_string(),
-        },
-        io::ErrorKind::Deadlock => {
-            Error::usage(format!("Share<{}>: {e}", std::any::type_name::<T>()))
-        }
-        _ => Error::Io(e),
-    }
-}
-
-/// postcard output into a `Vec`, one `extend_from_slice` per chunk (its own
-/// `Extend` flavor goes byte by byte without optimisations).
-struct VecFlavor(Vec<u8>);
-
-impl postcard::ser_flavors::Flavor for VecFlavor {
-    type Output = Vec<u8>;
-    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
-        self.0.push(byte);
-        Ok(())
-    }
-    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(bytes);
-        Ok(())
-    }
-    fn finalize(self) -> postcard::Result<Vec<u8>> {
-        Ok(self.0)
-    }
-}
-
-/// Encodes `value` into `buf` (cleared first).
-fn encode<T: Serialize>(value: &T, mut buf: Vec<u8>) -> Result<Vec<u8>> {
-    buf.clear();
-    match postcard::serialize_with_flavor(value, VecFlavor(buf)) {
-        Ok(bytes) => Ok(bytes),
-        Err(first) => {
-            // Encode again the way messages are, for its explanation of
-            // postcard's limits and to spot handles inside the value.
-            let enc = wire::encode(value)?;
-            if !enc.fds.is_empty() {
-                return Err(Error::usage(format!(
-                    "cannot store a {} in a Share: it holds a Share or a pipe endpoint, which cannot live in \
-                     shared memory",
-                    std::any::type_name::<T>()
-                )));
-            }
-            Err(Error::Encode {
-                type_name: std::any::type_name::<T>(),
-                reason: first.to_string(),
-            })
-        }
-    }
+    crate::error::shared_memory_error(e, std::any::type_name::<T>(), "Share")
 }
 
 impl<T: Serialize + DeserializeOwned + Send + 'static> Share<T> {
@@ -225,7 +169,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Share<T> {
     /// # }
     /// ```
     pub fn new(value: T) -> Result<Self> {
-        let bytes = encode(&value, Vec::new())?;
+        let bytes = wire::encode_plain(&value, Vec::new(), "a Share")?;
         // Decode once now, so a type postcard cannot read back fails here
         // rather than in the first process that locks it.
         let value: T = wire::decode(&bytes, Vec::new())?;
@@ -382,7 +326,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Share<T> {
 /// dropped (the shared value is unchanged).
 fn write_back<T: Serialize>(held: &mut Held<'_, Cache<T>>, value: T) -> Result<()> {
     let scratch = std::mem::take(&mut held.local().scratch);
-    let bytes = match encode(&value, scratch) {
+    let bytes = match wire::encode_plain(&value, scratch, "a Share") {
         Ok(b) => b,
         Err(e) => {
             held.local().value = None;

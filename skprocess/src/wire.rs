@@ -404,6 +404,30 @@ pub(crate) fn take_fd(index: u32) -> std::result::Result<OwnedFd, String> {
     })
 }
 
+/// How a handle that is one descriptor (`Queue`, shared slices) is
+/// written inside skprocess's encoding: the index of its descriptor among
+/// those travelling with the value.
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "Descriptor")]
+struct FdIndex(u32);
+
+/// Serializes a handle that is the descriptor `fd` (see [`push_fd`]).
+pub(crate) fn serialize_fd<S: serde::Serializer>(
+    fd: BorrowedFd<'_>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    let index = push_fd(fd).map_err(serde::ser::Error::custom)?;
+    FdIndex(index).serialize(s)
+}
+
+/// Deserializes the descriptor of a handle written by [`serialize_fd`].
+pub(crate) fn deserialize_fd<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<OwnedFd, D::Error> {
+    let FdIndex(index) = FdIndex::deserialize(d)?;
+    take_fd(index).map_err(serde::de::Error::custom)
+}
+
 /// An encoded value: bytes plus the descriptors it refers to.
 #[derive(Debug, Default)]
 pub(crate) struct Encoded {
@@ -458,6 +482,55 @@ fn explain_decode(type_name: &'static str, e: postcard::Error) -> Error {
 /// Encodes `value`, collecting the descriptors of any handles inside it.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded> {
     encode_into(value, Vec::new())
+}
+
+/// postcard output into a `Vec`, one `extend_from_slice` per chunk (its own
+/// `Extend` flavor goes byte by byte without optimisations).
+struct VecFlavor(Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for VecFlavor {
+    type Output = Vec<u8>;
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.0)
+    }
+}
+
+/// Encodes `value` into `buf` (cleared first) for a copy in shared memory
+/// (`holder` names what holds it: "a Share", "a Queue"), where no
+/// descriptor can travel with it.
+pub(crate) fn encode_plain<T: Serialize>(
+    value: &T,
+    mut buf: Vec<u8>,
+    holder: &str,
+) -> Result<Vec<u8>> {
+    buf.clear();
+    match postcard::serialize_with_flavor(value, VecFlavor(buf)) {
+        Ok(bytes) => Ok(bytes),
+        Err(first) => {
+            // Encode again the way messages are, for its explanation of
+            // postcard's limits and to spot handles inside the value.
+            let enc = encode(value)?;
+            if !enc.fds.is_empty() {
+                return Err(Error::usage(format!(
+                    "cannot store a {} in {holder}: it holds a Share or a pipe endpoint, which cannot live in \
+                     shared memory",
+                    std::any::type_name::<T>()
+                )));
+            }
+            Err(Error::Encode {
+                type_name: std::any::type_name::<T>(),
+                reason: first.to_string(),
+            })
+        }
+    }
 }
 
 /// Like [`encode`], appending to `prefix`.

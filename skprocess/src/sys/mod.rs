@@ -11,7 +11,9 @@
 
 pub(crate) mod boot;
 pub(crate) mod code;
+pub(crate) mod frozen;
 pub(crate) mod futex;
+pub(crate) mod locked;
 pub(crate) mod mem;
 pub(crate) mod mutex;
 pub(crate) mod proc;

@@ -67,6 +67,12 @@ impl Region {
         &self.fd
     }
 
+    /// The start of the mapping (valid for [`len`](Region::len) bytes for
+    /// as long as `self` lives).
+    pub(crate) fn base(&self) -> *mut u8 {
+        self.map.as_mut_ptr()
+    }
+
     /// Length in bytes.
     pub(crate) fn len(&self) -> usize {
         self.map.len()
