@@ -439,6 +439,8 @@
 
 #![deny(unsafe_code)]
 
+#[cfg(feature = "tokio")]
+mod asynced;
 #[cfg(feature = "bench-internals")]
 mod bench;
 mod child;
@@ -462,8 +464,11 @@ pub mod supervise;
 #[allow(unsafe_code)]
 mod sys;
 mod timers;
+mod wakers;
 mod wire;
 
+#[cfg(feature = "tokio")]
+pub use asynced::AsyncProcess;
 pub use child::is_child;
 pub use config::{Config, Hook};
 pub use error::{fatal, BoxError, Cause, Error, Failure, Fatal, HookResult, Result};
@@ -480,6 +485,8 @@ pub use wire::Json;
 
 /// `use skprocess::prelude::*;` brings in everything a process needs.
 pub mod prelude {
+    #[cfg(feature = "tokio")]
+    pub use crate::AsyncProcess;
     pub use crate::{
         BoxError, Config, Ctx, Error, Handle, Hook, HookResult, Pipe, PipeReceiver, PipeSender,
         Pool, Process, Result, Share, Timer, Timers,
