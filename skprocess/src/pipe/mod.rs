@@ -113,6 +113,17 @@ enum Moved {
     Socket { sock: u32 },
 }
 
+impl Flavor {
+    /// The shared-memory end, for this flavor.
+    fn ring(&self) -> Option<&Arc<ring::End>> {
+        match self {
+            Flavor::Ring(r) => Some(r),
+            #[cfg(feature = "bench-internals")]
+            Flavor::Socket(_) => None,
+        }
+    }
+}
+
 /// The part every public end shares: a flavor and its counters.
 struct End {
     /// The watcher that wakes receiving futures, once one waited (dropped,
@@ -208,14 +219,10 @@ impl End {
     /// A message if one is there; otherwise registers the task with the
     /// end's watcher, which wakes it when the peer publishes or goes.
     fn poll_recv<T: DeserializeOwned>(&self, cx: &mut Context<'_>) -> Poll<Result<T>> {
-        let r = match &self.flavor {
-            Flavor::Ring(r) => r,
-            #[cfg(feature = "bench-internals")]
-            Flavor::Socket(_) => {
-                return Poll::Ready(Err(Error::usage(
-                    "recv_async needs a pipe over shared memory",
-                )))
-            }
+        let Some(r) = self.flavor.ring() else {
+            return Poll::Ready(Err(Error::usage(
+                "recv_async needs a pipe over shared memory",
+            )));
         };
         let Some(seen) = r.published() else {
             return Poll::Ready(Err(Error::usage("this pipe end cannot receive")));
