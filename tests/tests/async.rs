@@ -302,6 +302,90 @@ fn a_dropped_wait_async_leaves_the_handle_waitable() {
     });
 }
 
+#[test]
+fn the_futures_are_send_and_run_in_spawned_tasks() {
+    on_each_runtime(|| async {
+        let (tx, rx) = Pipe::one_way().unwrap();
+        let (tx2, rx2) = Pipe::one_way().unwrap();
+        let mut h = Relay { rx, tx: tx2, n: 0 }.start().unwrap();
+        let h = tokio::spawn(async move {
+            let first: u64 = h.listen_async().await.unwrap();
+            (h, first)
+        });
+        let r = tokio::spawn(async move { rx2.recv_async::<u64>().await.map(|v| (v, rx2)) });
+        tx.send(&5u64).unwrap();
+        let (mut h, first) = h.await.unwrap();
+        let (piped, _rx2) = r.await.unwrap().unwrap();
+        assert_eq!((first, piped), (5, 5));
+        drop(tx);
+        let done = tokio::spawn(async move { h.wait_async().await.map(|d| (d.n, h.pid())) });
+        let (n, pid) = done.await.unwrap().unwrap();
+        assert_eq!(n, 1);
+        assert_gone(pid);
+    });
+}
+
+#[test]
+fn several_tasks_receive_from_one_pipe_end_each_message_once() {
+    const N: u64 = 300;
+    on_each_runtime(|| async {
+        let (tx, rx) = Pipe::one_way().unwrap();
+        let rx = Arc::new(rx);
+        let tasks: Vec<_> = (0..3)
+            .map(|_| {
+                let rx = rx.clone();
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    loop {
+                        match rx.recv_async::<Option<u64>>().await.unwrap() {
+                            Some(x) => got.push(x),
+                            None => return got,
+                        }
+                    }
+                })
+            })
+            .collect();
+        let sender = std::thread::spawn(move || {
+            for x in 0..N {
+                tx.send(&Some(x)).unwrap();
+            }
+            for _ in 0..3 {
+                tx.send(&None::<u64>).unwrap();
+            }
+        });
+        let mut all = Vec::new();
+        for t in tasks {
+            let got = t.await.unwrap();
+            // Each task sees its messages in the order they were sent.
+            assert!(got.windows(2).all(|w| w[0] < w[1]), "{got:?}");
+            all.extend(got);
+        }
+        sender.join().unwrap();
+        all.sort_unstable();
+        assert_eq!(all, (0..N).collect::<Vec<_>>());
+    });
+}
+
+#[test]
+fn a_dropped_recv_async_leaves_the_message_for_the_next_receive() {
+    on_each_runtime(|| async {
+        let (tx, rx) = Pipe::one_way().unwrap();
+        tokio::select! {
+            biased;
+            _ = rx.recv_async::<u64>() => panic!("nothing was sent"),
+            _ = tokio::task::yield_now() => {}
+        }
+        tx.send(&1u64).unwrap();
+        tx.send(&2u64).unwrap();
+        assert_eq!(rx.recv_timeout::<u64>(DEADLINE).unwrap(), Some(1));
+        assert_eq!(rx.recv_async::<u64>().await.unwrap(), 2);
+        // Dropped with its watcher thread running: the drop ends and joins
+        // it (a hang here would be caught by the watchdog).
+        drop(rx);
+        drop(tx);
+    });
+}
+
 // ---------------------------------------------------------------------------
 // AsyncProcess
 
