@@ -307,7 +307,7 @@ fn the_futures_are_send_and_run_in_spawned_tasks() {
     on_each_runtime(|| async {
         let (tx, rx) = Pipe::one_way().unwrap();
         let (tx2, rx2) = Pipe::one_way().unwrap();
-        let mut h = Relay { rx, tx: tx2, n: 0 }.start().unwrap();
+        let h = Relay { rx, tx: tx2, n: 0 }.start().unwrap();
         let h = tokio::spawn(async move {
             let first: u64 = h.listen_async().await.unwrap();
             (h, first)
