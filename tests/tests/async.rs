@@ -589,3 +589,67 @@ fn stopped_resolves_on_a_stop_from_the_parent_and_on_sigterm() {
         assert_gone(h.pid());
     }
 }
+
+/// Awaits a stop beside a very long sleep; `onfinish` marks a share.
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1)]
+struct Orphan {
+    finished: Share<bool>,
+}
+
+impl AsyncProcess for Orphan {
+    async fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+        ctx.tell(&ctx.pid())?;
+        tokio::select! {
+            _ = ctx.stopped() => Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(1000)) => Err("never stopped".into()),
+        }
+    }
+
+    async fn onfinish(&mut self, _ctx: &mut Ctx) -> HookResult {
+        self.finished.set(true)?;
+        Ok(())
+    }
+}
+
+/// Starts an `Orphan`, passes its pid up, then waits to be killed.
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1)]
+struct Middle {
+    finished: Share<bool>,
+}
+
+impl Process for Middle {
+    fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+        let h = Orphan {
+            finished: self.finished.clone(),
+        }
+        .start()?;
+        let pid: u32 = h.listen(DEADLINE)?.ok_or("no pid")?;
+        ctx.tell(&pid)?;
+        std::thread::sleep(Duration::from_secs(1000));
+        drop(h);
+        Ok(())
+    }
+}
+
+#[test]
+fn stopped_resolves_when_the_parent_dies() {
+    watchdog();
+    let finished = Share::new(false).unwrap();
+    let mut h = Middle {
+        finished: finished.clone(),
+    }
+    .start()
+    .unwrap();
+    let orphan: u32 = h.listen(DEADLINE).unwrap().expect("pid");
+    // SIGKILL: the middle process cannot stop its child itself.
+    h.kill().unwrap();
+    assert!(support::finish(&mut h).err().unwrap().is_killed());
+    let until = std::time::Instant::now() + DEADLINE;
+    while !finished.get().unwrap() {
+        assert!(std::time::Instant::now() < until, "onfinish never ran");
+        std::thread::yield_now();
+    }
+    support::assert_gone_within(orphan, DEADLINE);
+}
