@@ -435,7 +435,9 @@ impl<P> Drop for Handle<P> {
             self.control.inbox.unbound();
             self.stop();
             let deadline = sys::sock::deadline_after(self.grace);
-            if self.result.take(deadline).is_none() {
+            // Not ended in time, or its runner failed: kill (which does
+            // nothing to a process already gone).
+            if !matches!(self.result.take(deadline), Some(Ok(_))) {
                 let _ = self.kill();
             }
         }
