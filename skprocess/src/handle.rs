@@ -12,17 +12,20 @@
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::parent::lives::{Control, Lives};
+use crate::parent::outcome::Outcome;
 use crate::stats::Stats;
 use crate::sys;
 use crate::timers::Timers;
 use crate::wire::{self, Encoded};
 use crate::Process;
-use crossbeam_channel::{Receiver, RecvTimeoutError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt;
+use std::future::{poll_fn, Future};
 use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -60,7 +63,7 @@ use std::time::{Duration, Instant};
 /// ```
 pub struct Handle<P> {
     control: Arc<Control>,
-    result: Receiver<Result<Encoded>>,
+    result: Arc<Outcome<Result<Encoded>>>,
     thread: Option<JoinHandle<()>>,
     waited: bool,
     grace: Duration,
@@ -87,12 +90,14 @@ impl<P: Process> Handle<P> {
         let grace = config.stop_grace;
         let mut lives = Lives::new(control.clone(), P::ID, encoded, config);
         let first = lives.start_first()?;
-        let (result_tx, result) = crossbeam_channel::bounded(1);
+        let result = Arc::new(Outcome::new());
+        let out = result.clone();
         let thread = std::thread::Builder::new()
             .name(format!("skprocess-handle-{}", first.pid()))
             .stack_size(256 * 1024)
             .spawn(move || {
-                let _ = result_tx.send(lives.run(first));
+                let r = std::panic::catch_unwind(AssertUnwindSafe(|| lives.run(first)));
+                out.set(r.unwrap_or(Err(Error::Disconnected)));
             })
             .map_err(Error::Spawn)?;
         Ok(Handle {
@@ -113,19 +118,70 @@ impl<P: Process> Handle<P> {
     /// naming the hook, run and attempt), [`Error::Killed`] after
     /// [`kill`](Handle::kill), or [`Error::AlreadyWaited`] on a second call.
     pub fn wait(&mut self) -> Result<P> {
+        self.waitable()?;
+        let r = self.result.take(None).unwrap_or(Err(Error::Disconnected));
+        self.finish(r)
+    }
+
+    /// [`wait`](Handle::wait) as a future: resolves to the final state
+    /// once the process has ended, without blocking the thread that polls
+    /// it. It needs no particular runtime (tokio, async-std, smol or
+    /// `futures::executor::block_on` alike): the handle's own thread wakes
+    /// the task when the process ends. Dropping the future before then
+    /// leaves the handle as it was: it can be waited on again.
+    ///
+    /// # Errors
+    ///
+    /// As [`wait`](Handle::wait).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use serde::{Deserialize, Serialize};
+    /// use skprocess::prelude::*;
+    ///
+    /// #[derive(Process, Serialize, Deserialize)]
+    /// #[process(runs = 3)]
+    /// struct Count { n: u32 }
+    ///
+    /// impl Process for Count {
+    ///     fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+    ///         self.n += 1;
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # fn main() -> skprocess::Result<()> {
+    /// let mut h = Count { n: 0 }.start()?;
+    /// let done = futures::executor::block_on(h.wait_async())?;
+    /// assert_eq!(done.n, 3);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn wait_async(&mut self) -> impl Future<Output = Result<P>> + Send + '_ {
+        let mut ready = self.waitable();
+        poll_fn(move |cx| {
+            if let Err(e) = std::mem::replace(&mut ready, Ok(())) {
+                return Poll::Ready(Err(e));
+            }
+            match self.result.poll_take(cx) {
+                Poll::Ready(r) => Poll::Ready(self.finish(r)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+    }
+
+    /// Checks the handle was not waited on, and lifts the bound on the
+    /// child's messages: nobody may be listening while the parent waits,
+    /// and a child blocked in `tell` could then never end.
+    fn waitable(&self) -> Result<()> {
         if self.waited {
             return Err(Error::AlreadyWaited {
                 process: self.control.name,
             });
         }
-        // Nobody may be listening: let the child's messages in unbounded,
-        // or a child blocked in `tell` could never end.
         self.control.inbox.unbound();
-        let r = self
-            .result
-            .recv()
-            .unwrap_or_else(|_| Err(Error::Disconnected));
-        self.finish(r)
+        Ok(())
     }
 
     /// Like [`wait`](Handle::wait), but gives up after `timeout` with
@@ -135,23 +191,10 @@ impl<P: Process> Handle<P> {
     ///
     /// As [`wait`](Handle::wait).
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<P>> {
-        if self.waited {
-            return Err(Error::AlreadyWaited {
-                process: self.control.name,
-            });
-        }
-        self.control.inbox.unbound();
-        let r = match sys::sock::deadline_after(timeout) {
-            Some(d) => self.result.recv_deadline(d),
-            None => self
-                .result
-                .recv()
-                .map_err(|_| RecvTimeoutError::Disconnected),
-        };
-        match r {
-            Ok(r) => self.finish(r).map(Some),
-            Err(RecvTimeoutError::Timeout) => Ok(None),
-            Err(RecvTimeoutError::Disconnected) => self.finish(Err(Error::Disconnected)).map(Some),
+        self.waitable()?;
+        match self.result.take(sys::sock::deadline_after(timeout)) {
+            Some(r) => self.finish(r).map(Some),
+            None => Ok(None),
         }
     }
 
@@ -197,6 +240,56 @@ impl<P> Handle<P> {
     /// As [`listen`](Handle::listen).
     pub fn try_listen<T: DeserializeOwned>(&self) -> Result<Option<T>> {
         self.receive(Some(Instant::now()))
+    }
+
+    /// [`listen`](Handle::listen) as a future: resolves to the next
+    /// message from the child, without blocking the thread that polls it
+    /// (the thread reading the child's messages wakes the task).
+    ///
+    /// Cancel-safe: a message leaves the queue only when the future
+    /// resolves with it, so a future dropped while pending (the losing
+    /// branch of a `select!`, a timeout) loses nothing, and the next listen
+    /// gets every message in order.
+    ///
+    /// # Errors
+    ///
+    /// As [`listen`](Handle::listen): [`Error::Disconnected`] once the
+    /// process has ended and every message it sent has been read.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use serde::{Deserialize, Serialize};
+    /// use skprocess::prelude::*;
+    ///
+    /// #[derive(Process, Serialize, Deserialize)]
+    /// #[process(runs = 2)]
+    /// struct Ping;
+    ///
+    /// impl Process for Ping {
+    ///     fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+    ///         ctx.tell(&ctx.run_index())?;
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # fn main() -> skprocess::Result<()> {
+    /// let mut h = Ping.start()?;
+    /// futures::executor::block_on(async {
+    ///     assert_eq!(h.listen_async::<u64>().await?, 0);
+    ///     assert_eq!(h.listen_async::<u64>().await?, 1);
+    ///     assert!(h.listen_async::<u64>().await.unwrap_err().is_disconnected());
+    ///     h.wait_async().await
+    /// })?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn listen_async<T: DeserializeOwned>(&self) -> impl Future<Output = Result<T>> + Send + '_ {
+        poll_fn(move |cx| match self.control.inbox.poll_pop(cx) {
+            Poll::Ready(Ok(f)) => Poll::Ready(wire::receive_message(f, &self.control.counters)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        })
     }
 
     fn receive<T: DeserializeOwned>(&self, deadline: Option<Instant>) -> Result<Option<T>> {
@@ -336,12 +429,15 @@ impl<P> Drop for Handle<P> {
         let Some(thread) = self.thread.take() else {
             return;
         };
-        if self.result.is_empty() {
+        if !self.result.is_set() {
             // Nobody will listen any more: a child blocked in `tell` must
             // be able to reach its stop.
             self.control.inbox.unbound();
             self.stop();
-            if self.result.recv_timeout(self.grace).is_err() {
+            let deadline = sys::sock::deadline_after(self.grace);
+            // Not ended in time, or its runner failed: kill (which does
+            // nothing to a process already gone).
+            if !matches!(self.result.take(deadline), Some(Ok(_))) {
                 let _ = self.kill();
             }
         }

@@ -480,6 +480,61 @@
 //! # }
 //! ```
 //!
+//! # Async
+//!
+//! The parent's waits have futures beside them: [`Handle::wait_async`],
+//! [`Handle::listen_async`], [`Pipe::recv_async`] and
+//! [`PipeReceiver::recv_async`]. They need no particular runtime (tokio,
+//! async-std, smol, `futures::executor::block_on`) and never block the
+//! thread that polls them: the parent's own threads (the one reading each
+//! child's messages, the one running its lives, a watcher per awaited pipe
+//! end) wake the task when there is something to take. `listen_async` is
+//! cancel-safe: a future dropped while pending (the losing branch of a
+//! `select!`, a timeout) takes no message with it.
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use skprocess::prelude::*;
+//!
+//! #[derive(Process, Serialize, Deserialize)]
+//! #[process(runs = 3)]
+//! struct Counter { n: u64 }
+//!
+//! impl Process for Counter {
+//!     fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+//!         self.n += 1;
+//!         ctx.tell(&self.n)?;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # fn main() -> skprocess::Result<()> {
+//! let mut h = Counter { n: 0 }.start()?;
+//! let done = futures::executor::block_on(async {
+//!     let mut told = Vec::new();
+//!     loop {
+//!         match h.listen_async::<u64>().await {
+//!             Ok(n) => told.push(n),
+//!             Err(e) if e.is_disconnected() => break, // ended, all read
+//!             Err(e) => return Err(e),
+//!         }
+//!     }
+//!     assert_eq!(told, [1, 2, 3]);
+//!     h.wait_async().await
+//! })?;
+//! assert_eq!(done.n, 3);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! With the cargo feature `tokio`, a process's hooks can be `async fn`:
+//! derive `Process` as usual and implement `AsyncProcess` instead of
+//! [`Process`]. The child runs the hooks on a tokio runtime of its own,
+//! kept for its whole life; [`Ctx::stopped`] resolves when a stop is asked
+//! for, to await beside the work in a `select!`. Timeouts, lives, reports,
+//! heartbeats and messaging behave as for any process (see
+//! `examples/async_worker.rs`).
+//!
 //! # Platform support
 //!
 //! Linux only: the crate relies on `memfd_create`, `pidfd_open`,
@@ -507,6 +562,8 @@
 
 #![deny(unsafe_code)]
 
+#[cfg(feature = "tokio")]
+mod asynced;
 #[cfg(feature = "bench-internals")]
 mod bench;
 mod child;
@@ -533,8 +590,11 @@ pub mod supervise;
 #[allow(unsafe_code)]
 mod sys;
 mod timers;
+mod wakers;
 mod wire;
 
+#[cfg(feature = "tokio")]
+pub use asynced::AsyncProcess;
 /// The crate that says which types are plain data ([`bytemuck::Pod`]), the
 /// element types of [`SharedSlice`] and [`SharedSliceMut`].
 pub use bytemuck;
@@ -556,6 +616,8 @@ pub use wire::Json;
 
 /// `use skprocess::prelude::*;` brings in everything a process needs.
 pub mod prelude {
+    #[cfg(feature = "tokio")]
+    pub use crate::AsyncProcess;
     pub use crate::{
         BoxError, Config, Ctx, Error, Handle, Hook, HookResult, Pipe, PipeReceiver, PipeSender,
         Pool, Process, Queue, Result, Share, SharedSlice, SharedSliceMut, Timer, Timers,

@@ -20,10 +20,12 @@ use crate::error::{Error, Result};
 use crate::proto::{kind, Exit};
 use crate::stats::Counters;
 use crate::sys;
+use crate::wakers::{self, Wakers};
 use crate::wire::{Frame, Reader, Writer};
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// What a stop may take beyond `stop_grace` once the parent is gone.
@@ -38,7 +40,10 @@ pub(crate) struct Link {
     /// Pool tasks (for a worker).
     pub(crate) others: Receiver<Frame>,
     /// A stop was asked for: by the parent, a signal, or the parent's end.
+    /// Set with [`Link::request_stop`].
     pub(crate) stop: AtomicBool,
+    /// Tasks awaiting [`Ctx::stopped`](crate::Ctx::stopped).
+    stop_wakers: Mutex<Wakers>,
     /// SIGTERM or SIGINT arrived.
     pub(crate) signalled: AtomicBool,
     /// The parent is gone.
@@ -99,6 +104,7 @@ impl Link {
             inbox,
             others,
             stop: AtomicBool::new(early.stop),
+            stop_wakers: Mutex::default(),
             signalled: AtomicBool::new(false),
             parent_gone: AtomicBool::new(false),
             stop_grace,
@@ -120,6 +126,31 @@ impl Link {
         Ok(link)
     }
 
+    /// Asks this process to stop, waking the tasks that await it.
+    pub(crate) fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let w = self.wakers().take();
+        wakers::wake(w);
+    }
+
+    fn wakers(&self) -> MutexGuard<'_, Wakers> {
+        self.stop_wakers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a stop was asked for; if not, registers the task to be
+    /// woken when one is.
+    pub(crate) fn poll_stop(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.stop.load(Ordering::SeqCst) {
+            return Poll::Ready(());
+        }
+        self.wakers().register(cx.waker());
+        // A stop set between the check and the registration woke nobody.
+        if self.stop.load(Ordering::SeqCst) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
     /// Whether the parent is gone.
     pub(crate) fn is_parent_gone(&self) -> bool {
         self.parent_gone.load(Ordering::Relaxed)
@@ -130,7 +161,7 @@ impl Link {
     /// calling thread until then.
     pub(crate) fn parent_lost(&self) -> ! {
         self.parent_gone.store(true, Ordering::Relaxed);
-        self.stop.store(true, Ordering::Relaxed);
+        self.request_stop();
         std::thread::sleep(self.stop_grace.saturating_add(PARENT_GONE_SLACK));
         end_group(Exit::Clean)
     }
@@ -145,7 +176,7 @@ fn control(mut reader: Reader, inbox: &Sender<Frame>, others: &Sender<Frame>, li
                 kind::TELL => {
                     let _ = inbox.send(f);
                 }
-                kind::STOP => link.stop.store(true, Ordering::Relaxed),
+                kind::STOP => link.request_stop(),
                 _ => {
                     let _ = others.send(f);
                 }

@@ -24,10 +24,12 @@ use crossbeam_channel::{RecvTimeoutError, TryRecvError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::cell::{Cell, RefCell};
+use std::future::{poll_fn, Future};
 use std::os::fd::OwnedFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 /// What a child needs to run one process value to its end.
@@ -151,6 +153,50 @@ impl Ctx {
         self.stop_requested || self.link.stop.load(Ordering::Relaxed)
     }
 
+    /// Resolves when a stop is asked for: by the parent
+    /// ([`Handle::stop`](crate::Handle::stop)), by SIGTERM or SIGINT, by the
+    /// parent's death, or (before this call) by [`Ctx::stop`]. At once if
+    /// one was asked for already. The future is woken by the stop itself
+    /// (no polling), needs no particular runtime, and does not borrow the
+    /// context: await it in a `select!` beside work that uses `ctx`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use serde::{Deserialize, Serialize};
+    /// use skprocess::prelude::*;
+    ///
+    /// #[derive(Process, Serialize, Deserialize)]
+    /// #[process(runs = 1)]
+    /// struct Idle;
+    ///
+    /// impl Process for Idle {
+    ///     fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+    ///         ctx.tell("ready")?;
+    ///         futures::executor::block_on(ctx.stopped());
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # fn main() -> skprocess::Result<()> {
+    /// let mut h = Idle.start()?;
+    /// let _: Option<String> = h.listen(std::time::Duration::from_secs(30))?;
+    /// h.stop();
+    /// h.wait()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let link = self.link.clone();
+        let already = self.stop_requested;
+        poll_fn(move |cx| {
+            if already {
+                return Poll::Ready(());
+            }
+            link.poll_stop(cx)
+        })
+    }
+
     /// The 0-based iteration; in `onfinish`, the number of iterations run.
     pub fn run_index(&self) -> u64 {
         self.run_index
@@ -178,7 +224,7 @@ impl Ctx {
         report: Option<Arc<ReportPage>>,
     ) -> Ctx {
         if plan.stop {
-            link.stop.store(true, Ordering::Relaxed);
+            link.request_stop();
         }
         Ctx {
             link,

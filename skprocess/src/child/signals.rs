@@ -25,7 +25,7 @@ pub(crate) fn install(link: &Arc<Link>, ppid: u32) -> std::io::Result<()> {
         .spawn(move || {
             for _ in signals.forever() {
                 link.signalled.store(true, Ordering::Relaxed);
-                link.stop.store(true, Ordering::Relaxed);
+                link.request_stop();
                 if sys::proc::getppid() != ppid {
                     link.parent_lost();
                 }

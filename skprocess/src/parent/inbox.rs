@@ -7,11 +7,17 @@
 //! end. Two cases lift the bound, since waiting for room could then never
 //! end: the parent waits for the process to end ([`Inbox::unbound`]), or
 //! the child has exited (what it sent is all there is).
+//!
+//! Listeners block ([`Inbox::pop`]) or poll ([`Inbox::poll_pop`]); a
+//! message leaves the queue only when handed to a listener, so a listening
+//! future dropped while pending never loses one.
 
 use crate::error::{Error, Result};
+use crate::wakers::{self, Wakers};
 use crate::wire::Frame;
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// What one queued message costs beyond its payload (the frame, the
@@ -40,6 +46,8 @@ struct State {
     closed: bool,
     /// The bound no longer applies.
     unbounded: bool,
+    /// Tasks waiting for a message or the close.
+    wakers: Wakers,
 }
 
 fn cost(f: &Frame) -> usize {
@@ -67,8 +75,10 @@ impl Inbox {
         let mut s = self.lock();
         s.bytes += cost(&f);
         s.frames.push_back(f);
+        let w = s.wakers.take();
         drop(s);
         self.arrived.notify_one();
+        wakers::wake(w);
     }
 
     /// Waits until there is room (or the bound is lifted), at most until
@@ -103,8 +113,27 @@ impl Inbox {
     /// No more messages will come: listeners get `Disconnected` once the
     /// queue is empty.
     pub(crate) fn close(&self) {
-        self.lock().closed = true;
+        let mut s = self.lock();
+        s.closed = true;
+        let w = s.wakers.take();
+        drop(s);
         self.arrived.notify_all();
+        wakers::wake(w);
+    }
+
+    /// The next message if one is queued, `Err(Disconnected)` once closed
+    /// and empty; otherwise registers the task to be woken when a message
+    /// arrives or the inbox closes.
+    pub(crate) fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<Result<Frame>> {
+        let mut s = self.lock();
+        if let Some(f) = self.take(&mut s) {
+            return Poll::Ready(Ok(f));
+        }
+        if s.closed {
+            return Poll::Ready(Err(Error::Disconnected));
+        }
+        s.wakers.register(cx.waker());
+        Poll::Pending
     }
 
     fn take(&self, s: &mut State) -> Option<Frame> {

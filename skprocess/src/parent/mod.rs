@@ -11,8 +11,10 @@
 //!   other threads may send it (`tell`, `stop`, `kill`) at any moment, each
 //!   with one defined outcome whatever state the process is in.
 //! - [`inbox`]: the messages a child told, bounded, with backpressure.
+//! - [`outcome`]: a process's end result, for a blocking or an async wait.
 
 pub(crate) mod child;
 pub(crate) mod deadline;
 pub(crate) mod inbox;
 pub(crate) mod lives;
+pub(crate) mod outcome;

@@ -26,12 +26,18 @@
 //! ended. A process that received an end as a field holds the only copy
 //! once its handle has given it to the last life (earlier lives are started
 //! from copies the handle keeps).
+//!
+//! # Async
+//!
+//! `recv_async` receives without blocking the polling thread: a watcher
+//! thread per awaited end wakes the tasks (see `watch`).
 
 mod ring;
 #[cfg(feature = "bench-internals")]
 mod socket;
 #[cfg(test)]
 mod test;
+mod watch;
 
 use crate::error::{Error, Result};
 use crate::stats::{Counters, Stats};
@@ -43,8 +49,12 @@ use serde::de::{DeserializeOwned, Error as _};
 use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
+use std::future::{poll_fn, Future};
 use std::os::fd::OwnedFd;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use watch::Watch;
 
 /// What an end may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +85,7 @@ pub(crate) struct Message {
 /// The transports.
 #[derive(Debug)]
 enum Flavor {
-    Ring(ring::End),
+    Ring(Arc<ring::End>),
     #[cfg(feature = "bench-internals")]
     Socket(socket::End),
 }
@@ -103,8 +113,22 @@ enum Moved {
     Socket { sock: u32 },
 }
 
+impl Flavor {
+    /// The shared-memory end, for this flavor.
+    fn ring(&self) -> Option<&Arc<ring::End>> {
+        match self {
+            Flavor::Ring(r) => Some(r),
+            #[cfg(feature = "bench-internals")]
+            Flavor::Socket(_) => None,
+        }
+    }
+}
+
 /// The part every public end shares: a flavor and its counters.
 struct End {
+    /// The watcher that wakes receiving futures, once one waited (dropped,
+    /// and its thread ended, before the transport).
+    watch: OnceLock<Watch>,
     flavor: Flavor,
     counters: Counters,
 }
@@ -112,6 +136,7 @@ struct End {
 impl End {
     fn new(flavor: Flavor) -> End {
         End {
+            watch: OnceLock::new(),
             flavor,
             counters: Counters::default(),
         }
@@ -121,7 +146,10 @@ impl End {
         Ok(match t {
             Transport::Ring(capacity) => {
                 let (x, y) = ring::End::pair(a, b, capacity)?;
-                (End::new(Flavor::Ring(x)), End::new(Flavor::Ring(y)))
+                (
+                    End::new(Flavor::Ring(Arc::new(x))),
+                    End::new(Flavor::Ring(Arc::new(y))),
+                )
             }
             #[cfg(feature = "bench-internals")]
             Transport::Socket => {
@@ -188,6 +216,38 @@ impl End {
         got.transpose()
     }
 
+    /// A message if one is there; otherwise registers the task with the
+    /// end's watcher, which wakes it when the peer publishes or goes.
+    fn poll_recv<T: DeserializeOwned>(&self, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        let Some(r) = self.flavor.ring() else {
+            return Poll::Ready(Err(Error::usage(
+                "recv_async needs a pipe over shared memory",
+            )));
+        };
+        let Some(seen) = r.published() else {
+            return Poll::Ready(Err(Error::usage("this pipe end cannot receive")));
+        };
+        match self.recv(Some(Instant::now())) {
+            Ok(Some(v)) => return Poll::Ready(Ok(v)),
+            Ok(None) => {}
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+        let watch = match self.watch.get() {
+            Some(w) => w,
+            None => match Watch::start(r.clone()) {
+                // Two tasks may start one at once: the loser's ends here.
+                Ok(w) => self.watch.get_or_init(|| w),
+                Err(e) => return Poll::Ready(Err(e)),
+            },
+        };
+        watch.register(cx, seen);
+        Poll::Pending
+    }
+
+    fn recv_async<T: DeserializeOwned>(&self) -> impl Future<Output = Result<T>> + Send + '_ {
+        poll_fn(move |cx| self.poll_recv(cx))
+    }
+
     fn recv_forever<T: DeserializeOwned>(&self) -> Result<T> {
         loop {
             if let Some(v) = self.recv(None)? {
@@ -234,7 +294,9 @@ impl End {
                 let sock = wire::take_fd(sock).map_err(D::Error::custom)?;
                 let mem = wire::take_fd(mem).map_err(D::Error::custom)?;
                 let region = sys::region::Region::from_fd(mem).map_err(|e| refuse(Error::Io(e)))?;
-                Flavor::Ring(ring::End::attach(region, sock, &layout, role).map_err(refuse)?)
+                Flavor::Ring(Arc::new(
+                    ring::End::attach(region, sock, &layout, role).map_err(refuse)?,
+                ))
             }
             #[cfg(feature = "bench-internals")]
             Moved::Socket { sock } => {
@@ -524,6 +586,38 @@ impl Pipe {
         self.end.recv_forever()
     }
 
+    /// [`recv`](Pipe::recv) as a future: resolves to the next message
+    /// without blocking the thread that polls it, under any executor.
+    ///
+    /// The first receive that has to wait starts one watcher thread for
+    /// this end, which sleeps until the peer publishes (or goes) and wakes
+    /// the waiting tasks; it ends with the end. A future dropped while
+    /// pending loses no message. A poll waits for the end's lock while a
+    /// blocking receive on the same end runs in another thread: do not
+    /// mix both on one end at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Pipe::recv).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use skprocess::Pipe;
+    ///
+    /// # fn main() -> skprocess::Result<()> {
+    /// let (a, b) = Pipe::pair()?;
+    /// let t = std::thread::spawn(move || a.send(&7u64));
+    /// let v = futures::executor::block_on(b.recv_async::<u64>())?;
+    /// assert_eq!(v, 7);
+    /// t.join().unwrap()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn recv_async<T: DeserializeOwned>(&self) -> impl Future<Output = Result<T>> + Send + '_ {
+        self.end.recv_async()
+    }
+
     /// Waits up to `timeout` for a message: `Ok(None)` if none came.
     ///
     /// # Examples
@@ -689,6 +783,34 @@ impl PipeReceiver {
     /// every message it sent has been received.
     pub fn recv<T: DeserializeOwned>(&self) -> Result<T> {
         self.end.recv_forever()
+    }
+
+    /// [`recv`](PipeReceiver::recv) as a future, as [`Pipe::recv_async`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Pipe::recv`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use skprocess::Pipe;
+    ///
+    /// # fn main() -> skprocess::Result<()> {
+    /// let (tx, rx) = Pipe::one_way()?;
+    /// let t = std::thread::spawn(move || tx.send(&"hi"));
+    /// let v = futures::executor::block_on(rx.recv_async::<String>())?;
+    /// assert_eq!(v, "hi");
+    /// t.join().unwrap()?;
+    /// // The sender is gone: every message was received.
+    /// assert!(futures::executor::block_on(rx.recv_async::<String>())
+    ///     .unwrap_err()
+    ///     .is_disconnected());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn recv_async<T: DeserializeOwned>(&self) -> impl Future<Output = Result<T>> + Send + '_ {
+        self.end.recv_async()
     }
 
     /// Waits up to `timeout` for a message: `Ok(None)` if none came.

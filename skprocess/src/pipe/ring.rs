@@ -95,6 +95,8 @@ pub(crate) struct End {
     id: u64,
     tx: Option<Mutex<Producer>>,
     rx: Option<Mutex<Consumer>>,
+    /// The ring this end receives from.
+    rx_ring: Option<usize>,
 }
 
 /// How a ring end is described when it moves.
@@ -209,6 +211,7 @@ impl End {
             id: claim::new_id(),
             tx,
             rx,
+            rx_ring: layout.rx.map(usize::from),
         })
     }
 

@@ -3,7 +3,7 @@
 
 use super::claim::{self, Side};
 use super::layout::{corrupt, Ring};
-use super::wait::{notify, wait_until, Spin};
+use super::wait::{interrupt, notify, wait_until, Spin};
 use super::End;
 use crate::error::{Error, Result};
 use crate::proto::kind;
@@ -109,6 +109,47 @@ impl End {
                 Err(Error::Wire(m))
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// The position up to which bytes are published in the ring this end
+    /// receives from; `None` for an end that does not receive.
+    pub(crate) fn published(&self) -> Option<u64> {
+        let c = self.rx_ring?;
+        Some(
+            Ring::new(&self.region, self.cap, c)
+                .head()
+                .load(Ordering::Acquire),
+        )
+    }
+
+    /// Waits, without reading anything, until bytes are published past
+    /// `seen` (see [`published`](End::published)), the peer is gone, or
+    /// `quit()`: the moment a receive may find something new. Wakes on the
+    /// producer's futex notification like a blocking receive, and checks
+    /// for a dead peer as it does.
+    pub(crate) fn wait_published_past(&self, seen: u64, quit: &dyn Fn() -> bool) {
+        let Some(c) = self.rx_ring else {
+            return;
+        };
+        let r = Ring::new(&self.region, self.cap, c);
+        let mut ready = || Ok(quit() || r.head().load(Ordering::Acquire) != seen);
+        // A dead peer, like any error, is for the receive to report.
+        let _ = wait_until(
+            &mut Spin::default(),
+            &mut ready,
+            r.data_seq(),
+            r.consumer_waiting(),
+            self.sock.as_fd(),
+            None,
+        );
+    }
+
+    /// Wakes whatever sleeps in [`wait_published_past`](End::wait_published_past)
+    /// (or a receive) on this end's ring, to check its condition again.
+    pub(crate) fn interrupt_receivers(&self) {
+        if let Some(c) = self.rx_ring {
+            interrupt(Ring::new(&self.region, self.cap, c).data_seq());
         }
     }
 

@@ -114,8 +114,10 @@ impl Spin {
     }
 }
 
-/// Waits until `ready()` or `deadline`: spins, then sleeps on `seq` with
-/// `waiting` raised. `Ok(false)` on timeout; `Err(Disconnected)` if the peer
+/// Waits until `ready()` or `deadline`: spins, then sleeps on `seq`,
+/// counted in `waiting` (a count, not a flag: an end may have more than one
+/// sleeper, such as a blocking receive and the watcher of its futures, see
+/// `pipe::watch`, and one waking must not hide the other). `Ok(false)` on timeout; `Err(Disconnected)` if the peer
 /// is gone and `ready()` is still false.
 pub(super) fn wait_until(
     spin: &mut Spin,
@@ -130,7 +132,7 @@ pub(super) fn wait_until(
     }
     loop {
         let s = seq.load(Ordering::SeqCst);
-        waiting.store(1, Ordering::SeqCst);
+        waiting.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         let r = (|| {
             if ready()? {
@@ -155,7 +157,7 @@ pub(super) fn wait_until(
             futex::wait(seq, s, Some(slice)).map_err(Error::Io)?;
             Ok(None)
         })();
-        waiting.store(0, Ordering::Relaxed);
+        waiting.fetch_sub(1, Ordering::Relaxed);
         match r {
             Ok(Some(v)) => return Ok(v),
             Ok(None) => {}
@@ -164,12 +166,18 @@ pub(super) fn wait_until(
     }
 }
 
-/// Bumps `seq` and wakes its sleeper if `waiting` is raised. Call after
+/// Bumps `seq` and wakes its sleepers if `waiting` counts any. Call after
 /// publishing a position.
 pub(super) fn notify(seq: &AtomicU32, waiting: &AtomicU32) {
     fence(Ordering::SeqCst);
     if waiting.load(Ordering::Relaxed) != 0 {
-        seq.fetch_add(1, Ordering::SeqCst);
-        let _ = futex::wake(seq, 1);
+        interrupt(seq);
     }
+}
+
+/// Bumps `seq` and wakes every sleeper on it, whatever it waits for: each
+/// checks its condition again.
+pub(super) fn interrupt(seq: &AtomicU32) {
+    seq.fetch_add(1, Ordering::SeqCst);
+    let _ = futex::wake(seq, u32::MAX);
 }
