@@ -577,6 +577,60 @@ def bench_lifecycle():
                 "plain loop calling 3 empty methods", base)
 
 
+# ------------------------------------------------ 7. queue, 1 producer / 1 consumer
+
+
+QUEUE_BURST = 20_000
+
+
+def _mp_queue_sink(items, acks):
+    while True:
+        for _ in range(QUEUE_BURST):
+            if items.get() is None:
+                return
+        acks.put(1)
+
+
+def bench_queue():
+    """multiprocessing.Queue moving small ints from this process to a
+    child, bursts acknowledged as in benches/queue.rs, beside mp.Pipe."""
+    items, acks = mp.Queue(), mp.Queue()
+    child = mp.Process(target=_mp_queue_sink, args=(items, acks))
+    child.start()
+    mine, theirs = mp.Pipe()
+    pipe_child = mp.Process(target=_mp_pipe_sink, args=(theirs,))
+    pipe_child.start()
+
+    def queue_burst():
+        t = time.perf_counter()
+        for i in range(QUEUE_BURST):
+            items.put(i)
+        acks.get()
+        return QUEUE_BURST / (time.perf_counter() - t)
+
+    def pipe_burst():
+        t = time.perf_counter()
+        for i in range(QUEUE_BURST):
+            mine.send(i)
+        mine.recv()
+        return QUEUE_BURST / (time.perf_counter() - t)
+
+    q, p = interleaved(queue_burst, pipe_burst)
+    items.put(None)
+    mine.send(None)
+    child.join()
+    pipe_child.join()
+    report_rate("mp.Queue 1P/1C, small ints", q, "mp.Pipe, same items", p, "items/s")
+
+
+def _mp_pipe_sink(conn):
+    while True:
+        for _ in range(QUEUE_BURST):
+            if conn.recv() is None:
+                return
+        conn.send(1)
+
+
 # ----------------------------------------------------------------- main
 
 
@@ -612,6 +666,7 @@ def main():
     bench_pool()
     bench_throughput()
     bench_lifecycle()
+    bench_queue()
     print(f"total {time.perf_counter() - t:.1f}s", flush=True)
     return 0 if ok else 1
 
