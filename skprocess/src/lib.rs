@@ -469,7 +469,7 @@ pub use config::{Config, Hook};
 pub use error::{fatal, BoxError, Cause, Error, Failure, Fatal, HookResult, Result};
 pub use handle::Handle;
 pub use pipe::{Pipe, PipeReceiver, PipeSender};
-pub use pool::{Imap, ImapNext, Pool, PoolBuilder, PoolCall};
+pub use pool::{Background, BackgroundCall, Imap, ImapNext, ImapStream, Pool, PoolBuilder, PoolCall};
 pub use process::Process;
 pub use runtime::Ctx;
 pub use share::{Share, ShareGuard};
