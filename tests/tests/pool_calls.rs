@@ -161,9 +161,18 @@ fn assert_killed_and_usable(pool: &Pool, dir: &Dir) {
     }
     let v: Vec<u64> = pool.map_fn(double, 0..100u64).unwrap();
     assert_eq!(v[99], 198);
-    let now: BTreeSet<u32> = pool.pids().into_iter().collect();
-    assert!(now.is_disjoint(&killed), "{now:?} vs killed {killed:?}");
-    assert_eq!(now.len(), pool.workers());
+    // A killed worker's slot is empty until its replacement has started.
+    let end = Instant::now() + DEADLINE;
+    let now = loop {
+        let now: BTreeSet<u32> = pool.pids().into_iter().collect();
+        assert!(now.is_disjoint(&killed), "{now:?} vs killed {killed:?}");
+        if now.len() == pool.workers() {
+            break now;
+        }
+        assert!(Instant::now() < end, "workers not replaced: {now:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(now.iter().all(|&p| !support::is_gone(p)));
     let done = pool.map((0..4).map(Job::quick)).unwrap();
     assert_eq!(done.iter().map(|j| j.id).collect::<Vec<_>>(), [0, 1, 2, 3]);
 }
@@ -256,7 +265,10 @@ fn items_not_started_by_the_time_limit_never_run() {
     // The next call runs after whatever the stopped one left queued.
     assert_killed_and_usable(&pool, &dir);
     for id in 1..6 {
-        assert!(!Path::new(&dir.file(&format!("ran-{id}"))).exists(), "item {id} ran");
+        assert!(
+            !Path::new(&dir.file(&format!("ran-{id}"))).exists(),
+            "item {id} ran"
+        );
     }
 }
 
@@ -269,7 +281,10 @@ fn a_call_within_its_time_limit_returns_its_results() {
         .map_fn(double, 0..1000u64)
         .unwrap();
     assert_eq!(v[999], 1998);
-    let done = pool.with_timeout(DEADLINE).map((0..5).map(Job::quick)).unwrap();
+    let done = pool
+        .with_timeout(DEADLINE)
+        .map((0..5).map(Job::quick))
+        .unwrap();
     assert_eq!(done.len(), 5);
 }
 
@@ -307,7 +322,12 @@ fn background_wait_timeout_returns_none_while_items_run() {
         })
         .collect();
     let bg = pool.background().map(items);
-    assert_eq!(bg.wait_timeout(Duration::from_millis(20)).unwrap().map(|v| v.len()), None);
+    assert_eq!(
+        bg.wait_timeout(Duration::from_millis(20))
+            .unwrap()
+            .map(|v| v.len()),
+        None
+    );
     assert!(!bg.is_finished());
     // Items 0..3 end while item 3 waits.
     let end = Instant::now() + DEADLINE;
@@ -372,6 +392,25 @@ fn background_calls_take_a_time_limit_either_way_round() {
         }
     }
     assert_killed_and_usable(&pool, &dir);
+}
+
+#[test]
+fn a_background_call_on_a_dropped_pool_ends_with_an_error() {
+    watchdog();
+    let dir = Dir::new("bg-pool-dropped");
+    let pool = Pool::new(1).unwrap();
+    let bg = pool
+        .background()
+        .map(vec![Job::hung(0, &dir), Job::quick(1)]);
+    let pids = dir.wait_pids(1);
+    drop(pool);
+    match bg.wait_timeout(DEADLINE) {
+        Err(e) => assert!(e.to_string().contains("closing"), "{e}"),
+        Ok(v) => panic!("no error: {:?}", v.map(|v| v.len())),
+    }
+    for pid in pids {
+        assert_gone_within(pid, DEADLINE);
+    }
 }
 
 #[test]
@@ -491,7 +530,10 @@ fn workers_are_replaced_after_max_items_per_worker() {
         .build()
         .unwrap();
     let done = pool.map((0..9).map(Job::quick)).unwrap();
-    assert_eq!(done.iter().map(|j| j.id).collect::<Vec<_>>(), (0..9).collect::<Vec<_>>());
+    assert_eq!(
+        done.iter().map(|j| j.id).collect::<Vec<_>>(),
+        (0..9).collect::<Vec<_>>()
+    );
     let pids: Vec<u32> = done.iter().map(|j| j.pid).collect();
     for chunk in pids.chunks(3) {
         assert!(chunk.iter().all(|&p| p == chunk[0]), "{pids:?}");

@@ -353,7 +353,7 @@ impl<T> Background<T> {
     /// ```
     /// # use serde::{Deserialize, Serialize};
     /// # use skprocess::prelude::*;
-    /// #[derive(Process, Serialize, Deserialize)]
+    /// #[derive(Process, Serialize, Deserialize, Debug)]
     /// #[process(runs = 1)]
     /// struct Nap;
     /// impl Process for Nap {

@@ -54,7 +54,13 @@ impl Target {
         }
     }
 
-    fn start<S: Source>(&self, options: &Options, name: String, kind: JobKind, source: S) -> Run<S> {
+    fn start<S: Source>(
+        &self,
+        options: &Options,
+        name: String,
+        kind: JobKind,
+        source: S,
+    ) -> Run<S> {
         let make_job = |replies| Job {
             name,
             kind,
@@ -358,6 +364,9 @@ impl BackgroundCall {
         let run = self
             .target
             .start_items::<P, _>(&self.options, items.into_iter());
-        background::stream(Imap::<'static, P, I::IntoIter>::new(run, ordered), self.target.workers)
+        background::stream(
+            Imap::<'static, P, I::IntoIter>::new(run, ordered),
+            self.target.workers,
+        )
     }
 }

@@ -352,7 +352,7 @@ impl Pool {
     /// # use serde::{Deserialize, Serialize};
     /// # use skprocess::prelude::*;
     /// # use std::time::Duration;
-    /// #[derive(Process, Serialize, Deserialize)]
+    /// #[derive(Process, Serialize, Deserialize, Debug)]
     /// #[process(runs = 1)]
     /// struct Nap { ms: u64 }
     /// impl Process for Nap {
