@@ -522,6 +522,20 @@ fn an_async_call_with_a_time_limit_ends_on_it() {
 }
 
 #[test]
+fn an_imap_stream_with_a_time_limit_yields_the_timeout_then_ends() {
+    watchdog();
+    let dir = Dir::new("stream-limit");
+    let pool = Pool::new(2).unwrap();
+    let items = vec![Job::quick(0), Job::hung(1, &dir)];
+    let got: Vec<skprocess::Result<Job>> =
+        futures_executor::block_on(pool.with_timeout(LIMIT).imap_async(items).collect());
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].as_ref().unwrap().id, 0);
+    assert_timeout(got[1].as_ref().unwrap_err());
+    assert_killed_and_usable(&pool, &dir);
+}
+
+#[test]
 fn workers_are_replaced_after_max_items_per_worker() {
     watchdog();
     let pool = Pool::builder()

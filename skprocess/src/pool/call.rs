@@ -4,7 +4,7 @@
 //! ([`BackgroundCall`]) starts the same runs and collects them on a thread
 //! of its own.
 
-use super::background::{self, Background};
+use super::background::{self, Background, ImapStream};
 use super::decode::{self, InOrder};
 use super::dispatch::Run;
 use super::imap::Imap;
@@ -278,6 +278,52 @@ impl<'p> PoolCall<'p> {
     }
 }
 
+impl PoolCall<'_> {
+    /// [`Pool::map_async`] with this call's options.
+    pub fn map_async<P, I>(self, items: I) -> Background<Vec<P>>
+    where
+        P: Process + Send + 'static,
+        I: IntoIterator<Item = P>,
+        I::IntoIter: Send + 'static,
+    {
+        self.background().map(items)
+    }
+
+    /// [`Pool::map_fn_async`] with this call's options.
+    pub fn map_fn_async<A, R, F, I>(self, f: F, items: I) -> Background<Vec<R>>
+    where
+        F: Fn(A) -> R + Copy,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: Send + 'static,
+    {
+        self.background().map_fn(f, items)
+    }
+
+    /// [`Pool::imap_async`] with this call's options. With a time limit,
+    /// the stream's thread enforces it: the error comes as the last item
+    /// even while the stream is not polled.
+    pub fn imap_async<P, I>(self, items: I) -> ImapStream<P>
+    where
+        P: Process + Send + 'static,
+        I: IntoIterator<Item = P>,
+        I::IntoIter: Send + 'static,
+    {
+        self.background().imap_stream(items, true)
+    }
+
+    /// [`Pool::unordered_imap_async`] with this call's options.
+    pub fn unordered_imap_async<P, I>(self, items: I) -> ImapStream<P>
+    where
+        P: Process + Send + 'static,
+        I: IntoIterator<Item = P>,
+        I::IntoIter: Send + 'static,
+    {
+        self.background().imap_stream(items, false)
+    }
+}
+
 /// A call that runs in the background, made by [`Pool::background`] (or
 /// [`PoolCall::background`]): its `map`, `unordered_map` and `map_fn`
 /// return a [`Background`] at once, while the pool's workers run the
@@ -355,7 +401,7 @@ impl BackgroundCall {
     }
 
     /// [`Pool::imap`] as a stream (see [`Pool::imap_async`]).
-    pub(crate) fn imap_stream<P, I>(self, items: I, ordered: bool) -> background::ImapStream<P>
+    pub(crate) fn imap_stream<P, I>(self, items: I, ordered: bool) -> ImapStream<P>
     where
         P: Process + Send + 'static,
         I: IntoIterator<Item = P>,

@@ -102,8 +102,20 @@ use task::Task;
 /// # Options of one call
 ///
 /// A `with_*` method returns a [`PoolCall`] with the same methods and an
-/// option that applies to that call only: with the `progress` feature,
-/// `with_progress` draws a progress bar.
+/// option that applies to that call only: [`with_timeout`](Pool::with_timeout)
+/// gives the call a time limit (its items still running past it are
+/// killed); with the `progress` feature, `with_progress` draws a progress
+/// bar. [`background`](Pool::background) runs a call while the caller goes
+/// on, returning a [`Background`] to wait for, cancel or `.await`;
+/// [`map_async`](Pool::map_async) and the other `_async` methods are the
+/// same calls as futures and streams.
+///
+/// # Recycling workers
+///
+/// [`PoolBuilder::max_items_per_worker`] and
+/// [`PoolBuilder::max_worker_memory`] replace a worker after some items,
+/// or once its resident memory has grown past a ceiling (a leak in the
+/// items' code, a cache that only grows): always between two items.
 ///
 /// While items are short, a worker holds the next task while it runs one,
 /// so it never waits for work; an item that then turns out to run long
@@ -425,7 +437,7 @@ impl Pool {
         I: IntoIterator<Item = P>,
         I::IntoIter: Send + 'static,
     {
-        self.background().map(items)
+        self.call().map_async(items)
     }
 
     /// [`map_fn`](Pool::map_fn) as a future, as
@@ -438,7 +450,7 @@ impl Pool {
         I: IntoIterator<Item = A>,
         I::IntoIter: Send + 'static,
     {
-        self.background().map_fn(f, items)
+        self.call().map_fn_async(f, items)
     }
 
     /// [`imap`](Pool::imap) as a [`futures_core::Stream`]: one `Result`
@@ -449,7 +461,7 @@ impl Pool {
         I: IntoIterator<Item = P>,
         I::IntoIter: Send + 'static,
     {
-        self.background().imap_stream(items, true)
+        self.call().imap_async(items)
     }
 
     /// [`unordered_imap`](Pool::unordered_imap) as a
@@ -460,7 +472,7 @@ impl Pool {
         I: IntoIterator<Item = P>,
         I::IntoIter: Send + 'static,
     {
-        self.background().imap_stream(items, false)
+        self.call().unordered_imap_async(items)
     }
 
     /// Runs every item in the pool and returns their final states in input
