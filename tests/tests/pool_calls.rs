@@ -433,7 +433,7 @@ fn a_background_call_awaits_without_a_runtime() {
 /// Runs a map of gated items with `map_async` on the runtime that runs
 /// this future, while a ticker counts: the gate opens once the ticker has
 /// ticked, so the map ends only if awaiting it let the runtime run.
-async fn ticks_while_a_map_is_pending(pool: &Pool, name: &str) {
+async fn ticks_while_a_map_is_pending(pool: Arc<Pool>, name: &'static str) {
     let dir = Dir::new(name);
     let gate = dir.file("gate");
     let ticks = Arc::new(AtomicUsize::new(0));
@@ -487,24 +487,26 @@ async fn ticks_while_a_map_is_pending(pool: &Pool, name: &str) {
 #[test]
 fn a_current_thread_runtime_keeps_ticking_while_a_map_is_pending() {
     watchdog();
-    let pool = Pool::new(2).unwrap();
+    let pool = Arc::new(Pool::new(2).unwrap());
     tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .unwrap()
-        .block_on(ticks_while_a_map_is_pending(&pool, "tokio-current"));
+        .block_on(ticks_while_a_map_is_pending(pool, "tokio-current"));
 }
 
 #[test]
 fn a_multi_thread_runtime_keeps_ticking_while_a_map_is_pending() {
     watchdog();
-    let pool = Pool::new(2).unwrap();
-    tokio::runtime::Builder::new_multi_thread()
+    let pool = Arc::new(Pool::new(2).unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_time()
         .build()
-        .unwrap()
-        .block_on(ticks_while_a_map_is_pending(&pool, "tokio-multi"));
+        .unwrap();
+    // On the runtime's only worker thread, which the ticker needs too.
+    rt.block_on(async { tokio::spawn(ticks_while_a_map_is_pending(pool, "tokio-multi")).await })
+        .unwrap();
 }
 
 #[test]

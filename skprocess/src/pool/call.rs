@@ -302,8 +302,8 @@ impl PoolCall<'_> {
     }
 
     /// [`Pool::imap_async`] with this call's options. With a time limit,
-    /// the stream's thread enforces it: the error comes as the last item
-    /// even while the stream is not polled.
+    /// the stream's thread enforces it while it has room for results
+    /// (about two per worker): the error comes as the last item.
     pub fn imap_async<P, I>(self, items: I) -> ImapStream<P>
     where
         P: Process + Send + 'static,
