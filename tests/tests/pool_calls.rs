@@ -273,6 +273,38 @@ fn items_not_started_by_the_time_limit_never_run() {
 }
 
 #[test]
+fn a_stopped_call_leaves_the_calls_running_beside_it_whole() {
+    watchdog();
+    let dir = Dir::new("beside");
+    let pool = Pool::new(2).unwrap();
+    std::thread::scope(|s| {
+        let other = s.spawn(|| {
+            let mut all = vec![];
+            for round in 0..20u64 {
+                let v: Vec<u64> = pool.map_fn(double, round * 100..round * 100 + 100).unwrap();
+                all.extend(v);
+            }
+            let done = pool
+                .map((0..10).map(|id| Job {
+                    secs: 0,
+                    ..Job::quick(id)
+                }))
+                .unwrap();
+            (all, done.len())
+        });
+        let e = pool
+            .with_timeout(LIMIT)
+            .map(vec![Job::hung(0, &dir), Job::hung(1, &dir)])
+            .unwrap_err();
+        assert_timeout(&e);
+        let (all, n) = other.join().unwrap();
+        assert_eq!(all, (0..2000u64).map(|x| x * 2).collect::<Vec<_>>());
+        assert_eq!(n, 10);
+    });
+    assert_killed_and_usable(&pool, &dir);
+}
+
+#[test]
 fn a_call_within_its_time_limit_returns_its_results() {
     watchdog();
     let pool = Pool::new(2).unwrap();

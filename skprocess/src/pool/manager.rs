@@ -207,12 +207,14 @@ impl Worker {
     /// Whether it is due to be replaced under the pool's recycling
     /// settings.
     fn due(&self, settings: &Settings) -> bool {
-        settings
-            .max_items_per_worker
-            .is_some_and(|n| self.items_run >= n)
-            || settings
-                .max_worker_memory
-                .is_some_and(|max| self.resident_bytes().is_some_and(|b| b > max))
+        // A fresh worker is as small as a worker gets.
+        self.items_run > 0
+            && (settings
+                .max_items_per_worker
+                .is_some_and(|n| self.items_run >= n)
+                || settings
+                    .max_worker_memory
+                    .is_some_and(|max| self.resident_bytes().is_some_and(|b| b > max)))
     }
 
     /// Whether it had begun the item or batch it was to answer next.
