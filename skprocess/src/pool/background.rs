@@ -456,3 +456,54 @@ impl<P> Drop for ImapStream<P> {
         self.mailbox.leave();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_poll_that_finds_nothing_is_woken_by_the_next_value() {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mailbox = Arc::new(Mailbox::new(1));
+        assert!(mailbox.poll_take(&mut cx).is_pending());
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        let sender = mailbox.clone();
+        std::thread::spawn(move || {
+            assert!(sender.put(7));
+            sender.finish();
+        })
+        .join()
+        .unwrap();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(mailbox.poll_take(&mut cx), Poll::Ready(Some(7)));
+        assert_eq!(mailbox.poll_take(&mut cx), Poll::Ready(None));
+    }
+
+    #[test]
+    fn a_full_mailbox_holds_its_sender_until_a_value_is_taken_or_the_caller_leaves() {
+        let mailbox = Arc::new(Mailbox::new(1));
+        assert!(mailbox.put(1));
+        let sender = mailbox.clone();
+        let t = std::thread::spawn(move || (sender.put(2), sender.put(3)));
+        assert!(matches!(mailbox.take_by(None), Took::Value(1)));
+        // The sender put 2 and waits to put 3; leaving frees it.
+        let end = Instant::now() + Duration::from_secs(60);
+        while mailbox.lock().queue.is_empty() {
+            assert!(Instant::now() < end);
+            std::thread::yield_now();
+        }
+        mailbox.leave();
+        assert_eq!(t.join().unwrap(), (true, false));
+    }
+}
