@@ -153,12 +153,27 @@ fn double(x: u64) -> u64 {
 }
 
 /// After a call was stopped: every worker that ran one of its items is
-/// gone, none is among the pool's workers, and the pool still runs calls.
+/// gone (already, when the call has returned its error), none is among the
+/// pool's workers, and the pool still runs calls.
 fn assert_killed_and_usable(pool: &Pool, dir: &Dir) {
+    let killed = dir.pids();
+    for &pid in &killed {
+        support::assert_gone(pid);
+    }
+    assert_usable(pool, killed);
+}
+
+/// As [`assert_killed_and_usable`], for a call that is stopped without
+/// being waited for (its `Background` dropped): the kills come soon.
+fn assert_killed_soon_and_usable(pool: &Pool, dir: &Dir) {
     let killed = dir.pids();
     for &pid in &killed {
         assert_gone_within(pid, DEADLINE);
     }
+    assert_usable(pool, killed);
+}
+
+fn assert_usable(pool: &Pool, killed: BTreeSet<u32>) {
     let v: Vec<u64> = pool.map_fn(double, 0..100u64).unwrap();
     assert_eq!(v[99], 198);
     // A killed worker's slot is empty until its replacement has started.
@@ -401,7 +416,7 @@ fn dropping_a_background_cancels_it() {
     let bg = pool.background().map_fn(hang_if_odd, args);
     dir.wait_pids(2);
     drop(bg);
-    assert_killed_and_usable(&pool, &dir);
+    assert_killed_soon_and_usable(&pool, &dir);
 }
 
 #[test]

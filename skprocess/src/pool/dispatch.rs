@@ -24,8 +24,11 @@
 //! A call with a time limit, or a background call that is cancelled, is
 //! stopped by its `Run`: the job is marked aborted (nothing more of it
 //! starts) and every manager is woken, so those running its work kill their
-//! worker and start a fresh one. The run then answers nothing more: the
-//! caller gets the error at once, while the managers finish the kills.
+//! worker and start a fresh one. The run waits until no worker runs its
+//! work (each manager shows the job of its first task in flight), then
+//! answers nothing more: the caller gets the error once the items that
+//! were running are dead. A task of the call queued behind another call's
+//! item is dropped when it comes up, unrun.
 //!
 //! # Descriptors
 //!
@@ -59,6 +62,9 @@ const MAX_ITEMS: usize = 1 << 17;
 const TASKS_PER_WORKER: usize = 3;
 /// Descriptors in flight are kept under the open-file limit divided by this.
 const FD_LIMIT_SHARE: u64 = 4;
+
+/// Longest a stopped call waits for its running work to be killed.
+const KILL_WAIT: Duration = Duration::from_secs(10);
 
 /// Descriptors held by encoded items not answered yet, over every map of
 /// the process.
@@ -221,6 +227,9 @@ impl<S: Source> Run<S> {
     fn halt(&mut self, e: Error) -> Halt {
         self.job.abort();
         self.shared.poke();
+        // What was running is killed (and reaped) before the caller hears
+        // of it; a worker that takes longer to die is not waited for.
+        self.shared.wait_not_running(&self.job, KILL_WAIT);
         self.halted = true;
         self.exhausted = true;
         self.outstanding = 0;

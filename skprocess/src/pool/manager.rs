@@ -45,7 +45,7 @@ use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// A task that takes longer than this is "long": one in flight at a time.
@@ -67,6 +67,8 @@ pub(crate) struct Shared {
     /// manager waiting on its worker (a call was stopped); emptied when the
     /// pool is dropped, which every manager sees as end of file.
     pub(crate) pokes: Mutex<Vec<UnixStream>>,
+    /// Signalled when a slot's running job changes (`Slots::running`).
+    pub(crate) running_changed: Condvar,
 }
 
 impl Shared {
@@ -95,6 +97,25 @@ impl Shared {
         }
     }
 
+    /// Waits until no worker runs work of `job` (its managers have killed
+    /// them), at most `bound`.
+    pub(crate) fn wait_not_running(&self, job: &Arc<Job>, bound: Duration) {
+        let id = job_id(job);
+        let end = Instant::now() + bound;
+        let mut slots = self.slots();
+        while slots.running.contains(&id) {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            slots = self
+                .running_changed
+                .wait_timeout(slots, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
     /// Wakes every manager for good: the pool is being dropped.
     pub(crate) fn close(&self) {
         self.pokes.lock().unwrap_or_else(|p| p.into_inner()).clear();
@@ -110,6 +131,14 @@ pub(crate) struct Slots {
     statuses: Vec<Option<Arc<SharedWords>>>,
     /// Hook timers of the workers that have ended.
     past: Timers,
+    /// The job whose work each slot's worker runs now or next (its first
+    /// task in flight), by [`job_id`]; 0 for none.
+    pub(crate) running: Vec<usize>,
+}
+
+/// A job's identity while it lives.
+fn job_id(job: &Arc<Job>) -> usize {
+    Arc::as_ptr(job) as usize
 }
 
 impl Slots {
@@ -121,6 +150,7 @@ impl Slots {
                 .map(|w| Some(w.child.status().clone()))
                 .collect(),
             past: Timers::default(),
+            running: vec![0; workers.len()],
         }
     }
 
@@ -272,6 +302,8 @@ pub(crate) struct Manager {
     head: Option<Head>,
     /// The last task took longer than [`LONG_TASK`] (or none was timed).
     long: bool,
+    /// What `Slots::running` shows for this slot.
+    shown: usize,
 }
 
 impl Manager {
@@ -294,6 +326,7 @@ impl Manager {
             held_back: None,
             head: None,
             long: true,
+            shown: 0,
         }
     }
 
@@ -303,6 +336,7 @@ impl Manager {
         let recycling = self.recycling();
         loop {
             self.drop_aborted();
+            self.show_running();
             if self.flights.is_empty() {
                 self.recycle_if_due();
             }
@@ -359,6 +393,22 @@ impl Manager {
                 Wake::Closing => return,
             }
         }
+    }
+
+    /// Shows (in `Slots::running`) the job of the first task in flight,
+    /// which the worker runs now or next.
+    fn show_running(&mut self) {
+        let id = self.flights.front().map_or(0, |f| job_id(flight_job(f)));
+        if id == self.shown {
+            return;
+        }
+        self.shown = id;
+        let mut slots = self.shared.slots();
+        if let Some(r) = slots.running.get_mut(self.slot) {
+            *r = id;
+        }
+        drop(slots);
+        self.shared.running_changed.notify_all();
     }
 
     /// Whether workers are replaced after some items or past some memory.
@@ -427,6 +477,8 @@ impl Manager {
         self.head = None;
         self.long = true;
         let flights = std::mem::take(&mut self.flights);
+        // The stopped call may return now: its work here is dead.
+        self.show_running();
         let _ = self.worker();
         for flight in flights {
             if !flight_job(&flight).is_cancelled() {
@@ -564,6 +616,7 @@ impl Manager {
                 deadlines: None,
             },
         });
+        self.show_running();
     }
 
     /// Ends the head's clock: how long it ran. A long one makes the
@@ -771,6 +824,7 @@ impl Drop for Manager {
             self.retire(&w, None);
             w.end();
         }
+        self.show_running();
     }
 }
 

@@ -233,6 +233,7 @@ impl Pool {
             settings,
             slots: Mutex::new(Slots::new(&started)),
             pokes: Mutex::new(Vec::with_capacity(workers)),
+            running_changed: std::sync::Condvar::new(),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         let (closed_tx, closed) = crossbeam_channel::bounded(0);
