@@ -37,6 +37,8 @@ struct State<T> {
     finished: bool,
     /// The caller is gone: nothing more is wanted.
     left: bool,
+    /// Values put so far.
+    put: usize,
     waker: Option<Waker>,
 }
 
@@ -56,6 +58,7 @@ impl<T> Mailbox<T> {
                 queue: VecDeque::new(),
                 finished: false,
                 left: false,
+                put: 0,
                 waker: None,
             }),
             changed: Condvar::new(),
@@ -88,6 +91,7 @@ impl<T> Mailbox<T> {
             return false;
         }
         state.queue.push_back(value);
+        state.put += 1;
         self.notify(state);
         true
     }
@@ -111,6 +115,13 @@ impl<T> Mailbox<T> {
     /// Whether the last value has been put.
     fn is_finished(&self) -> bool {
         self.lock().finished
+    }
+
+    /// Whether a value has been put (for a mailbox of one value: whether
+    /// it came, even if its thread has not finished yet).
+    fn has_value_come(&self) -> bool {
+        let state = self.lock();
+        state.finished || state.put > 0
     }
 
     /// Takes the next value, waiting until `deadline` (forever if `None`).
@@ -325,7 +336,7 @@ impl<T> Background<T> {
 
     /// Whether the call has ended (its result is ready, or was taken).
     pub fn is_finished(&self) -> bool {
-        self.mailbox.is_finished()
+        self.mailbox.has_value_come()
     }
 
     /// `(done, total)`: the items that have ended, and the items of the
@@ -382,7 +393,7 @@ impl<T> Background<T> {
 
 impl<T> Drop for Background<T> {
     fn drop(&mut self) {
-        if !self.mailbox.is_finished() {
+        if !self.mailbox.has_value_come() {
             self.cancel();
         }
         self.mailbox.leave();
@@ -488,6 +499,21 @@ mod tests {
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         assert_eq!(mailbox.poll_take(&mut cx), Poll::Ready(Some(7)));
         assert_eq!(mailbox.poll_take(&mut cx), Poll::Ready(None));
+    }
+
+    #[test]
+    fn a_background_is_finished_once_its_result_came_before_its_thread_ends() {
+        // The thread has put the result and not yet marked the end.
+        let mailbox = Arc::new(Mailbox::new(1));
+        mailbox.put(Ok(5));
+        let bg = Background {
+            mailbox,
+            stopper: None,
+            counts: Arc::default(),
+        };
+        assert!(bg.is_finished());
+        assert_eq!(bg.wait_timeout(Duration::ZERO).unwrap(), Some(5));
+        assert!(bg.is_finished());
     }
 
     #[test]
