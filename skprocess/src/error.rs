@@ -82,6 +82,25 @@ pub enum Error {
     /// allows: it stopped them all.
     #[error("the supervisor gave up: {0}")]
     GaveUp(String),
+    /// A pool call ran past the time limit it was given
+    /// ([`Pool::with_timeout`](crate::Pool::with_timeout)): its items still
+    /// running were killed, those not started never ran.
+    #[error("the pool call {call} ran past its time limit of {limit:?}: the items still running were killed and the rest skipped")]
+    CallTimeout {
+        /// The call: the process type, or `map_fn(<function>)`.
+        call: String,
+        /// The time limit.
+        limit: Duration,
+    },
+    /// A background pool call was cancelled
+    /// ([`Background::cancel`](crate::Background::cancel), or its
+    /// `Background` dropped): its items still running were killed, those
+    /// not started never ran.
+    #[error("the pool call {call} was cancelled: the items still running were killed and the rest skipped")]
+    Cancelled {
+        /// The call: the process type, or `map_fn(<function>)`.
+        call: String,
+    },
     /// A live resource could not connect ([`Live`](crate::live::Live)).
     #[error("cannot connect {resource}: {reason}")]
     Connect {
@@ -244,12 +263,19 @@ impl Error {
         self.failure().and_then(|f| f.hook)
     }
 
-    /// Whether a hook timeout or `join_in` was exceeded.
+    /// Whether a hook timeout or `join_in` was exceeded, or a pool call
+    /// ran past its time limit ([`Error::CallTimeout`]).
     pub fn is_timeout(&self) -> bool {
-        matches!(
-            self.failure().map(|f| &f.cause),
-            Some(Cause::HookTimeout(_) | Cause::JoinTimeout(_))
-        )
+        matches!(self, Error::CallTimeout { .. })
+            || matches!(
+                self.failure().map(|f| &f.cause),
+                Some(Cause::HookTimeout(_) | Cause::JoinTimeout(_))
+            )
+    }
+
+    /// Whether a background pool call was cancelled ([`Error::Cancelled`]).
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, Error::Cancelled { .. })
     }
 
     /// Whether the child died (signal, abort, exit) rather than returning
@@ -329,6 +355,11 @@ impl Error {
             Error::Io(e) => Error::Io(io(e)),
             Error::Usage(m) => Error::Usage(m.clone()),
             Error::GaveUp(m) => Error::GaveUp(m.clone()),
+            Error::CallTimeout { call, limit } => Error::CallTimeout {
+                call: call.clone(),
+                limit: *limit,
+            },
+            Error::Cancelled { call } => Error::Cancelled { call: call.clone() },
             Error::Connect {
                 resource,
                 reason,

@@ -491,6 +491,9 @@
 //! end) wake the task when there is something to take. `listen_async` is
 //! cancel-safe: a future dropped while pending (the losing branch of a
 //! `select!`, a timeout) takes no message with it.
+//! The pool's calls have theirs: [`Pool::map_async`],
+//! [`Pool::map_fn_async`], and the streams of [`Pool::imap_async`] and
+//! [`Pool::unordered_imap_async`] (see the next section).
 //!
 //! ```
 //! use serde::{Deserialize, Serialize};
@@ -534,6 +537,70 @@
 //! for, to await beside the work in a `select!`. Timeouts, lives, reports,
 //! heartbeats and messaging behave as for any process (see
 //! `examples/async_worker.rs`).
+//!
+//! # Cancellation and time limits
+//!
+//! A pool call can be bounded as a whole, not only hook by hook:
+//! `pool.with_timeout(d)` gives `map`, `unordered_map`, `imap`,
+//! `unordered_imap` and `map_fn` a time limit, counted from the call's
+//! start. Past it, every item still running is killed with its worker, the
+//! items not started never run, and the call returns
+//! [`Error::CallTimeout`] ([`Error::is_timeout`] is true, the message names
+//! the limit); an `imap` yields that error as its last item. A hung item
+//! therefore costs one limit, not a hung program.
+//!
+//! `pool.background()` starts a call and returns a [`Background`] at once:
+//! [`wait`](Background::wait), [`wait_timeout`](Background::wait_timeout),
+//! [`is_finished`](Background::is_finished),
+//! [`progress`](Background::progress), `.await` (no runtime needed), and
+//! [`cancel`](Background::cancel), which stops the call at once the same
+//! way a time limit does, with [`Error::Cancelled`]. Dropping a
+//! `Background` before its result came cancels it too. The two combine:
+//! `pool.with_timeout(d).background()`. [`Pool::map_async`] and
+//! [`Pool::map_fn_async`] are background calls: dropping the future
+//! cancels the call. Dropping the stream of [`Pool::imap_async`] skips the
+//! items not started, as dropping an [`Imap`] does.
+//!
+//! Either way the killed workers are replaced before they take more work,
+//! and the pool stays usable: the next call runs as usual, and other calls
+//! running on it lose nothing: an item of theirs queued on a killed worker
+//! runs in its replacement, without losing a life. A process started on
+//! its own is stopped with [`Handle::stop`] (gracefully) or
+//! [`Handle::kill`].
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use skprocess::prelude::*;
+//! use std::time::Duration;
+//!
+//! #[derive(Process, Serialize, Deserialize, Debug)]
+//! #[process(runs = 1)]
+//! struct Nap { ms: u64 }
+//! impl Process for Nap {
+//!     fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+//!         std::thread::sleep(Duration::from_millis(self.ms));
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # fn main() -> skprocess::Result<()> {
+//! let pool = Pool::new(2)?;
+//! // A hung item costs the limit, then its worker is killed and replaced.
+//! let err = pool
+//!     .with_timeout(Duration::from_millis(200))
+//!     .map([Nap { ms: 0 }, Nap { ms: 60_000 }])
+//!     .unwrap_err();
+//! assert!(err.is_timeout());
+//!
+//! // A call in the background, cancelled; the pool goes on.
+//! let bg = pool.background().map([Nap { ms: 60_000 }]);
+//! bg.cancel();
+//! assert!(bg.wait().unwrap_err().is_cancelled());
+//! let naps = pool.map([Nap { ms: 1 }, Nap { ms: 1 }])?;
+//! assert_eq!(naps.len(), 2);
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # Platform support
 //!
@@ -603,7 +670,9 @@ pub use config::{Config, Hook};
 pub use error::{fatal, BoxError, Cause, Error, Failure, Fatal, HookResult, Result};
 pub use handle::Handle;
 pub use pipe::{Pipe, PipeReceiver, PipeSender};
-pub use pool::{Imap, ImapNext, Pool, PoolBuilder, PoolCall};
+pub use pool::{
+    Background, BackgroundCall, Imap, ImapNext, ImapStream, Pool, PoolBuilder, PoolCall,
+};
 pub use process::Process;
 pub use queue::Queue;
 pub use runtime::Ctx;

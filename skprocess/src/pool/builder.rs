@@ -16,6 +16,11 @@ pub(crate) struct Settings {
     pub(crate) log_dir: Option<PathBuf>,
     /// Whether the workers' standard output and error are captured.
     pub(crate) capture_output: bool,
+    /// A worker is replaced once it has run this many items.
+    pub(crate) max_items_per_worker: Option<u64>,
+    /// A worker is replaced once its resident memory passes this many
+    /// bytes.
+    pub(crate) max_worker_memory: Option<u64>,
 }
 
 /// Makes a [`Pool`] with settings other than the number of workers:
@@ -83,6 +88,56 @@ impl PoolBuilder {
     pub fn capture_output(mut self, capture: bool) -> Self {
         self.settings.capture_output = capture;
         self
+    }
+
+    /// Replaces a worker once it has run `n` items (`n` of at least 1):
+    /// the worker is ended between two items, never during one, and a
+    /// fresh one takes its place before the next item. A retried attempt
+    /// counts as an item. `map_fn` calls travel in batches that are never
+    /// split: a worker ends after the batch that reaches `n`.
+    ///
+    /// While recycling (this or
+    /// [`max_worker_memory`](PoolBuilder::max_worker_memory)), a worker is
+    /// sent one task at a time.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> skprocess::Result<()> {
+    /// let pool = skprocess::Pool::builder().workers(1).max_items_per_worker(2).build()?;
+    /// let first = pool.pids();
+    /// let v: Vec<u32> = pool.map_fn(|x: u32| x + 1, [1])?;
+    /// assert_eq!(v, [2]);
+    /// pool.map_fn(|x: u32| x + 1, [2])?;
+    /// pool.map_fn(|x: u32| x + 1, [3])?; // runs in a fresh worker
+    /// assert_ne!(pool.pids(), first);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn max_items_per_worker(mut self, n: u64) -> Self {
+        self.settings.max_items_per_worker = Some(n.max(1));
+        self
+    }
+
+    /// Replaces a worker once its resident memory (`/proc/<pid>/statm`)
+    /// passes `bytes`: checked after each item, so the worker is ended
+    /// between two items, never during one, and a fresh one takes its
+    /// place before the next. An item that itself needs more than this
+    /// still runs (see [`Config::memory_limit`](crate::Config::memory_limit)
+    /// for a hard limit).
+    pub fn max_worker_memory(mut self, bytes: u64) -> Self {
+        self.settings.max_worker_memory = Some(bytes);
+        self
+    }
+
+    /// The number of items after which a worker is replaced, if set.
+    pub fn get_max_items_per_worker(&self) -> Option<u64> {
+        self.settings.max_items_per_worker
+    }
+
+    /// The resident memory past which a worker is replaced, if set.
+    pub fn get_max_worker_memory(&self) -> Option<u64> {
+        self.settings.max_worker_memory
     }
 
     /// The number of workers set, if any.

@@ -19,6 +19,17 @@
 //! manager is free first), so the input is read lazily: an `imap` over an
 //! endless iterator works, and memory stays bounded by the window.
 //!
+//! # Stopping
+//!
+//! A call with a time limit, or a background call that is cancelled, is
+//! stopped by its `Run`: the job is marked aborted (nothing more of it
+//! starts) and every manager is woken, so those running its work kill their
+//! worker and start a fresh one. The run waits until no worker runs its
+//! work (each manager shows the job of its first task in flight), then
+//! answers nothing more: the caller gets the error once the items that
+//! were running are dead. A task of the call queued behind another call's
+//! item is dropped when it comes up, unrun.
+//!
 //! # Descriptors
 //!
 //! An item that holds a `Share` or a pipe end carries a duplicate of its
@@ -31,13 +42,15 @@
 //! with nothing in flight always sends its next item, so it never waits for
 //! other maps.
 
+use super::manager::Shared;
 use super::progress::Progress;
 use super::source::{Budget, Source, Step};
 use super::task::{Job, Reply, Task};
 use super::{batch, Options};
+use crate::error::Error;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,6 +63,9 @@ const TASKS_PER_WORKER: usize = 3;
 /// Descriptors in flight are kept under the open-file limit divided by this.
 const FD_LIMIT_SHARE: u64 = 4;
 
+/// Longest a stopped call waits for its running work to be killed.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
 /// Descriptors held by encoded items not answered yet, over every map of
 /// the process.
 static FDS_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
@@ -60,13 +76,75 @@ fn fd_cap() -> usize {
     usize::try_from(soft / FD_LIMIT_SHARE).unwrap_or(usize::MAX)
 }
 
-/// [`Run::next_reply_by`] gave up at its deadline.
+/// Why [`Run::next_reply_by`] returned without a reply.
 #[derive(Debug)]
-pub(crate) struct TimedOut;
+pub(crate) enum Halt {
+    /// The caller's own deadline for this wait passed; the call goes on.
+    Waited,
+    /// The call was stopped (its time limit, or cancelled), with the error
+    /// it ends on; its work is being killed.
+    Stopped(Error),
+}
+
+/// How far a call has got, readable from other threads.
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    /// Items answered.
+    done: AtomicUsize,
+    /// Items read from the input.
+    read: AtomicUsize,
+    /// The input's exact length, when it told it.
+    total: Option<usize>,
+    /// The input has been read to its end.
+    exhausted: AtomicBool,
+}
+
+impl Counts {
+    /// (items done, items in all): the total is the input's length if it
+    /// told it, else the items read from it so far.
+    pub(crate) fn get(&self) -> (usize, usize) {
+        let done = self.done.load(Ordering::Relaxed);
+        let total = self
+            .total
+            .unwrap_or_else(|| self.read.load(Ordering::Relaxed));
+        (done, total.max(done))
+    }
+
+    /// Whether the input has been read to its end (the total is final).
+    pub(crate) fn input_read(&self) -> bool {
+        self.total.is_some() || self.exhausted.load(Ordering::Relaxed)
+    }
+}
+
+/// Stops a run from another thread (a background call's `cancel`).
+#[derive(Debug, Clone)]
+pub(crate) struct Stopper {
+    tx: Sender<Error>,
+    call: String,
+}
+
+impl Stopper {
+    /// Stops the call with [`Error::Cancelled`]; nothing if it has ended.
+    pub(crate) fn cancel(&self) {
+        let _ = self.tx.send(Error::Cancelled {
+            call: self.call.clone(),
+        });
+    }
+}
 
 /// One map in progress.
 pub(crate) struct Run<S> {
     job: Arc<Job>,
+    shared: Arc<Shared>,
+    /// The call's time limit and when it passes.
+    limit: Option<(Duration, Instant)>,
+    /// The error a [`Stopper`] stops the call with (the run keeps a
+    /// sender, so it never disconnects).
+    stop_tx: Sender<Error>,
+    stop_rx: Receiver<Error>,
+    /// Stopped: nothing more is answered.
+    halted: bool,
+    counts: Arc<Counts>,
     tasks: Sender<Task>,
     replies: Receiver<Reply>,
     source: S,
@@ -89,6 +167,7 @@ pub(crate) struct Run<S> {
 impl<S: Source> Run<S> {
     pub(crate) fn new(
         tasks: Sender<Task>,
+        shared: Arc<Shared>,
         workers: usize,
         options: &Options,
         make_job: impl FnOnce(Sender<Reply>) -> Job,
@@ -96,11 +175,25 @@ impl<S: Source> Run<S> {
     ) -> Self {
         let (tx, replies) = crossbeam_channel::unbounded();
         let total = match source.size_hint() {
-            (lo, Some(hi)) if lo == hi => Some(hi as u64),
+            (lo, Some(hi)) if lo == hi => Some(hi),
             _ => None,
         };
+        let (stop_tx, stop_rx) = crossbeam_channel::unbounded();
+        let now = Instant::now();
         Run {
             job: Arc::new(make_job(tx)),
+            shared,
+            // A limit too far to be represented is none.
+            limit: options
+                .timeout
+                .and_then(|d| now.checked_add(d).map(|at| (d, at))),
+            stop_tx,
+            stop_rx,
+            halted: false,
+            counts: Arc::new(Counts {
+                total,
+                ..Counts::default()
+            }),
             tasks,
             replies,
             source,
@@ -112,7 +205,44 @@ impl<S: Source> Run<S> {
             largest: 0,
             fd_cap: fd_cap(),
             fds_held: HashMap::new(),
-            progress: Progress::new(options, total),
+            progress: Progress::new(options, total.map(|t| t as u64)),
+        }
+    }
+
+    /// What stops this run from another thread.
+    pub(crate) fn stopper(&self) -> Stopper {
+        Stopper {
+            tx: self.stop_tx.clone(),
+            call: self.job.name.clone(),
+        }
+    }
+
+    /// How far the run has got, shared.
+    pub(crate) fn counts(&self) -> Arc<Counts> {
+        self.counts.clone()
+    }
+
+    /// Stops the call on `e`: its work is skipped or killed, and nothing
+    /// more is answered.
+    fn halt(&mut self, e: Error) -> Halt {
+        self.job.abort();
+        self.shared.poke();
+        // What was running is killed (and reaped) before the caller hears
+        // of it; a worker that takes longer to die is not waited for.
+        self.shared.wait_not_running(&self.job, KILL_WAIT);
+        self.halted = true;
+        self.exhausted = true;
+        self.outstanding = 0;
+        self.early.clear();
+        self.counts.exhausted.store(true, Ordering::Relaxed);
+        self.progress.finish();
+        Halt::Stopped(e)
+    }
+
+    fn timeout_error(&self, limit: Duration) -> Error {
+        Error::CallTimeout {
+            call: self.job.name.clone(),
+            limit,
         }
     }
 
@@ -142,6 +272,7 @@ impl<S: Source> Run<S> {
             match self.source.next_task(&self.job, budget, &mut self.early) {
                 Step::Task(task, n) => {
                     self.outstanding += n;
+                    self.counts.read.fetch_add(n, Ordering::Relaxed);
                     self.largest = self.largest.max(n);
                     self.hold_fds(&task);
                     // Fails only if every manager is gone; the task then
@@ -150,7 +281,10 @@ impl<S: Source> Run<S> {
                 }
                 Step::Again => {}
                 Step::Wait => break,
-                Step::End => self.exhausted = true,
+                Step::End => {
+                    self.exhausted = true;
+                    self.counts.exhausted.store(true, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -189,18 +323,36 @@ impl<S: Source> Run<S> {
         });
     }
 
-    /// The next reply, blocking; `None` once every item has been answered.
-    pub(crate) fn next_reply(&mut self) -> Option<Reply> {
-        // Without a deadline there is no time-out.
-        self.next_reply_by(None).unwrap_or(None)
+    /// The next reply, blocking; `Ok(None)` once every item has been
+    /// answered, `Err` if the call was stopped.
+    pub(crate) fn next_reply(&mut self) -> crate::Result<Option<Reply>> {
+        match self.next_reply_by(None) {
+            Ok(r) => Ok(r),
+            Err(Halt::Stopped(e)) => Err(e),
+            // Without a deadline of the caller's, it is not reached.
+            Err(Halt::Waited) => Ok(None),
+        }
     }
 
     /// The next reply, waiting until `deadline` at most (forever if
-    /// `None`); `Ok(None)` once every item has been answered.
+    /// `None`); `Ok(None)` once every item has been answered (or after the
+    /// call was stopped).
     pub(crate) fn next_reply_by(
         &mut self,
         deadline: Option<Instant>,
-    ) -> Result<Option<Reply>, TimedOut> {
+    ) -> Result<Option<Reply>, Halt> {
+        if self.halted {
+            return Ok(None);
+        }
+        if let Ok(e) = self.stop_rx.try_recv() {
+            return Err(self.halt(e));
+        }
+        if let Some((limit, at)) = self.limit {
+            if Instant::now() >= at {
+                let e = self.timeout_error(limit);
+                return Err(self.halt(e));
+            }
+        }
         self.feed();
         let reply = match self.early.pop_front() {
             Some(r) => r,
@@ -209,12 +361,22 @@ impl<S: Source> Run<S> {
                 return Ok(None);
             }
             None => {
-                let r = match deadline {
-                    None => self.replies.recv().expect("the job keeps a sender"),
-                    Some(d) => self.replies.recv_deadline(d).map_err(|e| {
-                        debug_assert!(e.is_timeout(), "the job keeps a sender");
-                        TimedOut
-                    })?,
+                let timer = |at: Option<Instant>| {
+                    at.map_or_else(crossbeam_channel::never, crossbeam_channel::at)
+                };
+                let limit = timer(self.limit.map(|(_, at)| at));
+                let waited = timer(deadline);
+                let r = crossbeam_channel::select! {
+                    recv(self.replies) -> r => r.expect("the job keeps a sender"),
+                    recv(self.stop_rx) -> e => {
+                        let e = e.expect("the run keeps a sender");
+                        return Err(self.halt(e));
+                    }
+                    recv(limit) -> _ => {
+                        let e = self.timeout_error(self.limit.map_or(Duration::ZERO, |l| l.0));
+                        return Err(self.halt(e));
+                    }
+                    recv(waited) -> _ => return Err(Halt::Waited),
                 };
                 self.received(&r);
                 r
@@ -225,6 +387,7 @@ impl<S: Source> Run<S> {
             Reply::Calls { count, .. } => *count,
         };
         self.progress.advance(n);
+        self.counts.done.fetch_add(n, Ordering::Relaxed);
         Ok(Some(reply))
     }
 

@@ -1,7 +1,7 @@
 //! The iterator of `imap` and `unordered_imap`.
 
 use super::decode;
-use super::dispatch::{Run, TimedOut};
+use super::dispatch::{Halt, Run};
 use super::source::Items;
 use super::Pool;
 use crate::error::Result;
@@ -119,12 +119,13 @@ where
         match self.next_by(Some(deadline)) {
             Ok(Some(r)) => ImapNext::Item(r),
             Ok(None) => ImapNext::Exhausted,
-            Err(TimedOut) => ImapNext::Timeout,
+            Err(Halt::Waited) => ImapNext::Timeout,
+            Err(Halt::Stopped(e)) => ImapNext::Item(Err(e)),
         }
     }
 
     /// The next item, waiting until `deadline` (forever if `None`).
-    fn next_by(&mut self, deadline: Option<Instant>) -> Result<Option<Result<P>>, TimedOut> {
+    fn next_by(&mut self, deadline: Option<Instant>) -> Result<Option<Result<P>>, Halt> {
         loop {
             if self.ordered {
                 if let Some(r) = self.early.remove(&self.next) {
@@ -132,7 +133,17 @@ where
                     return Ok(Some(r));
                 }
             }
-            let Some(reply) = self.run.next_reply_by(deadline)? else {
+            let reply = match self.run.next_reply_by(deadline) {
+                Ok(r) => r,
+                Err(Halt::Stopped(e)) => {
+                    // The error is the last item: what ended before it in
+                    // the wrong order is dropped with the rest.
+                    self.early.clear();
+                    return Ok(Some(Err(e)));
+                }
+                Err(Halt::Waited) => return Err(Halt::Waited),
+            };
+            let Some(reply) = reply else {
                 // Every item is answered; anything buffered (an index that
                 // was skipped, which does not happen) goes out in order.
                 return Ok(self.early.pop_first().map(|(_, r)| r));
@@ -154,7 +165,7 @@ where
     type Item = Result<P>;
 
     fn next(&mut self) -> Option<Result<P>> {
-        // Without a deadline there is no time-out.
+        // Without a deadline of its own, it waits until an item or the end.
         self.next_by(None).unwrap_or(None)
     }
 

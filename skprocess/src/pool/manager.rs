@@ -42,8 +42,10 @@ use crate::timers::Timers;
 use crate::wire::{Frame, Writer};
 use crossbeam_channel::{Receiver, TryRecvError};
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::sync::{Arc, Mutex};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// A task that takes longer than this is "long": one in flight at a time.
@@ -61,11 +63,62 @@ pub(crate) struct Shared {
     /// What each worker life is started with.
     pub(crate) settings: Settings,
     pub(crate) slots: Mutex<Slots>,
+    /// The writing ends of the managers' wake-up sockets: a byte wakes a
+    /// manager waiting on its worker (a call was stopped); emptied when the
+    /// pool is dropped, which every manager sees as end of file.
+    pub(crate) pokes: Mutex<Vec<UnixStream>>,
+    /// Signalled when a slot's running job changes (`Slots::running`).
+    pub(crate) running_changed: Condvar,
 }
 
 impl Shared {
     pub(crate) fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A wake-up socket for a new manager: the end it reads is returned,
+    /// the other kept here.
+    pub(crate) fn wake_socket(&self) -> Result<UnixStream> {
+        let (ours, theirs) = UnixStream::pair().map_err(Error::Io)?;
+        ours.set_nonblocking(true).map_err(Error::Io)?;
+        theirs.set_nonblocking(true).map_err(Error::Io)?;
+        self.pokes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(ours);
+        Ok(theirs)
+    }
+
+    /// Wakes every manager: each looks for work of a stopped call to kill.
+    pub(crate) fn poke(&self) {
+        for mut w in self.pokes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            // A full socket already holds a wake-up.
+            let _ = w.write(&[1]);
+        }
+    }
+
+    /// Waits until no worker runs work of `job` (its managers have killed
+    /// them), at most `bound`.
+    pub(crate) fn wait_not_running(&self, job: &Arc<Job>, bound: Duration) {
+        let id = job_id(job);
+        let end = Instant::now() + bound;
+        let mut slots = self.slots();
+        while slots.running.contains(&id) {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            slots = self
+                .running_changed
+                .wait_timeout(slots, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Wakes every manager for good: the pool is being dropped.
+    pub(crate) fn close(&self) {
+        self.pokes.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }
 
@@ -78,6 +131,14 @@ pub(crate) struct Slots {
     statuses: Vec<Option<Arc<SharedWords>>>,
     /// Hook timers of the workers that have ended.
     past: Timers,
+    /// The job whose work each slot's worker runs now or next (its first
+    /// task in flight), by [`job_id`]; 0 for none.
+    pub(crate) running: Vec<usize>,
+}
+
+/// A job's identity while it lives.
+fn job_id(job: &Arc<Job>) -> usize {
+    Arc::as_ptr(job) as usize
 }
 
 impl Slots {
@@ -89,6 +150,7 @@ impl Slots {
                 .map(|w| Some(w.child.status().clone()))
                 .collect(),
             past: Timers::default(),
+            running: vec![0; workers.len()],
         }
     }
 
@@ -122,6 +184,8 @@ pub(crate) struct Worker {
     child: Child,
     /// Items and batches it has answered.
     answered: u64,
+    /// Items it has run (each call of a batch counts).
+    items_run: u64,
     /// The job whose name its events are labelled with now.
     labelled: String,
 }
@@ -145,6 +209,7 @@ impl Worker {
         Ok(Worker {
             child: Child::start(&launch, Role::Worker)?,
             answered: 0,
+            items_run: 0,
             labelled: IDLE_LABEL.to_string(),
         })
     }
@@ -160,6 +225,26 @@ impl Worker {
 
     fn writer(&self) -> &Writer {
         self.child.writer()
+    }
+
+    /// Its resident memory, from `/proc/<pid>/statm` (`None` if unreadable).
+    fn resident_bytes(&self) -> Option<u64> {
+        let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.child.pid())).ok()?;
+        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        Some(pages * rustix::param::page_size() as u64)
+    }
+
+    /// Whether it is due to be replaced under the pool's recycling
+    /// settings.
+    fn due(&self, settings: &Settings) -> bool {
+        // A fresh worker is as small as a worker gets.
+        self.items_run > 0
+            && (settings
+                .max_items_per_worker
+                .is_some_and(|n| self.items_run >= n)
+                || settings
+                    .max_worker_memory
+                    .is_some_and(|max| self.resident_bytes().is_some_and(|b| b > max)))
     }
 
     /// Whether it had begun the item or batch it was to answer next.
@@ -195,68 +280,104 @@ enum Wake {
     Broken(Error),
     /// The pool is being dropped.
     Closing,
+    /// A call was stopped: its work may be here.
+    Poked,
 }
 
 pub(crate) struct Manager {
     slot: usize,
     tasks: Receiver<Task>,
-    /// Readable once the pool is dropped.
-    closing: Arc<OwnedFd>,
+    /// Disconnected once the pool is dropped (while tasks may still have
+    /// senders: background calls).
+    closed: Receiver<()>,
+    /// Readable when a call is stopped; end of file once the pool is
+    /// dropped.
+    wake: UnixStream,
     shared: Arc<Shared>,
     worker: Option<Worker>,
     flights: VecDeque<Flight>,
+    /// Items taken from the queue and not sent yet: the rest of a task
+    /// split so that the worker can be recycled between items.
+    held_back: Option<Flight>,
     head: Option<Head>,
     /// The last task took longer than [`LONG_TASK`] (or none was timed).
     long: bool,
+    /// What `Slots::running` shows for this slot.
+    shown: usize,
 }
 
 impl Manager {
     pub(crate) fn new(
         slot: usize,
         tasks: Receiver<Task>,
-        closing: Arc<OwnedFd>,
+        closed: Receiver<()>,
+        wake: UnixStream,
         shared: Arc<Shared>,
         worker: Worker,
     ) -> Self {
         Manager {
             slot,
             tasks,
-            closing,
+            closed,
+            wake,
             shared,
             worker: Some(worker),
             flights: VecDeque::new(),
+            held_back: None,
             head: None,
             long: true,
+            shown: 0,
         }
     }
 
     /// Serves tasks until the pool is dropped; dropping the manager then
     /// ends the worker.
     pub(crate) fn run(mut self) {
+        let recycling = self.recycling();
         loop {
-            let depth = if self.long { 1 } else { 2 };
+            self.drop_aborted();
+            self.show_running();
+            if self.flights.is_empty() {
+                self.recycle_if_due();
+            }
+            // A worker that may be recycled runs one item at a time, so it is
+            // never sent one past its turn.
+            let depth = if self.long || recycling { 1 } else { 2 };
             while self.flights.len() < depth {
-                let task = if self.flights.is_empty() {
-                    match self.tasks.recv() {
-                        Ok(t) => t,
-                        Err(_) => return,
-                    }
-                } else {
-                    match self.tasks.try_recv() {
-                        Ok(t) => t,
-                        Err(TryRecvError::Empty) => break,
-                        Err(TryRecvError::Disconnected) => return,
+                let flight = match self.held_back.take() {
+                    Some(f) => f,
+                    None => {
+                        let task = if self.flights.is_empty() {
+                            crossbeam_channel::select! {
+                                recv(self.tasks) -> t => match t {
+                                    Ok(t) => t,
+                                    Err(_) => return,
+                                },
+                                recv(self.closed) -> _ => return,
+                            }
+                        } else {
+                            match self.tasks.try_recv() {
+                                Ok(t) => t,
+                                Err(TryRecvError::Empty) => break,
+                                Err(TryRecvError::Disconnected) => return,
+                            }
+                        };
+                        match task {
+                            Task::Items { job, units } => Flight::Items {
+                                job,
+                                units: units.into(),
+                            },
+                            Task::Calls(c) => Flight::Calls(c),
+                        }
                     }
                 };
-                if task.job().is_cancelled() {
+                if flight_job(&flight).is_cancelled() {
                     continue;
                 }
-                let flight = match task {
-                    Task::Items { job, units } => Flight::Items {
-                        job,
-                        units: units.into(),
-                    },
-                    Task::Calls(c) => Flight::Calls(c),
+                let flight = if recycling {
+                    self.split(flight)
+                } else {
+                    flight
                 };
                 self.send(flight);
             }
@@ -268,7 +389,114 @@ impl Manager {
                 Wake::Overrun(o) => self.lose_worker(Some(o), "overran".into()),
                 Wake::Closed => self.lose_worker(None, String::new()),
                 Wake::Broken(e) => self.lose_worker(None, format!("broke the protocol: {e}")),
+                Wake::Poked => {}
                 Wake::Closing => return,
+            }
+        }
+    }
+
+    /// Shows (in `Slots::running`) the job of the first task in flight,
+    /// which the worker runs now or next.
+    fn show_running(&mut self) {
+        let id = self.flights.front().map_or(0, |f| job_id(flight_job(f)));
+        if id == self.shown {
+            return;
+        }
+        self.shown = id;
+        let mut slots = self.shared.slots();
+        if let Some(r) = slots.running.get_mut(self.slot) {
+            *r = id;
+        }
+        drop(slots);
+        self.shared.running_changed.notify_all();
+    }
+
+    /// Whether workers are replaced after some items or past some memory.
+    fn recycling(&self) -> bool {
+        let s = &self.shared.settings;
+        s.max_items_per_worker.is_some() || s.max_worker_memory.is_some()
+    }
+
+    /// Sends process items one at a time while recycling, keeping the rest
+    /// of the task back, so the worker is checked between items.
+    fn split(&mut self, flight: Flight) -> Flight {
+        match flight {
+            Flight::Items { job, mut units } if units.len() > 1 => {
+                let rest = units.split_off(1);
+                self.held_back = Some(Flight::Items {
+                    job: job.clone(),
+                    units: rest,
+                });
+                Flight::Items { job, units }
+            }
+            other => other,
+        }
+    }
+
+    /// Replaces an idle worker that has run its share of items or grown
+    /// past the memory allowed: it is ended (as on the pool's drop) and a
+    /// fresh one started.
+    fn recycle_if_due(&mut self) {
+        if !self
+            .worker
+            .as_ref()
+            .is_some_and(|w| w.due(&self.shared.settings))
+        {
+            return;
+        }
+        if let Some(w) = self.worker.take() {
+            self.retire(&w, None);
+            w.end();
+        }
+        // If it cannot start, the next task tries again.
+        let _ = self.worker();
+    }
+
+    /// Kills the worker if what it runs belongs to a stopped call, and
+    /// drops every piece of work of stopped calls; the rest goes to a fresh
+    /// worker, as after a crash but without charging anyone a life.
+    fn drop_aborted(&mut self) {
+        if self
+            .held_back
+            .as_ref()
+            .is_some_and(|f| flight_job(f).is_aborted())
+        {
+            self.held_back = None;
+        }
+        if !self
+            .flights
+            .front()
+            .is_some_and(|f| flight_job(f).is_aborted())
+        {
+            return;
+        }
+        if let Some(w) = self.worker.take() {
+            self.retire(&w, None);
+            let _ = w.child.finish(End::Kill);
+        }
+        self.head = None;
+        self.long = true;
+        let flights = std::mem::take(&mut self.flights);
+        // The stopped call may return now: its work here is dead.
+        self.show_running();
+        let _ = self.worker();
+        for flight in flights {
+            if !flight_job(&flight).is_cancelled() {
+                self.send(flight);
+            }
+        }
+    }
+
+    /// Reads what woke the manager: `true` at end of file (the pool is
+    /// being dropped).
+    fn drained_wake(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        loop {
+            match self.wake.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return false,
             }
         }
     }
@@ -388,6 +616,7 @@ impl Manager {
                 deadlines: None,
             },
         });
+        self.show_running();
     }
 
     /// Ends the head's clock: how long it ran. A long one makes the
@@ -407,23 +636,26 @@ impl Manager {
             .as_mut()
             .expect("a worker while work is in flight");
         let deadlines = self.head.as_mut().and_then(|h| h.deadlines.as_mut());
-        match worker
-            .child
-            .next_event(deadlines, Some(self.closing.as_fd()))
-        {
+        match worker.child.next_event(deadlines, Some(self.wake.as_fd())) {
             Event::Frame(f) => Wake::Frame(f),
             Event::Overrun(o) => Wake::Overrun(o),
             Event::Closed => Wake::Closed,
             Event::Broken(e) => Wake::Broken(e),
-            Event::Woken => Wake::Closing,
+            Event::Woken if self.drained_wake() => Wake::Closing,
+            Event::Woken => Wake::Poked,
         }
     }
 
     fn on_frame(&mut self, frame: Frame) {
         let now = Instant::now();
         if matches!(frame.kind, kind::DONE | kind::FAILED | kind::POOL_RESULTS) {
+            let items = match (frame.kind, self.flights.front()) {
+                (kind::POOL_RESULTS, Some(Flight::Calls(c))) => c.count as u64,
+                _ => 1,
+            };
             if let Some(w) = &mut self.worker {
                 w.answered += 1;
+                w.items_run += items;
             }
         }
         match (frame.kind, self.flights.front()) {
@@ -592,6 +824,7 @@ impl Drop for Manager {
             self.retire(&w, None);
             w.end();
         }
+        self.show_running();
     }
 }
 

@@ -17,6 +17,7 @@
 //! behind it run unharmed. Dropping the pool closes every worker's socket
 //! (the workers exit), reaps them, and kills any that do not exit in time.
 
+mod background;
 pub(crate) mod batch;
 mod builder;
 mod call;
@@ -30,22 +31,22 @@ mod task;
 
 use crate::error::{Error, Result};
 use crate::log;
-use crate::sys;
 use crate::timers::Timers;
 use crate::Process;
+pub use background::{Background, ImapStream};
 pub use builder::PoolBuilder;
 use builder::Settings;
 use call::Options;
-pub use call::PoolCall;
+pub use call::{BackgroundCall, PoolCall};
 use crossbeam_channel::Sender;
 pub use imap::{Imap, ImapNext};
 use manager::{Manager, Shared, Slots, Worker};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt;
-use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 use task::Task;
 
 /// A fixed set of worker processes that run process items and plain
@@ -101,8 +102,20 @@ use task::Task;
 /// # Options of one call
 ///
 /// A `with_*` method returns a [`PoolCall`] with the same methods and an
-/// option that applies to that call only: with the `progress` feature,
-/// `with_progress` draws a progress bar.
+/// option that applies to that call only: [`with_timeout`](Pool::with_timeout)
+/// gives the call a time limit (its items still running past it are
+/// killed); with the `progress` feature, `with_progress` draws a progress
+/// bar. [`background`](Pool::background) runs a call while the caller goes
+/// on, returning a [`Background`] to wait for, cancel or `.await`;
+/// [`map_async`](Pool::map_async) and the other `_async` methods are the
+/// same calls as futures and streams.
+///
+/// # Recycling workers
+///
+/// [`PoolBuilder::max_items_per_worker`] and
+/// [`PoolBuilder::max_worker_memory`] replace a worker after some items,
+/// or once its resident memory has grown past a ceiling (a leak in the
+/// items' code, a cache that only grows): always between two items.
 ///
 /// While items are short, a worker holds the next task while it runs one,
 /// so it never waits for work; an item that then turns out to run long
@@ -139,8 +152,9 @@ use task::Task;
 pub struct Pool {
     /// `Some` until the pool is dropped.
     tasks: Option<Sender<Task>>,
-    /// Closing it (on drop) wakes every manager.
-    closing: Option<OwnedFd>,
+    /// Dropping it wakes every idle manager (the queue itself may stay
+    /// open: background calls hold senders).
+    closed: Option<Sender<()>>,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
     workers: usize,
@@ -214,23 +228,38 @@ impl Pool {
                 }
             }
         }
-        let (ours, theirs) = sys::sock::socketpair().map_err(Error::Io)?;
-        let theirs = Arc::new(theirs);
         let shared = Arc::new(Shared {
             origin,
             settings,
             slots: Mutex::new(Slots::new(&started)),
+            pokes: Mutex::new(Vec::with_capacity(workers)),
+            running_changed: std::sync::Condvar::new(),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
+        let (closed_tx, closed) = crossbeam_channel::bounded(0);
         let mut pool = Pool {
             tasks: Some(tx),
-            closing: Some(ours),
+            closed: Some(closed_tx),
             shared: shared.clone(),
             threads: Vec::with_capacity(workers),
             workers,
         };
         for (slot, worker) in started.into_iter().enumerate() {
-            let manager = Manager::new(slot, rx.clone(), theirs.clone(), shared.clone(), worker);
+            let wake = match shared.wake_socket() {
+                Ok(w) => w,
+                Err(e) => {
+                    worker.end();
+                    return Err(e);
+                }
+            };
+            let manager = Manager::new(
+                slot,
+                rx.clone(),
+                closed.clone(),
+                wake,
+                shared.clone(),
+                worker,
+            );
             let thread = std::thread::Builder::new()
                 .name(format!("skprocess-pool-{slot}"))
                 .stack_size(256 * 1024)
@@ -317,6 +346,134 @@ impl Pool {
     /// A call with the default options.
     fn call(&self) -> PoolCall<'_> {
         PoolCall::new(self)
+    }
+
+    /// A call with a time limit: past `limit` (counted from the call's
+    /// start), every item still running is killed, the items not started
+    /// never run, and the call returns [`Error::CallTimeout`] (its
+    /// [`is_timeout`](Error::is_timeout) is true). The killed workers are
+    /// replaced: the pool stays usable. An `imap` yields that error as its
+    /// last item. Items that ended in time are not returned.
+    ///
+    /// For every map method: `map`, `unordered_map`, `imap`,
+    /// `unordered_imap`, `map_fn`, and in the background
+    /// (`with_timeout(d).background()`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use serde::{Deserialize, Serialize};
+    /// # use skprocess::prelude::*;
+    /// # use std::time::Duration;
+    /// #[derive(Process, Serialize, Deserialize, Debug)]
+    /// #[process(runs = 1)]
+    /// struct Nap { ms: u64 }
+    /// impl Process for Nap {
+    ///     fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+    ///         std::thread::sleep(Duration::from_millis(self.ms));
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # fn main() -> skprocess::Result<()> {
+    /// let pool = Pool::new(2)?;
+    /// let err = pool
+    ///     .with_timeout(Duration::from_millis(100))
+    ///     .map([Nap { ms: 0 }, Nap { ms: 30_000 }])
+    ///     .unwrap_err();
+    /// assert!(err.is_timeout());
+    /// // The napping worker was killed and replaced.
+    /// assert_eq!(pool.map([Nap { ms: 0 }])?.len(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_timeout(&self, limit: Duration) -> PoolCall<'_> {
+        self.call().with_timeout(limit)
+    }
+
+    /// A call that runs in the background: its `map`, `unordered_map` and
+    /// `map_fn` return a [`Background`] at once, to wait for, poll for
+    /// progress, cancel or `.await` later. It combines with a time limit
+    /// either way round: `pool.with_timeout(d).background()` or
+    /// `pool.background().with_timeout(d)`.
+    ///
+    /// The call goes on while the pool is in use by other calls; dropping
+    /// its `Background` cancels it.
+    pub fn background(&self) -> BackgroundCall {
+        self.call().background()
+    }
+
+    /// [`map`](Pool::map) as a future: it resolves to the final states in
+    /// input order. It is a [`Background`] call: it starts at once, even
+    /// before it is polled, and dropping it cancels the call. It needs no
+    /// runtime and never blocks the thread that polls it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use serde::{Deserialize, Serialize};
+    /// # use skprocess::prelude::*;
+    /// # #[derive(Process, Serialize, Deserialize)]
+    /// # #[process(runs = 1)]
+    /// # struct Square { x: u64, y: u64 }
+    /// # impl Process for Square {
+    /// #     fn run(&mut self, _ctx: &mut Ctx) -> HookResult { self.y = self.x * self.x; Ok(()) }
+    /// # }
+    /// # fn main() -> skprocess::Result<()> {
+    /// let pool = Pool::new(2)?;
+    /// let call = async {
+    ///     let done = pool.map_async((0..4).map(|x| Square { x, y: 0 })).await?;
+    ///     let doubled: Vec<u64> = pool.map_fn_async(|x: u64| x * 2, 0..4u64).await?;
+    ///     Ok::<_, skprocess::Error>((done[3].y, doubled[3]))
+    /// };
+    /// // Any executor, or none but this one:
+    /// let out = futures::executor::block_on(call)?;
+    /// assert_eq!(out, (9, 6));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn map_async<P, I>(&self, items: I) -> Background<Vec<P>>
+    where
+        P: Process + Send + 'static,
+        I: IntoIterator<Item = P>,
+        I::IntoIter: Send + 'static,
+    {
+        self.call().map_async(items)
+    }
+
+    /// [`map_fn`](Pool::map_fn) as a future, as
+    /// [`map_async`](Pool::map_async) is for `map`.
+    pub fn map_fn_async<A, R, F, I>(&self, f: F, items: I) -> Background<Vec<R>>
+    where
+        F: Fn(A) -> R + Copy,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: Send + 'static,
+    {
+        self.call().map_fn_async(f, items)
+    }
+
+    /// [`imap`](Pool::imap) as a [`futures_core::Stream`]: one `Result`
+    /// per item, in input order. See [`ImapStream`].
+    pub fn imap_async<P, I>(&self, items: I) -> ImapStream<P>
+    where
+        P: Process + Send + 'static,
+        I: IntoIterator<Item = P>,
+        I::IntoIter: Send + 'static,
+    {
+        self.call().imap_async(items)
+    }
+
+    /// [`unordered_imap`](Pool::unordered_imap) as a
+    /// [`futures_core::Stream`]: one `Result` per item, as each ends.
+    pub fn unordered_imap_async<P, I>(&self, items: I) -> ImapStream<P>
+    where
+        P: Process + Send + 'static,
+        I: IntoIterator<Item = P>,
+        I::IntoIter: Send + 'static,
+    {
+        self.call().unordered_imap_async(items)
     }
 
     /// Runs every item in the pool and returns their final states in input
@@ -439,9 +596,10 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        // Idle managers see the queue close; busy ones see `closing` close.
+        // Idle managers see `closed` close; busy ones their wake-up socket.
         drop(self.tasks.take());
-        drop(self.closing.take());
+        drop(self.closed.take());
+        self.shared.close();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

@@ -24,6 +24,9 @@ pub(crate) struct Job {
     /// Set when the caller stopped listening (an `Imap` dropped early):
     /// queued work of the job is skipped.
     pub(crate) cancelled: AtomicBool,
+    /// Set when the call was stopped (its time limit passed, or it was
+    /// cancelled): besides being skipped, its work in flight is killed.
+    pub(crate) aborted: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -40,6 +43,18 @@ pub(crate) enum JobKind {
 impl Job {
     pub(crate) fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Whether the call was stopped: its items running are to be killed.
+    pub(crate) fn is_aborted(&self) -> bool {
+        self.aborted.load(Ordering::Acquire)
+    }
+
+    /// Stops the call: nothing more of it starts, and what runs is killed
+    /// (by the managers, once woken).
+    pub(crate) fn abort(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+        self.aborted.store(true, Ordering::Release);
     }
 
     /// The failure of item `index` (items are named by their position in
@@ -79,15 +94,6 @@ pub(crate) enum Task {
     Items { job: Arc<Job>, units: Vec<Unit> },
     /// A batch of `map_fn` calls.
     Calls(Calls),
-}
-
-impl Task {
-    pub(crate) fn job(&self) -> &Arc<Job> {
-        match self {
-            Task::Items { job, .. } => job,
-            Task::Calls(c) => &c.job,
-        }
-    }
 }
 
 /// One process item and what it has been through.

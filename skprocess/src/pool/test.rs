@@ -255,6 +255,7 @@ fn a_task_never_holds_more_descriptors_than_a_frame_can_carry() {
         kind: JobKind::Calls,
         replies,
         cancelled: Default::default(),
+        aborted: Default::default(),
     });
     let mut early = VecDeque::new();
     let budget = Budget {
@@ -308,6 +309,7 @@ fn a_worker_answering_the_wrong_number_of_results_is_an_error() {
         kind: JobKind::Calls,
         replies,
         cancelled: Default::default(),
+        aborted: Default::default(),
     };
     let mut payload = 0u64.to_le_bytes().to_vec();
     let mut scratch = Vec::new();
