@@ -522,6 +522,91 @@ fn chapter_7() -> skprocess::Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------
+// Chapter 8: async, call time limits, background calls, recycling.
+
+/// Fetches something slowly, with async hooks on the child's own runtime.
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 3)]
+struct Fetch {
+    got: u32,
+}
+
+impl AsyncProcess for Fetch {
+    async fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        self.got += 1;
+        ctx.tell(&format!("fetched #{}", self.got))?;
+        Ok(())
+    }
+}
+
+/// Sleeps for `ms`: a stand-in for an item that may hang.
+#[derive(Process, Serialize, Deserialize, Debug)]
+#[process(runs = 1)]
+struct Nap {
+    ms: u64,
+}
+
+impl Process for Nap {
+    fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        std::thread::sleep(Duration::from_millis(self.ms));
+        Ok(())
+    }
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn chapter_8() -> skprocess::Result<()> {
+    println!("== 8. async, call time limits, background calls, recycling");
+    // The parent's futures need no runtime; here futures' own executor
+    // drives them (a #[tokio::main] program would just .await them).
+    let mut h = Fetch { got: 0 }.start()?;
+    let done = futures::executor::block_on(async {
+        loop {
+            match h.listen_async::<String>().await {
+                Ok(line) => println!("  child says: {line}"),
+                Err(e) if e.is_disconnected() => break,
+                Err(e) => return Err(e),
+            }
+        }
+        h.wait_async().await
+    })?;
+    println!("async hooks ran {} times", done.got);
+
+    let pool = Pool::builder()
+        .workers(2)
+        .max_items_per_worker(50)
+        .build()?;
+    let sum: u64 = futures::executor::block_on(pool.map_fn_async(square, 0..1000u64))?
+        .iter()
+        .sum();
+    println!("map_fn_async: the sum of squares below 1000 is {sum}");
+
+    // A hung item costs the call's limit, not the program.
+    let err = pool
+        .with_timeout(Duration::from_millis(300))
+        .map([Nap { ms: 1 }, Nap { ms: 60_000 }])
+        .unwrap_err();
+    println!("with_timeout(300ms): {err}");
+
+    // Started in the background, watched, then cancelled.
+    let bg = pool.background().map((0..4).map(|_| Nap { ms: 60_000 }));
+    println!(
+        "background call: finished? {}, progress {:?}",
+        bg.is_finished(),
+        bg.progress()
+    );
+    bg.cancel();
+    println!("cancelled: {}", bg.wait().unwrap_err());
+    let again = pool.map((0..4).map(|_| Nap { ms: 1 }))?;
+    println!("and the pool goes on: {} more items done", again.len());
+    println!();
+    Ok(())
+}
+
 fn main() -> skprocess::Result<()> {
     // Only the parent sets up logging; children need nothing.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -536,5 +621,6 @@ fn main() -> skprocess::Result<()> {
     chapter_5()?;
     chapter_6()?;
     chapter_7()?;
+    chapter_8()?;
     Ok(())
 }
