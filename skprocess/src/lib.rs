@@ -712,6 +712,16 @@ pub mod __private {
     #[cfg(feature = "bench-internals")]
     pub const BARE_CHILD_ENV: (&str, &str) = (crate::spawn::BOOT_ENV, crate::spawn::BARE);
 
+    /// The pid of this process's fork server, if one runs (tests end it to
+    /// check that starts go on without it).
+    #[cfg(feature = "bench-internals")]
+    pub fn fork_server_pid() -> Option<u32> {
+        crate::spawn::server::pid()
+    }
+
+    /// The environment variable that turns the fork server off (`0`).
+    pub const FORK_SERVER_ENV: &str = crate::spawn::server::SWITCH_ENV;
+
     /// Feeds arbitrary bytes to the frame reader and decoders (the fuzz
     /// target's entry point).
     #[cfg(feature = "bench-internals")]

@@ -167,10 +167,13 @@ pub(crate) enum Exit {
     BadStatusPage = 77,
     /// A pool worker received a task it could not read.
     WorkerProtocol = 78,
+    /// A child forked by the fork server could not enter the parent's
+    /// working directory.
+    NoWorkingDirectory = 79,
 }
 
 impl Exit {
-    const ALL: [Exit; 11] = [
+    const ALL: [Exit; 12] = [
         Exit::Clean,
         Exit::Reported,
         Exit::ParentGone,
@@ -182,6 +185,7 @@ impl Exit {
         Exit::NoStatusPage,
         Exit::BadStatusPage,
         Exit::WorkerProtocol,
+        Exit::NoWorkingDirectory,
     ];
 
     /// The process exit code.
@@ -208,6 +212,9 @@ impl Exit {
             Exit::NoStatusPage => "exited at start-up: no status page came with the start frame",
             Exit::BadStatusPage => "exited at start-up: its status page could not be mapped",
             Exit::WorkerProtocol => "exited: the pool sent a task the worker could not read",
+            Exit::NoWorkingDirectory => {
+                "exited at start-up: it could not enter its parent's working directory"
+            }
         }
     }
 }

@@ -16,7 +16,12 @@
 //! programs), arranges to die with its parent, and hands the socket to
 //! [`main`], which never returns. Code in `main` never runs in a child, so a
 //! binary, example, test harness or bench needs no set-up line.
+//!
+//! The same hook runs the fork server ([`server`]), which stays before
+//! `main` and forks each later child from there: the fork takes the same
+//! path as a re-executed child from the point where it has its descriptors.
 
+mod server;
 mod signals;
 pub(crate) mod worker;
 
@@ -61,12 +66,31 @@ fn boot(pre_main: sys::boot::PreMain) {
         // that ends as soon as it would take over.
         sys::proc::exit_now(Exit::Clean.code());
     }
-    let Some((fd, ppid)) = parse_boot(&value) else {
+    let Some((fd, ppid, role)) = parse_boot(&value) else {
         eprintln!("skprocess: ignoring malformed {BOOT_ENV}={value:?}");
         return;
     };
+    match role {
+        Role::Child => start(pre_main, fd, ppid),
+        Role::Server => server::serve(pre_main, fd, ppid),
+    }
+}
+
+/// What a boot variable starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// A child: a process or a pool worker.
+    Child,
+    /// The fork server.
+    Server,
+}
+
+/// Takes over as a child whose control socket is at `fd`, started by
+/// `ppid`; never returns.
+fn start(pre_main: sys::boot::PreMain, fd: RawFd, ppid: u32) -> ! {
     // Die with the parent; then check it did not die before we asked.
-    if sys::proc::set_parent_death_signal().is_err() || sys::proc::getppid() != ppid {
+    if sys::proc::set_parent_death_signal(libc::SIGTERM).is_err() || sys::proc::getppid() != ppid
+    {
         sys::proc::exit_now(Exit::ParentGone.code());
     }
     sys::proc::ignore_sigpipe();
@@ -77,7 +101,7 @@ fn boot(pre_main: sys::boot::PreMain) {
     main(control, ppid)
 }
 
-fn parse_boot(v: &std::ffi::OsStr) -> Option<(RawFd, u32)> {
+fn parse_boot(v: &std::ffi::OsStr) -> Option<(RawFd, u32, Role)> {
     let s = v.to_str()?;
     let mut it = s.split(':');
     if it.next()? != spawn::BOOT_FORMAT {
@@ -85,7 +109,12 @@ fn parse_boot(v: &std::ffi::OsStr) -> Option<(RawFd, u32)> {
     }
     let fd = it.next()?.parse().ok()?;
     let ppid = it.next()?.parse().ok()?;
-    it.next().is_none().then_some((fd, ppid))
+    let role = match it.next() {
+        None => Role::Child,
+        Some(spawn::SERVER_ROLE) => Role::Server,
+        Some(_) => return None,
+    };
+    it.next().is_none().then_some((fd, ppid, role))
 }
 
 /// Reads `INIT` and runs the role it names; never returns.
@@ -183,10 +212,15 @@ mod test {
 
     #[test]
     fn boot_variable_parses_strictly() {
-        assert_eq!(parse_boot("1:3:42".as_ref()), Some((3, 42)));
+        assert_eq!(parse_boot("1:3:42".as_ref()), Some((3, 42, Role::Child)));
+        assert_eq!(
+            parse_boot("1:3:42:server".as_ref()),
+            Some((3, 42, Role::Server))
+        );
         assert_eq!(parse_boot("2:3:42".as_ref()), None);
         assert_eq!(parse_boot("1:3".as_ref()), None);
         assert_eq!(parse_boot("1:3:42:9".as_ref()), None);
+        assert_eq!(parse_boot("1:3:42:server:1".as_ref()), None);
         assert_eq!(parse_boot("1:x:42".as_ref()), None);
     }
 }

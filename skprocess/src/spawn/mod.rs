@@ -10,6 +10,10 @@
 //! Spawns are made from one long-lived thread: Linux's parent-death signal
 //! fires when the *thread* that spawned a child ends, and a short-lived
 //! caller thread (a test, a pool's helper) must not take its children along.
+//!
+//! Unless it is turned off, the re-exec happens once, for a fork server
+//! ([`server`]) that then forks each child, a child of this process all
+//! the same; the re-exec stays as the fallback.
 
 use crate::error::{Error, Result};
 use crate::sys;
@@ -25,16 +29,26 @@ pub(crate) const BOOT_FORMAT: &str = "1";
 /// `SKPROCESS_BOOT` value for a child that exits as soon as it starts.
 pub(crate) const BARE: &str = "bare";
 
+pub(crate) mod server;
+
+/// The boot variable's last field for the fork server.
+pub(crate) const SERVER_ROLE: &str = "server";
+
+/// A spawn for the spawner thread: the descriptors that become the new
+/// process's 3 (and 0, 1, 2 if given), and its whole environment.
 struct Job {
     control: OwnedFd,
+    stdin: Option<OwnedFd>,
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
-    reply: mpsc::SyncSender<std::io::Result<u32>>,
+    env: Vec<CString>,
 }
 
-static SPAWNER: OnceLock<Mutex<Option<mpsc::Sender<Job>>>> = OnceLock::new();
+type Sent = (Job, mpsc::SyncSender<std::io::Result<u32>>);
 
-fn spawner() -> Result<mpsc::Sender<Job>> {
+static SPAWNER: OnceLock<Mutex<Option<mpsc::Sender<Sent>>>> = OnceLock::new();
+
+fn spawner() -> Result<mpsc::Sender<Sent>> {
     let slot = SPAWNER.get_or_init(|| Mutex::new(None));
     let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(tx) = slot.as_ref() {
@@ -43,7 +57,7 @@ fn spawner() -> Result<mpsc::Sender<Job>> {
     // Started on first use; a failure to start it is reported to this
     // caller and tried again by the next.
     let tx = {
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<Sent>();
         let argv0 = CString::new(
             std::env::args_os()
                 .next()
@@ -55,16 +69,16 @@ fn spawner() -> Result<mpsc::Sender<Job>> {
             .name("skprocess-spawner".into())
             .stack_size(128 * 1024)
             .spawn(move || {
-                for job in rx {
-                    let env = child_env();
+                for (job, reply) in rx {
                     let req = sys::spawn::SpawnRequest {
                         control: job.control.as_fd(),
-                        env: &env,
+                        env: &job.env,
                         argv0: &argv0,
+                        stdin: job.stdin.as_ref().map(AsFd::as_fd),
                         stdout: job.stdout.as_ref().map(AsFd::as_fd),
                         stderr: job.stderr.as_ref().map(AsFd::as_fd),
                     };
-                    let _ = job.reply.send(sys::spawn::spawn_self(&req));
+                    let _ = reply.send(sys::spawn::spawn_self(&req));
                 }
             })
             .map_err(Error::Spawn)?;
@@ -74,19 +88,37 @@ fn spawner() -> Result<mpsc::Sender<Job>> {
     Ok(tx)
 }
 
-fn child_env() -> Vec<CString> {
-    let mut env: Vec<CString> = std::env::vars_os()
+/// Has the spawner thread re-execute this binary for `job`; the new pid.
+fn run_job(job: Job) -> Result<u32> {
+    let (reply, result) = mpsc::sync_channel(1);
+    let gone = || Error::Spawn(std::io::Error::other("the spawner thread is gone"));
+    spawner()?.send((job, reply)).map_err(|_| gone())?;
+    result.recv().map_err(|_| gone())?.map_err(Error::Spawn)
+}
+
+/// This process's environment as a child gets it, without the boot
+/// variable.
+fn child_vars() -> Vec<CString> {
+    std::env::vars_os()
         .filter(|(k, _)| k != BOOT_ENV)
         .map(|(k, v)| sys::spawn::env_entry(&k, &v))
-        .collect();
-    let value: OsString = format!(
+        .collect()
+}
+
+/// `vars` with the boot variable added: a child's, or with `role`.
+fn with_boot(mut vars: Vec<CString>, role: Option<&str>) -> Vec<CString> {
+    let mut value = format!(
         "{BOOT_FORMAT}:{}:{}",
         sys::spawn::CHILD_CONTROL_FD,
         sys::proc::getpid()
-    )
-    .into();
-    env.push(sys::spawn::env_entry(BOOT_ENV.as_ref(), &value));
-    env
+    );
+    if let Some(role) = role {
+        value.push(':');
+        value.push_str(role);
+    }
+    let value: OsString = value.into();
+    vars.push(sys::spawn::env_entry(BOOT_ENV.as_ref(), &value));
+    vars
 }
 
 /// A freshly spawned child and the parent's end of its control socket (and
@@ -119,26 +151,32 @@ pub(crate) fn spawn_child(options: SpawnOptions) -> Result<Spawned> {
         let (r, w) = sys::spawn::pipe().map_err(Error::Spawn)?;
         (stderr, child_err) = (Some(r), Some(w));
     }
-    let (reply, result) = mpsc::sync_channel(1);
-    spawner()?
-        .send(Job {
+    let vars = child_vars();
+    let forked = server::fork_child(
+        child_end.as_fd(),
+        child_out.as_ref().map(AsFd::as_fd),
+        child_err.as_ref().map(AsFd::as_fd),
+        &vars,
+    );
+    let pid = match forked {
+        Some(pid) => pid.map_err(Error::Spawn)?,
+        None => run_job(Job {
             control: child_end.try_clone().map_err(Error::Spawn)?,
+            stdin: None,
             stdout: child_out,
             stderr: child_err,
-            reply,
-        })
-        .map_err(|_| Error::Spawn(std::io::Error::other("the spawner thread is gone")))?;
-    let pid = result
-        .recv()
-        .map_err(|_| Error::Spawn(std::io::Error::other("the spawner thread is gone")))?
-        .map_err(Error::Spawn)?;
+            env: with_boot(vars, None),
+        })?,
+    };
     drop(child_end);
     let pidfd = match sys::proc::pidfd_open(pid) {
         Ok(fd) => fd,
         Err(e) => {
             // Out of descriptors, say: the child runs but cannot be
-            // watched. End it (it leads its own group, and is not reaped
-            // yet, so its pid names it) rather than leave a zombie.
+            // watched. End it (it is not reaped yet, so its pid names it;
+            // a forked child may not lead its group yet) rather than leave
+            // a zombie.
+            let _ = sys::proc::kill_child_pid(pid, libc::SIGKILL);
             let _ = sys::proc::kill_group(pid, libc::SIGKILL);
             let _ = sys::proc::wait(pid);
             return Err(Error::Spawn(e));

@@ -27,8 +27,29 @@ pub(crate) struct PreMain {
 }
 
 impl PreMain {
+    /// The token again, in a process forked from the one that held it.
+    ///
+    /// # Safety
+    ///
+    /// This process is a fork of one that held a `PreMain` (so it has one
+    /// thread and runs before `main`), and no descriptor above stderr is
+    /// owned by anything that will not give it up before the token is used
+    /// to take one over.
+    pub(super) unsafe fn again() -> PreMain {
+        PreMain {
+            _one_thread: PhantomData,
+        }
+    }
+
+    /// Sets an environment variable.
+    pub(crate) fn set_env(&self, key: &std::ffi::OsStr, value: &std::ffi::OsStr) {
+        // SAFETY: before `main` the process has a single thread (see the
+        // type's docs), so no other thread reads the environment.
+        unsafe { super::proc::set_env(key, value) }
+    }
+
     /// Removes an environment variable.
-    pub(crate) fn remove_env(&self, key: &str) {
+    pub(crate) fn remove_env(&self, key: impl AsRef<std::ffi::OsStr>) {
         // SAFETY: before `main` the process has a single thread (see the
         // type's docs), so no other thread reads the environment.
         unsafe { super::proc::remove_env(key) }

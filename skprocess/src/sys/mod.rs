@@ -11,6 +11,7 @@
 
 pub(crate) mod boot;
 pub(crate) mod code;
+pub(crate) mod fork;
 pub(crate) mod frozen;
 pub(crate) mod futex;
 pub(crate) mod locked;

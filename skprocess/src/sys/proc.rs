@@ -131,6 +131,13 @@ pub(crate) fn kill_group(pgid: u32, sig: i32) -> io::Result<()> {
     ended_is_fine(rustix::process::kill_process_group(pgid, to_signal(sig)?))
 }
 
+/// Sends `sig` to process `pid`, which must be an unreaped child of this
+/// process (so the pid cannot name anyone else). A process that has already
+/// ended is not an error.
+pub(crate) fn kill_child_pid(pid: u32, sig: i32) -> io::Result<()> {
+    ended_is_fine(rustix::process::kill_process(to_pid(pid)?, to_signal(sig)?))
+}
+
 /// This process's process group.
 pub(crate) fn getpgrp() -> u32 {
     rustix::process::getpgrp().as_raw_pid() as u32
@@ -146,13 +153,33 @@ pub(crate) fn getppid() -> u32 {
     Pid::as_raw(rustix::process::getppid()) as u32
 }
 
-/// Asks the kernel to send SIGTERM to this process when the thread that
-/// spawned it ends: the child turns it into a graceful stop, bounded in
-/// time.
-pub(crate) fn set_parent_death_signal() -> io::Result<()> {
+/// Asks the kernel to send `sig` to this process when the thread that
+/// spawned it ends. A child asks for SIGTERM and turns it into a graceful
+/// stop, bounded in time; the fork server asks for SIGKILL.
+pub(crate) fn set_parent_death_signal(sig: i32) -> io::Result<()> {
     Ok(rustix::process::set_parent_process_death_signal(Some(
-        Signal::TERM,
+        to_signal(sig)?,
     ))?)
+}
+
+/// Unblocks every signal for the calling thread.
+pub(crate) fn clear_signal_mask() -> io::Result<()> {
+    // SAFETY: an all-zero sigset_t is a valid value, and sigemptyset then
+    // initialises it; pthread_sigmask reads it and writes no old mask.
+    let r = unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut())
+    };
+    match r {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// Makes this process the leader of a new process group of its own.
+pub(crate) fn lead_own_group() -> io::Result<()> {
+    Ok(rustix::process::setpgid(None, None)?)
 }
 
 /// Closes every fd from `from` upwards. Used once in a freshly started child
@@ -195,8 +222,17 @@ pub(crate) fn exit_now(code: i32) -> ! {
 /// No other thread may exist: changing the environment races with any
 /// thread that reads it (through libc, too). Only true before `main` (see
 /// `super::boot`).
-pub(crate) unsafe fn remove_env(key: &str) {
+pub(crate) unsafe fn remove_env(key: impl AsRef<std::ffi::OsStr>) {
     std::env::remove_var(key);
+}
+
+/// Sets an environment variable.
+///
+/// # Safety
+///
+/// As for [`remove_env`]: no other thread may exist.
+pub(crate) unsafe fn set_env(key: &std::ffi::OsStr, value: &std::ffi::OsStr) {
+    std::env::set_var(key, value);
 }
 
 /// Takes ownership of descriptor `fd`, inherited across exec without

@@ -14,11 +14,12 @@ pub(crate) const CHILD_CONTROL_FD: i32 = 3;
 
 /// Everything the spawned process needs: its environment, its arguments,
 /// the socket that becomes its descriptor 3, and what becomes its
-/// descriptors 1 and 2 if not the parent's own.
+/// descriptors 0, 1 and 2 if not the parent's own.
 pub(crate) struct SpawnRequest<'a> {
     pub(crate) control: BorrowedFd<'a>,
     pub(crate) env: &'a [CString],
     pub(crate) argv0: &'a CString,
+    pub(crate) stdin: Option<BorrowedFd<'a>>,
     pub(crate) stdout: Option<BorrowedFd<'a>>,
     pub(crate) stderr: Option<BorrowedFd<'a>>,
 }
@@ -59,6 +60,7 @@ pub(crate) fn spawn_self(req: &SpawnRequest<'_>) -> io::Result<u32> {
     // them first.
     let wanted = [
         (Some(req.control), CHILD_CONTROL_FD),
+        (req.stdin, 0),
         (req.stdout, 1),
         (req.stderr, 2),
     ];

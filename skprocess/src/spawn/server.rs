@@ -1,0 +1,322 @@
+//! The fork server, the parent's side: a child started once by re-exec that
+//! waits before `main` (single-threaded, nothing of the program run yet)
+//! and forks a new child for each start, which saves the exec and the
+//! dynamic loading of every later start.
+//!
+//! # What each child gets, as with a re-exec
+//!
+//! - **Parent, reaping, groups.** The server forks with `CLONE_PARENT` (see
+//!   [`sys::fork`]): the new process is a child of this process, not of the
+//!   server, so it is reaped, watched through its pidfd and killed with its
+//!   group exactly like a re-executed child. It makes a process group of
+//!   its own before it does anything else.
+//! - **Parent death.** The server is started from the spawner thread and
+//!   asks for SIGKILL when that thread ends; its forks inherit that parent
+//!   link, and each asks for SIGTERM as a re-executed child does. Killing
+//!   the server affects no child.
+//! - **Environment and working directory as of the start.** Each request
+//!   carries a descriptor of the current directory (the child changes into
+//!   it: a directory renamed or replaced since is followed exactly as a
+//!   re-exec would) and, when the environment differs from the one the
+//!   server started with, the whole environment, which the child installs
+//!   before it goes on.
+//! - **Descriptors.** The request carries this process's descriptors 0, 1
+//!   and 2 as they are now (or the capture pipes), and the child's end of
+//!   the control socket; the child puts them at 0–3 and closes the rest,
+//!   like a re-executed child.
+//! - **Signals.** The server's mask is empty and its dispositions are the
+//!   ones an exec leaves; the child clears its mask again.
+//!
+//! What the child takes from the server rather than from this process as
+//! it is now: the resource limits, umask, scheduling attributes and
+//! credentials, as they were when the server started. A program that
+//! changes those between starts and wants children to follow sets
+//! `SKPROCESS_FORK_SERVER=0`.
+//!
+//! # Fallback
+//!
+//! `SKPROCESS_FORK_SERVER=0` (read at each start) re-executes every child.
+//! A server that cannot start, that dies or stops answering is ended,
+//! reaped and started again at the next start; that start re-executes.
+//! After [`MAX_FAILURES`] failures in a row it is not tried again. A
+//! request the server cannot serve (this process has a standard
+//! descriptor closed, an environment too large for one request, a failed
+//! fork) is re-executed too.
+
+use crate::sys;
+use std::ffi::{CString, OsStr, OsString};
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The environment variable that turns the fork server off (`0`).
+pub(crate) const SWITCH_ENV: &str = "SKPROCESS_FORK_SERVER";
+/// The largest request, in bytes (an environment beyond this re-executes).
+pub(crate) const MAX_REQUEST: usize = 256 * 1024;
+/// Failures in a row after which the server is not started again.
+const MAX_FAILURES: u32 = 3;
+/// How long the server may take to answer before it is taken for stuck.
+const ANSWER_LIMIT: Duration = Duration::from_secs(30);
+
+/// The request's descriptors, in order.
+pub(crate) const FD_CONTROL: usize = 0;
+/// The working directory (an `O_PATH` descriptor).
+pub(crate) const FD_CWD: usize = 1;
+/// What becomes the child's descriptor 0.
+pub(crate) const FD_STDIN: usize = 2;
+/// What becomes the child's descriptor 1.
+pub(crate) const FD_STDOUT: usize = 3;
+/// What becomes the child's descriptor 2.
+pub(crate) const FD_STDERR: usize = 4;
+/// How many descriptors a request carries.
+pub(crate) const REQUEST_FDS: usize = 5;
+
+/// The first byte of a request: its format.
+const FORMAT: u8 = 1;
+/// The second byte: 1 if an environment follows, 0 to keep the server's.
+const WITH_ENV: u8 = 1;
+
+/// A running server.
+#[derive(Debug)]
+struct Server {
+    socket: OwnedFd,
+    pid: u32,
+    /// The environment it started with (without the boot variable).
+    vars: Vec<CString>,
+}
+
+#[derive(Debug)]
+struct State {
+    server: Option<Server>,
+    failures: u32,
+}
+
+static STATE: Mutex<State> = Mutex::new(State {
+    server: None,
+    failures: 0,
+});
+
+/// Whether starts go through the fork server now.
+pub(crate) fn enabled() -> bool {
+    sys::fork::FORK_SUPPORTED && std::env::var_os(SWITCH_ENV).is_none_or(|v| v != "0")
+}
+
+/// The server's pid, if one runs.
+pub(crate) fn pid() -> Option<u32> {
+    lock().server.as_ref().map(|s| s.pid)
+}
+
+fn lock() -> std::sync::MutexGuard<'static, State> {
+    STATE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How one request went.
+enum Answer {
+    /// The child's pid.
+    Forked(u32),
+    /// The server could not serve this one; it goes on serving.
+    Declined,
+    /// The server is gone or stuck.
+    Broken,
+}
+
+/// Has the fork server start a child with `control` at its descriptor 3
+/// (and `stdout`, `stderr` at 1 and 2 if given), in this process's
+/// environment `vars` (without the boot variable). `None`: re-execute
+/// instead (see the module docs); `Some(Err)`: this process could not make
+/// the request (out of descriptors, say), which a re-exec would not fix.
+pub(crate) fn fork_child(
+    control: BorrowedFd<'_>,
+    stdout: Option<BorrowedFd<'_>>,
+    stderr: Option<BorrowedFd<'_>>,
+    vars: &[CString],
+) -> Option<io::Result<u32>> {
+    if !enabled() {
+        return None;
+    }
+    let cwd = match rustix::fs::open(
+        ".",
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE) => {
+            return Some(Err(io::Error::from_raw_os_error(libc::EMFILE)))
+        }
+        // A directory this process may no longer open: a re-exec still
+        // inherits it.
+        Err(_) => return None,
+    };
+    let mut state = lock();
+    if state.server.is_none() {
+        if state.failures >= MAX_FAILURES {
+            return None;
+        }
+        match start(vars) {
+            Ok(s) => state.server = Some(s),
+            Err(_) => {
+                state.failures += 1;
+                return None;
+            }
+        }
+    }
+    let server = state.server.as_ref()?;
+    let request = encode((server.vars.as_slice() != vars).then_some(vars));
+    if request.len() > MAX_REQUEST {
+        return None;
+    }
+    let mut fds: [RawFd; REQUEST_FDS] = [-1; REQUEST_FDS];
+    fds[FD_CONTROL] = control.as_raw_fd();
+    fds[FD_CWD] = cwd.as_raw_fd();
+    fds[FD_STDIN] = 0;
+    fds[FD_STDOUT] = stdout.map_or(1, |fd| fd.as_raw_fd());
+    fds[FD_STDERR] = stderr.map_or(2, |fd| fd.as_raw_fd());
+    match ask(server, &request, &fds) {
+        Answer::Forked(pid) => {
+            state.failures = 0;
+            Some(Ok(pid))
+        }
+        Answer::Declined => None,
+        Answer::Broken => {
+            if let Some(s) = state.server.take() {
+                end(s);
+            }
+            state.failures += 1;
+            None
+        }
+    }
+}
+
+/// Sends one request and reads its answer.
+fn ask(server: &Server, request: &[u8], fds: &[RawFd]) -> Answer {
+    match sys::sock::send(server.socket.as_fd(), &[IoSlice::new(request)], fds) {
+        Ok(n) if n == request.len() => {}
+        Ok(_) => return Answer::Broken,
+        // One of our descriptors is not open (a closed stdin, say), or the
+        // request is too large for the socket: not the server's fault.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EBADF | libc::EMSGSIZE)) => {
+            return Answer::Declined
+        }
+        Err(_) => return Answer::Broken,
+    }
+    match sys::sock::wait_readable(
+        server.socket.as_fd(),
+        sys::sock::deadline_after(ANSWER_LIMIT),
+    ) {
+        Ok(true) => {}
+        _ => return Answer::Broken,
+    }
+    let mut word = [0u8; 8];
+    match rustix::net::recv(&server.socket, &mut word, rustix::net::RecvFlags::empty()) {
+        Ok((8, _)) => {}
+        _ => return Answer::Broken,
+    }
+    match i64::from_le_bytes(word) {
+        pid if pid > 0 && pid <= i64::from(i32::MAX) => Answer::Forked(pid as u32),
+        _ => Answer::Declined,
+    }
+}
+
+/// Starts a server (from the spawner thread, which its parent-death signal
+/// is tied to) in the environment `vars`.
+fn start(vars: &[CString]) -> crate::error::Result<Server> {
+    let (ours, theirs) = sys::fork::packet_pair().map_err(crate::error::Error::Spawn)?;
+    let null = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map(OwnedFd::from)
+            .map_err(crate::error::Error::Spawn)
+    };
+    let pid = super::run_job(super::Job {
+        control: theirs,
+        stdin: Some(null()?),
+        stdout: Some(null()?),
+        stderr: Some(null()?),
+        env: super::with_boot(vars.to_vec(), Some(super::SERVER_ROLE)),
+    })?;
+    Ok(Server {
+        socket: ours,
+        pid,
+        vars: vars.to_vec(),
+    })
+}
+
+/// Ends and reaps a server that failed.
+fn end(server: Server) {
+    drop(server.socket);
+    let _ = sys::proc::kill_child_pid(server.pid, libc::SIGKILL);
+    let _ = sys::proc::wait(server.pid);
+}
+
+/// A request: the format, whether an environment follows, and its entries
+/// (`KEY=VALUE`, each ended by a NUL byte).
+fn encode(env: Option<&[CString]>) -> Vec<u8> {
+    let size = env.map_or(0, |e| e.iter().map(|v| v.as_bytes().len() + 1).sum());
+    let mut out = Vec::with_capacity(2 + size);
+    out.push(FORMAT);
+    match env {
+        None => out.push(0),
+        Some(entries) => {
+            out.push(WITH_ENV);
+            for e in entries {
+                out.extend_from_slice(e.as_bytes_with_nul());
+            }
+        }
+    }
+    out
+}
+
+/// A request as the server reads it: the environment to install, if any,
+/// as `(key, value)` pairs. `None` if it is not a request of this format.
+pub(crate) fn decode(bytes: &[u8]) -> Option<Option<Vec<(OsString, OsString)>>> {
+    match bytes {
+        [FORMAT, 0] => Some(None),
+        [FORMAT, WITH_ENV] => Some(Some(Vec::new())),
+        [FORMAT, WITH_ENV, rest @ ..] => {
+            let body = rest.strip_suffix(&[0])?;
+            let mut vars = Vec::new();
+            for entry in body.split(|&b| b == 0) {
+                // As std reads the environment: the first `=` after the
+                // first byte ends the key.
+                let eq = entry.iter().skip(1).position(|&b| b == b'=')? + 1;
+                vars.push((
+                    OsStr::from_bytes(&entry[..eq]).to_owned(),
+                    OsStr::from_bytes(&entry[eq + 1..]).to_owned(),
+                ));
+            }
+            Some(Some(vars))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        assert_eq!(decode(&encode(None)), Some(None));
+        let env = [c"A=1".to_owned(), c"B==x=".to_owned(), c"C=".to_owned()];
+        let vars = decode(&encode(Some(&env))).unwrap().unwrap();
+        let as_str: Vec<_> = vars
+            .iter()
+            .map(|(k, v)| (k.to_str().unwrap(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(as_str, [("A", "1"), ("B", "=x="), ("C", "")]);
+        assert_eq!(decode(&encode(Some(&[]))), Some(Some(Vec::new())));
+    }
+
+    #[test]
+    fn malformed_requests_are_refused() {
+        assert_eq!(decode(b""), None);
+        assert_eq!(decode(&[2, 0]), None);
+        assert_eq!(decode(&[FORMAT, 0, 0]), None);
+        assert_eq!(decode(&[FORMAT, WITH_ENV, b'A']), None, "no final NUL");
+        assert_eq!(decode(&[FORMAT, WITH_ENV, b'A', 0]), None, "no `=`");
+    }
+}
