@@ -719,6 +719,13 @@ pub mod __private {
         crate::spawn::server::pid()
     }
 
+    /// Turns the fork server off (`true`) or back on in this process, as
+    /// `SKPROCESS_FORK_SERVER=0` does, without touching the environment.
+    #[cfg(feature = "bench-internals")]
+    pub fn set_fork_server_off(off: bool) {
+        crate::spawn::server::OFF.store(off, std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The environment variable that turns the fork server off (`0`).
     pub const FORK_SERVER_ENV: &str = crate::spawn::server::SWITCH_ENV;
 

@@ -48,6 +48,7 @@ use std::ffi::{CString, OsStr, OsString};
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -98,9 +99,15 @@ static STATE: Mutex<State> = Mutex::new(State {
     failures: 0,
 });
 
+/// Set to turn the fork server off in this process, as the environment
+/// variable does (the spawn bench measures both ways in one run).
+pub(crate) static OFF: AtomicBool = AtomicBool::new(false);
+
 /// Whether starts go through the fork server now.
 pub(crate) fn enabled() -> bool {
-    sys::fork::FORK_SUPPORTED && std::env::var_os(SWITCH_ENV).is_none_or(|v| v != "0")
+    sys::fork::FORK_SUPPORTED
+        && !OFF.load(Ordering::Relaxed)
+        && std::env::var_os(SWITCH_ENV).is_none_or(|v| v != "0")
 }
 
 /// The server's pid, if one runs.

@@ -270,7 +270,11 @@ impl ForkServer {
                         self.robust_len as libc::size_t,
                     );
                 }
-                drop(self.socket);
+                let ForkServer { socket, buf, .. } = self;
+                drop(socket);
+                // Unmapping the copy of the request buffer would only cost
+                // time: its pages were never touched in this process.
+                std::mem::forget(buf);
                 Forked::Sibling(Sibling {
                     // SAFETY: this process is a copy of the server's single
                     // thread, still before `main`; the descriptors above
