@@ -7,6 +7,10 @@
 //!
 //! The pool has one worker per core and is started once, before timing:
 //! the figures are steady-state throughput.
+//!
+//! Beside the Rust peer procspawn: its `Pool` (one process per core, started
+//! once) over tiny items and over the same ~1 ms items, one `spawn` per item
+//! then every `join`, against `Pool::map` over the same items.
 
 use criterion::{criterion_group, Criterion};
 use rayon::prelude::*;
@@ -20,6 +24,8 @@ use std::time::{Duration, Instant};
 
 const TINY_ITEMS: u64 = 1_000_000;
 const CPU_ITEMS: u64 = 400;
+/// Tiny items for the rows beside procspawn, which pays a call per item.
+const PEER_TINY_ITEMS: u64 = 2_000;
 
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -123,6 +129,37 @@ fn cpu_pool_map_fn() -> u64 {
         .fold(0, |a, b| a ^ b)
 }
 
+fn peer_pool() -> &'static procspawn::Pool {
+    static POOL: OnceLock<procspawn::Pool> = OnceLock::new();
+    POOL.get_or_init(|| procspawn::Pool::new(cores()).expect("procspawn pool"))
+}
+
+/// Every item through `spawn`, then every `join`.
+fn peer_map(items: impl Iterator<Item = u64>) -> u64 {
+    let pool = peer_pool();
+    let handles: Vec<_> = items.map(|k| pool.spawn(k, burn)).collect();
+    handles
+        .into_iter()
+        .fold(0, |a, mut h| a ^ h.join().expect("procspawn join"))
+}
+
+fn tiny_peer_pool_map() -> u64 {
+    let items = (0..PEER_TINY_ITEMS).map(|x| Burn { k: x % 3, out: 0 });
+    pool()
+        .map(items)
+        .expect("map")
+        .iter()
+        .fold(0, |a, b| a ^ b.out)
+}
+
+fn tiny_procspawn() -> u64 {
+    peer_map((0..PEER_TINY_ITEMS).map(|x| x % 3))
+}
+
+fn cpu_procspawn() -> u64 {
+    peer_map(cpu_inputs())
+}
+
 fn cpu_threads() -> u64 {
     let inputs: Vec<u64> = cpu_inputs().collect();
     let next = AtomicUsize::new(0);
@@ -223,11 +260,31 @@ fn summary() {
         "items/s",
     );
     report_rate("map_fn, ~1 ms items", map_fn, "rayon", rayon, "items/s");
+
+    let [map, peer] = rates(PEER_TINY_ITEMS, 5, [tiny_peer_pool_map, tiny_procspawn]);
+    report_rate(
+        "map, 2k tiny items (process items)",
+        map,
+        "procspawn Pool, spawn + join each",
+        peer,
+        "items/s",
+    );
+    let [map, peer] = rates(CPU_ITEMS, 5, [cpu_pool_map, cpu_procspawn]);
+    report_rate(
+        "map, ~1 ms items",
+        map,
+        "procspawn Pool, spawn + join each",
+        peer,
+        "items/s",
+    );
 }
 
 criterion_group!(benches, benches_pool);
 
 fn main() {
+    // procspawn's pool processes are re-executions of this binary that
+    // serve from here.
+    procspawn::init();
     if !skprocess_benches::summary_only() {
         benches();
     }
