@@ -110,3 +110,49 @@ fn a_killed_middle_process_is_reported_by_its_parent() {
     assert_gone_within(pids[1], Duration::from_secs(20));
     support::assert_no_shm_files();
 }
+
+/// Starts two leaves (through its fork server, unless switched off), tells
+/// the parent its own pid, the server's, the leaves' and their parents',
+/// then hangs until killed.
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1)]
+struct Forker;
+
+impl Process for Forker {
+    fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+        let leaves = [Leaf.start()?, Leaf.start()?];
+        let server = skprocess::__private::fork_server_pid().unwrap_or(0);
+        let mut report = vec![ctx.pid(), server];
+        for h in &leaves {
+            let ppid = support::proc_state(h.pid()).map_or(0, |(_, ppid)| ppid);
+            report.extend([h.pid(), ppid]);
+        }
+        ctx.tell(&report)?;
+        std::thread::sleep(Duration::from_secs(120));
+        Ok(())
+    }
+}
+
+#[test]
+fn a_parent_killed_by_sigkill_takes_its_fork_server_and_forked_children_along() {
+    let mut h = Forker.start().unwrap();
+    let r: Vec<u32> = h.listen(support::DEADLINE).unwrap().expect("pids");
+    let (me, server, leaves) = (r[0], r[1], [(r[2], r[3]), (r[4], r[5])]);
+    let switched_off = std::env::var_os(skprocess::__private::FORK_SERVER_ENV)
+        .is_some_and(|v| v == "0");
+    if !switched_off {
+        assert!(server != 0, "the leaves came from a fork server");
+        assert!(!support::is_gone(server), "the server runs");
+    }
+    for (leaf, ppid) in leaves {
+        assert_eq!(ppid, me, "leaf {leaf} is a child of the process, not of the server");
+    }
+    h.kill().unwrap();
+    assert!(finish(&mut h).err().expect("killed").is_killed());
+    if server != 0 {
+        assert_gone_within(server, Duration::from_secs(20));
+    }
+    for (leaf, _) in leaves {
+        assert_gone_within(leaf, Duration::from_secs(20));
+    }
+}
