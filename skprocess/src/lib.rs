@@ -41,6 +41,13 @@
 //! set-up line. [`is_child`] tells whether the current process is a spawned
 //! one. A child may start children of its own.
 //!
+//! The re-exec happens once per parent, for a fork server that waits before
+//! `main` and forks each later child, which saves the exec. The children are
+//! the same: children of the parent, in the parent's environment and
+//! working directory as of `start()`, ended when the parent dies. Resource
+//! limits, umask and credentials come from the moment the server started;
+//! `SKPROCESS_FORK_SERVER=0` re-executes every child instead.
+//!
 //! # Lives, timeouts and errors
 //!
 //! A life is lost when a hook returns `Err`, panics, exceeds its timeout, or

@@ -183,6 +183,7 @@ fn counts() -> (usize, usize, usize) {
 
 impl Process for LeakCheck {
     fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        support::open_spawn_resources();
         self.before = counts();
         for i in 0..200u64 {
             let q = Queue::<u64>::with_capacity(4096)?;

@@ -84,6 +84,10 @@ const WITH_ENV: u8 = 1;
 struct Server {
     socket: OwnedFd,
     pid: u32,
+    /// The process it serves: a copy of this process made by `fork` finds
+    /// another pid here, and must not use a server whose forks would be
+    /// children of the original.
+    owner: u32,
     /// The environment it started with (without the boot variable).
     vars: Vec<CString>,
 }
@@ -157,6 +161,16 @@ pub(crate) fn fork_child(
         Err(_) => return None,
     };
     let mut state = lock();
+    if state
+        .server
+        .as_ref()
+        .is_some_and(|s| s.owner != sys::proc::getpid())
+    {
+        // Closing this copy of the socket leaves the original's open.
+        drop(state.server.take());
+        state.failures = MAX_FAILURES;
+        return None;
+    }
     if state.server.is_none() {
         if state.failures >= MAX_FAILURES {
             return None;
@@ -248,6 +262,7 @@ fn start(vars: &[CString]) -> crate::error::Result<Server> {
     Ok(Server {
         socket: ours,
         pid,
+        owner: sys::proc::getpid(),
         vars: vars.to_vec(),
     })
 }

@@ -108,3 +108,23 @@ pub fn send_signal(pid: u32, signal: rustix::process::Signal) {
         Err(e) => panic!("kill({pid:?}, {signal:?}): {e}"),
     }
 }
+
+/// Does nothing, once: [`open_spawn_resources`] starts it.
+#[derive(skprocess::Process, serde::Serialize, serde::Deserialize)]
+#[process(runs = 1)]
+pub struct WarmUp;
+
+impl skprocess::Process for WarmUp {
+    fn run(&mut self, _ctx: &mut skprocess::Ctx) -> skprocess::HookResult {
+        Ok(())
+    }
+}
+
+/// Starts one child and waits for it, so that what a process opens once
+/// for all its starts (the fork server and its socket) is open before a
+/// test counts descriptors.
+pub fn open_spawn_resources() {
+    use skprocess::Process;
+    let mut h = WarmUp.start().expect("start");
+    finish(&mut h).expect("the warm-up child");
+}
