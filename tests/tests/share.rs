@@ -166,6 +166,7 @@ fn counts() -> (usize, usize, usize) {
 
 impl Process for LeakCheck {
     fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        support::open_spawn_resources();
         self.before = counts();
         for i in 0..300u64 {
             let s = Share::new(Stats {

@@ -99,6 +99,7 @@ fn counts() -> (usize, usize, usize) {
 
 impl Process for LeakCheck {
     fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        support::open_spawn_resources();
         self.before = counts();
         for i in 0..200usize {
             let data: Vec<f64> = (0..1000 + i).map(|x| x as f64).collect();
