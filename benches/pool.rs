@@ -140,7 +140,7 @@ fn peer_map(items: impl Iterator<Item = u64>) -> u64 {
     let handles: Vec<_> = items.map(|k| pool.spawn(k, burn)).collect();
     handles
         .into_iter()
-        .fold(0, |a, mut h| a ^ h.join().expect("procspawn join"))
+        .fold(0, |a, h| a ^ h.join().expect("procspawn join"))
 }
 
 fn tiny_peer_pool_map() -> u64 {

@@ -138,14 +138,17 @@ fn a_parent_killed_by_sigkill_takes_its_fork_server_and_forked_children_along() 
     let mut h = Forker.start().unwrap();
     let r: Vec<u32> = h.listen(support::DEADLINE).unwrap().expect("pids");
     let (me, server, leaves) = (r[0], r[1], [(r[2], r[3]), (r[4], r[5])]);
-    let switched_off = std::env::var_os(skprocess::__private::FORK_SERVER_ENV)
-        .is_some_and(|v| v == "0");
+    let switched_off =
+        std::env::var_os(skprocess::__private::FORK_SERVER_ENV).is_some_and(|v| v == "0");
     if !switched_off {
         assert!(server != 0, "the leaves came from a fork server");
         assert!(!support::is_gone(server), "the server runs");
     }
     for (leaf, ppid) in leaves {
-        assert_eq!(ppid, me, "leaf {leaf} is a child of the process, not of the server");
+        assert_eq!(
+            ppid, me,
+            "leaf {leaf} is a child of the process, not of the server"
+        );
     }
     h.kill().unwrap();
     assert!(finish(&mut h).err().expect("killed").is_killed());

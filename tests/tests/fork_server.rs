@@ -135,7 +135,10 @@ fn a_killed_fork_server_is_replaced_and_reaped() {
     probe();
     let second = skprocess::__private::fork_server_pid().expect("a new server");
     assert_ne!(first, second);
-    assert!(support::proc_state(first).is_none(), "the dead server was reaped");
+    assert!(
+        support::proc_state(first).is_none(),
+        "the dead server was reaped"
+    );
     assert!(zombie_children().is_empty(), "{:?}", zombie_children());
     assert_no_shm_files();
 }

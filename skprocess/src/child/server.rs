@@ -20,8 +20,7 @@ use std::os::fd::RawFd;
 /// Serves requests on the socket at `fd` until the parent `ppid` closes it
 /// or dies; never returns (a fork returns into [`super::start`]).
 pub(super) fn serve(pre_main: PreMain, fd: RawFd, ppid: u32) -> ! {
-    if sys::proc::set_parent_death_signal(libc::SIGKILL).is_err() || sys::proc::getppid() != ppid
-    {
+    if sys::proc::set_parent_death_signal(libc::SIGKILL).is_err() || sys::proc::getppid() != ppid {
         sys::proc::exit_now(Exit::ParentGone.code());
     }
     let Ok(mut server) = sys::fork::ForkServer::new(pre_main, fd, protocol::MAX_REQUEST) else {
@@ -104,7 +103,11 @@ fn install_env(pre_main: &PreMain, vars: Vec<(OsString, OsString)>) {
     for (key, value) in &wanted {
         // std cannot set these (and never reads them back either).
         let bytes = key.as_encoded_bytes();
-        if bytes.is_empty() || bytes.contains(&b'=') || bytes.contains(&0) || value.as_encoded_bytes().contains(&0) {
+        if bytes.is_empty()
+            || bytes.contains(&b'=')
+            || bytes.contains(&0)
+            || value.as_encoded_bytes().contains(&0)
+        {
             continue;
         }
         if std::env::var_os(key).as_ref() != Some(value) {

@@ -115,6 +115,7 @@ pub(crate) fn enabled() -> bool {
 }
 
 /// The server's pid, if one runs.
+#[cfg(feature = "bench-internals")]
 pub(crate) fn pid() -> Option<u32> {
     lock().server.as_ref().map(|s| s.pid)
 }
