@@ -140,34 +140,76 @@ pub(crate) struct SpawnOptions {
     pub(crate) capture_output: bool,
 }
 
+/// The descriptors of one spawn: both ends of the control socket, and of
+/// the capture pipes if output is captured.
+struct Ends {
+    parent_end: OwnedFd,
+    child_end: OwnedFd,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    child_out: Option<OwnedFd>,
+    child_err: Option<OwnedFd>,
+}
+
+impl Ends {
+    fn new(options: SpawnOptions) -> Result<Ends> {
+        let (parent_end, child_end) = sys::sock::socketpair().map_err(Error::Spawn)?;
+        sys::sock::set_buffer_sizes(parent_end.as_fd(), 1 << 20);
+        let (mut stdout, mut stderr, mut child_out, mut child_err) = (None, None, None, None);
+        if options.capture_output {
+            let (r, w) = sys::spawn::pipe().map_err(Error::Spawn)?;
+            (stdout, child_out) = (Some(r), Some(w));
+            let (r, w) = sys::spawn::pipe().map_err(Error::Spawn)?;
+            (stderr, child_err) = (Some(r), Some(w));
+        }
+        Ok(Ends {
+            parent_end,
+            child_end,
+            stdout,
+            stderr,
+            child_out,
+            child_err,
+        })
+    }
+}
+
 /// Spawns a child running this binary, connected by a new socket pair.
 pub(crate) fn spawn_child(options: SpawnOptions) -> Result<Spawned> {
-    let (parent_end, child_end) = sys::sock::socketpair().map_err(Error::Spawn)?;
-    sys::sock::set_buffer_sizes(parent_end.as_fd(), 1 << 20);
-    let (mut stdout, mut stderr, mut child_out, mut child_err) = (None, None, None, None);
-    if options.capture_output {
-        let (r, w) = sys::spawn::pipe().map_err(Error::Spawn)?;
-        (stdout, child_out) = (Some(r), Some(w));
-        let (r, w) = sys::spawn::pipe().map_err(Error::Spawn)?;
-        (stderr, child_err) = (Some(r), Some(w));
-    }
     let vars = child_vars();
-    let forked = server::fork_child(
-        child_end.as_fd(),
-        child_out.as_ref().map(AsFd::as_fd),
-        child_err.as_ref().map(AsFd::as_fd),
+    let mut ends = Ends::new(options)?;
+    let route = server::fork_child(
+        ends.child_end.as_fd(),
+        ends.child_out.as_ref().map(AsFd::as_fd),
+        ends.child_err.as_ref().map(AsFd::as_fd),
         &vars,
     );
-    let pid = match forked {
-        Some(pid) => pid.map_err(Error::Spawn)?,
-        None => run_job(Job {
-            control: child_end.try_clone().map_err(Error::Spawn)?,
-            stdin: None,
-            stdout: child_out,
-            stderr: child_err,
-            env: with_boot(vars, None),
-        })?,
+    let pid = match route {
+        server::Route::Forked(pid) => pid,
+        server::Route::Failed(e) => return Err(Error::Spawn(e)),
+        server::Route::ReExec { fresh } => {
+            if fresh {
+                // A server that died with the request may have forked a
+                // child holding these descriptors: the re-exec gets new
+                // ones, so that child cannot read what is meant for this
+                // one (it sees its socket closed and exits).
+                ends = Ends::new(options)?;
+            }
+            run_job(Job {
+                control: ends.child_end.try_clone().map_err(Error::Spawn)?,
+                stdin: None,
+                stdout: ends.child_out.take(),
+                stderr: ends.child_err.take(),
+                env: with_boot(vars, None),
+            })?
+        }
     };
+    let Ends {
+        parent_end,
+        child_end,
+        stdout,
+        stderr,
+        ..
+    } = ends;
     drop(child_end);
     let pidfd = match sys::proc::pidfd_open(pid) {
         Ok(fd) => fd,

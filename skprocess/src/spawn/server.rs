@@ -39,6 +39,11 @@
 //! A server that cannot start, that dies or stops answering is ended,
 //! reaped and started again at the next start; that start re-executes.
 //! After [`MAX_FAILURES`] failures in a row it is not tried again. A
+//! server that dies after it read a request may have forked its child
+//! before it could answer: that start re-executes with new descriptors, and
+//! the orphaned fork, finding its socket closed, exits; its pid never
+//! reached this process, so it stays a zombie until this process ends (the
+//! one known leak, in that narrow race only). A
 //! request the server cannot serve (this process has a standard
 //! descriptor closed, an environment too large for one request, a failed
 //! fork) is re-executed too.
@@ -130,23 +135,37 @@ enum Answer {
     Forked(u32),
     /// The server could not serve this one; it goes on serving.
     Declined,
-    /// The server is gone or stuck.
-    Broken,
+    /// The server is gone or stuck; `sent` if the request reached it.
+    Broken { sent: bool },
 }
+
+/// Where a start goes.
+#[derive(Debug)]
+pub(crate) enum Route {
+    /// The server forked the child: its pid.
+    Forked(u32),
+    /// Re-execute instead (see the module docs); `fresh`: with descriptors
+    /// other than the request's, which a child forked by a server that
+    /// died before answering may hold.
+    ReExec { fresh: bool },
+    /// This process could not make the request (out of descriptors, say),
+    /// which a re-exec would not fix.
+    Failed(io::Error),
+}
+
+const REEXEC: Route = Route::ReExec { fresh: false };
 
 /// Has the fork server start a child with `control` at its descriptor 3
 /// (and `stdout`, `stderr` at 1 and 2 if given), in this process's
-/// environment `vars` (without the boot variable). `None`: re-execute
-/// instead (see the module docs); `Some(Err)`: this process could not make
-/// the request (out of descriptors, say), which a re-exec would not fix.
+/// environment `vars` (without the boot variable).
 pub(crate) fn fork_child(
     control: BorrowedFd<'_>,
     stdout: Option<BorrowedFd<'_>>,
     stderr: Option<BorrowedFd<'_>>,
     vars: &[CString],
-) -> Option<io::Result<u32>> {
+) -> Route {
     if !enabled() {
-        return None;
+        return REEXEC;
     }
     let cwd = match rustix::fs::open(
         ".",
@@ -154,12 +173,12 @@ pub(crate) fn fork_child(
         rustix::fs::Mode::empty(),
     ) {
         Ok(fd) => fd,
-        Err(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE) => {
-            return Some(Err(io::Error::from_raw_os_error(libc::EMFILE)))
+        Err(e @ (rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)) => {
+            return Route::Failed(e.into())
         }
         // A directory this process may no longer open: a re-exec still
         // inherits it.
-        Err(_) => return None,
+        Err(_) => return REEXEC,
     };
     let mut state = lock();
     if state
@@ -170,24 +189,32 @@ pub(crate) fn fork_child(
         // Closing this copy of the socket leaves the original's open.
         drop(state.server.take());
         state.failures = MAX_FAILURES;
-        return None;
+        return REEXEC;
     }
     if state.server.is_none() {
         if state.failures >= MAX_FAILURES {
-            return None;
+            return REEXEC;
         }
         match start(vars) {
             Ok(s) => state.server = Some(s),
+            Err(crate::error::Error::Spawn(e))
+                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) =>
+            {
+                // Out of descriptors for now: not the server's failure.
+                return REEXEC;
+            }
             Err(_) => {
                 state.failures += 1;
-                return None;
+                return REEXEC;
             }
         }
     }
-    let server = state.server.as_ref()?;
+    let Some(server) = state.server.as_ref() else {
+        return REEXEC;
+    };
     let request = encode((server.vars.as_slice() != vars).then_some(vars));
     if request.len() > MAX_REQUEST {
-        return None;
+        return REEXEC;
     }
     let mut fds: [RawFd; REQUEST_FDS] = [-1; REQUEST_FDS];
     fds[FD_CONTROL] = control.as_raw_fd();
@@ -198,15 +225,15 @@ pub(crate) fn fork_child(
     match ask(server, &request, &fds) {
         Answer::Forked(pid) => {
             state.failures = 0;
-            Some(Ok(pid))
+            Route::Forked(pid)
         }
-        Answer::Declined => None,
-        Answer::Broken => {
+        Answer::Declined => REEXEC,
+        Answer::Broken { sent } => {
             if let Some(s) = state.server.take() {
                 end(s);
             }
             state.failures += 1;
-            None
+            Route::ReExec { fresh: sent }
         }
     }
 }
@@ -215,25 +242,25 @@ pub(crate) fn fork_child(
 fn ask(server: &Server, request: &[u8], fds: &[RawFd]) -> Answer {
     match sys::sock::send(server.socket.as_fd(), &[IoSlice::new(request)], fds) {
         Ok(n) if n == request.len() => {}
-        Ok(_) => return Answer::Broken,
+        Ok(_) => return Answer::Broken { sent: true },
         // One of our descriptors is not open (a closed stdin, say), or the
         // request is too large for the socket: not the server's fault.
         Err(e) if matches!(e.raw_os_error(), Some(libc::EBADF | libc::EMSGSIZE)) => {
             return Answer::Declined
         }
-        Err(_) => return Answer::Broken,
+        Err(_) => return Answer::Broken { sent: false },
     }
     match sys::sock::wait_readable(
         server.socket.as_fd(),
         sys::sock::deadline_after(ANSWER_LIMIT),
     ) {
         Ok(true) => {}
-        _ => return Answer::Broken,
+        _ => return Answer::Broken { sent: true },
     }
     let mut word = [0u8; 8];
     match rustix::net::recv(&server.socket, &mut word, rustix::net::RecvFlags::empty()) {
         Ok((8, _)) => {}
-        _ => return Answer::Broken,
+        _ => return Answer::Broken { sent: true },
     }
     match i64::from_le_bytes(word) {
         pid if pid > 0 && pid <= i64::from(i32::MAX) => Answer::Forked(pid as u32),
