@@ -43,9 +43,9 @@
 //!
 //! The re-exec happens once per parent, for a fork server that waits before
 //! `main` and forks each later child, which saves the exec. The children are
-//! the same: children of the parent, in the parent's environment and
-//! working directory as of `start()`, ended when the parent dies. Resource
-//! limits, umask and credentials come from the moment the server started;
+//! the same: children of the parent, in the parent's environment, working
+//! directory and resource limits as of `start()`, ended when the parent
+//! dies. The umask and credentials come from the moment the server started;
 //! `SKPROCESS_FORK_SERVER=0` re-executes every child instead.
 //!
 //! # Lives, timeouts and errors

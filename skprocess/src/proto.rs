@@ -167,9 +167,9 @@ pub(crate) enum Exit {
     BadStatusPage = 77,
     /// A pool worker received a task it could not read.
     WorkerProtocol = 78,
-    /// A child forked by the fork server could not enter the parent's
-    /// working directory.
-    NoWorkingDirectory = 79,
+    /// A child forked by the fork server could not take on the parent's
+    /// working directory or resource limits.
+    NotLikeParent = 79,
 }
 
 impl Exit {
@@ -185,7 +185,7 @@ impl Exit {
         Exit::NoStatusPage,
         Exit::BadStatusPage,
         Exit::WorkerProtocol,
-        Exit::NoWorkingDirectory,
+        Exit::NotLikeParent,
     ];
 
     /// The process exit code.
@@ -212,8 +212,8 @@ impl Exit {
             Exit::NoStatusPage => "exited at start-up: no status page came with the start frame",
             Exit::BadStatusPage => "exited at start-up: its status page could not be mapped",
             Exit::WorkerProtocol => "exited: the pool sent a task the worker could not read",
-            Exit::NoWorkingDirectory => {
-                "exited at start-up: it could not enter its parent's working directory"
+            Exit::NotLikeParent => {
+                "exited at start-up: it could not take on its parent's working directory or resource limits"
             }
         }
     }

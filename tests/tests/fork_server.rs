@@ -1,5 +1,5 @@
-//! The fork server: children forked from it see the environment and
-//! working directory as of `start()`, are children of this process in a
+//! The fork server: children forked from it see the environment, working
+//! directory and resource limits as of `start()`, are children of this process in a
 //! group of their own, and starting goes on when the server is killed or
 //! switched off. The tests change this process's environment and
 //! directory, so they take turns.
@@ -29,6 +29,7 @@ struct Probe {
     pid: u32,
     ppid: u32,
     pgid: u32,
+    nofile: Option<u64>,
 }
 
 impl Process for Probe {
@@ -39,8 +40,13 @@ impl Process for Probe {
         self.pid = ctx.pid();
         self.ppid = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32);
         self.pgid = rustix::process::getpgrp().as_raw_nonzero().get() as u32;
+        self.nofile = nofile().current;
         Ok(())
     }
+}
+
+fn nofile() -> rustix::process::Rlimit {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
 }
 
 fn probe() -> Probe {
@@ -86,7 +92,7 @@ fn children_are_forked_children_of_this_process_in_their_own_group() {
 }
 
 #[test]
-fn children_see_the_environment_and_directory_as_of_start() {
+fn children_see_the_environment_directory_and_limits_as_of_start() {
     if switched_off() {
         return;
     }
@@ -107,7 +113,18 @@ fn children_see_the_environment_and_directory_as_of_start() {
     std::env::set_var("SKP_FORK_TEST_VAR", "set after the server started");
     std::env::remove_var("SKP_FORK_TEST_GONE");
     std::env::set_current_dir(&dir).unwrap();
+    let limit = nofile();
+    let lowered = limit.current.expect("a finite descriptor limit") - 1;
+    rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: Some(lowered),
+            ..limit
+        },
+    )
+    .unwrap();
     let after = probe();
+    rustix::process::setrlimit(rustix::process::Resource::Nofile, limit).unwrap();
     std::env::set_current_dir(&home).unwrap();
     std::env::remove_var("SKP_FORK_TEST_VAR");
     let back = probe();
@@ -116,6 +133,8 @@ fn children_see_the_environment_and_directory_as_of_start() {
     assert_eq!(after.var.as_deref(), Some("set after the server started"));
     assert_eq!(after.gone, None, "a variable removed since is gone");
     assert_eq!(after.cwd, dir);
+    assert_eq!(after.nofile, Some(lowered), "the limit as of start()");
+    assert_eq!(back.nofile, limit.current);
     assert_eq!(back.var, None);
     assert_eq!(back.cwd, home);
     assert!(zombie_children().is_empty(), "{:?}", zombie_children());

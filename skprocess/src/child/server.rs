@@ -5,8 +5,8 @@
 //! The server asks for SIGKILL when its parent's spawner thread ends, and
 //! ends when its parent closes the socket. Each fork continues as a
 //! re-executed child does once it has its descriptors: it leads a process
-//! group of its own, clears its signal mask, installs the environment and
-//! working directory of the request, puts the request's descriptors at
+//! group of its own, clears its signal mask, installs the environment,
+//! resource limits and working directory of the request, puts the request's descriptors at
 //! 0–3, and goes on into [`super::start`].
 
 use super::start;
@@ -37,8 +37,8 @@ pub(super) fn serve(pre_main: PreMain, fd: RawFd, ppid: u32) -> ! {
                 continue;
             }
         };
-        let env = match protocol::decode(&request.bytes) {
-            Some(env) if request.fds.len() == protocol::REQUEST_FDS => env,
+        let wanted = match protocol::decode(&request.bytes) {
+            Some(wanted) if request.fds.len() == protocol::REQUEST_FDS => wanted,
             _ => {
                 let refused = Err(std::io::Error::from_raw_os_error(libc::EINVAL));
                 if server.reply(&refused).is_err() {
@@ -54,30 +54,30 @@ pub(super) fn serve(pre_main: PreMain, fd: RawFd, ppid: u32) -> ! {
                     sys::proc::exit_now(Exit::ControlBroken.code());
                 }
             }
-            Forked::Sibling(sibling) => become_child(sibling, env, ppid),
+            Forked::Sibling(sibling) => become_child(sibling, wanted, ppid),
         }
     }
 }
 
 /// In a fresh fork: takes the request's environment, directory and
 /// descriptors, then starts as a child.
-fn become_child(
-    sibling: sys::fork::Sibling,
-    env: Option<Vec<(OsString, OsString)>>,
-    ppid: u32,
-) -> ! {
+fn become_child(sibling: sys::fork::Sibling, wanted: protocol::Wanted, ppid: u32) -> ! {
     // Before anything can start a process of its own: its hooks'
     // subprocesses join this group, which the parent kills with it.
     let _ = sys::proc::lead_own_group();
     let _ = sys::proc::clear_signal_mask();
-    if let Some(vars) = env {
+    if let Some(vars) = wanted.env {
         install_env(sibling.pre_main(), vars);
     }
+    let limited = wanted
+        .limits
+        .into_iter()
+        .all(|(resource, limit)| rustix::process::setrlimit(resource, limit).is_ok());
     let entered = sibling
         .fd(FD_CWD)
         .is_some_and(|dir| rustix::process::fchdir(dir).is_ok());
-    if !entered {
-        sys::proc::exit_now(Exit::NoWorkingDirectory.code());
+    if !limited || !entered {
+        sys::proc::exit_now(Exit::NotLikeParent.code());
     }
     let control = sys::spawn::CHILD_CONTROL_FD;
     let plan = [

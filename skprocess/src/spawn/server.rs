@@ -24,12 +24,14 @@
 //!   and 2 as they are now (or the capture pipes), and the child's end of
 //!   the control socket; the child puts them at 0–3 and closes the rest,
 //!   like a re-executed child.
+//! - **Resource limits.** Those that differ from the server's travel with
+//!   the request, and the child sets them.
 //! - **Signals.** The server's mask is empty and its dispositions are the
 //!   ones an exec leaves; the child clears its mask again.
 //!
 //! What the child takes from the server rather than from this process as
-//! it is now: the resource limits, umask, scheduling attributes and
-//! credentials, as they were when the server started. A program that
+//! it is now: umask, scheduling attributes and credentials, as they were
+//! when the server started. A program that
 //! changes those between starts and wants children to follow sets
 //! `SKPROCESS_FORK_SERVER=0`.
 //!
@@ -49,6 +51,7 @@
 //! fork) is re-executed too.
 
 use crate::sys;
+use rustix::process::{Resource, Rlimit};
 use std::ffi::{CString, OsStr, OsString};
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -80,7 +83,7 @@ pub(crate) const FD_STDERR: usize = 4;
 pub(crate) const REQUEST_FDS: usize = 5;
 
 /// The first byte of a request: its format.
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
 /// The second byte: 1 if an environment follows, 0 to keep the server's.
 const WITH_ENV: u8 = 1;
 
@@ -95,6 +98,8 @@ struct Server {
     owner: u32,
     /// The environment it started with (without the boot variable).
     vars: Vec<CString>,
+    /// The resource limits it started with.
+    limits: [Rlimit; 16],
 }
 
 #[derive(Debug)]
@@ -212,7 +217,12 @@ pub(crate) fn fork_child(
     let Some(server) = state.server.as_ref() else {
         return REEXEC;
     };
-    let request = encode((server.vars.as_slice() != vars).then_some(vars));
+    let changed: Vec<(usize, Rlimit)> = limits()
+        .into_iter()
+        .enumerate()
+        .filter(|&(i, l)| server.limits[i] != l)
+        .collect();
+    let request = encode((server.vars.as_slice() != vars).then_some(vars), &changed);
     if request.len() > MAX_REQUEST {
         return REEXEC;
     }
@@ -292,6 +302,7 @@ fn start(vars: &[CString]) -> crate::error::Result<Server> {
         pid,
         owner: sys::proc::getpid(),
         vars: vars.to_vec(),
+        limits: limits(),
     })
 }
 
@@ -302,32 +313,95 @@ fn end(server: Server) {
     let _ = sys::proc::wait(server.pid);
 }
 
-/// A request: the format, whether an environment follows, and its entries
-/// (`KEY=VALUE`, each ended by a NUL byte).
-fn encode(env: Option<&[CString]>) -> Vec<u8> {
+/// The resource limits a request can carry, in the order of their index.
+const RESOURCES: [Resource; 16] = [
+    Resource::Cpu,
+    Resource::Fsize,
+    Resource::Data,
+    Resource::Stack,
+    Resource::Core,
+    Resource::Rss,
+    Resource::Nproc,
+    Resource::Nofile,
+    Resource::Memlock,
+    Resource::As,
+    Resource::Locks,
+    Resource::Sigpending,
+    Resource::Msgqueue,
+    Resource::Nice,
+    Resource::Rtprio,
+    Resource::Rttime,
+];
+
+/// This process's resource limits, in the order of [`RESOURCES`].
+fn limits() -> [Rlimit; 16] {
+    RESOURCES.map(rustix::process::getrlimit)
+}
+
+/// What a request asks of the child besides its descriptors.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Wanted {
+    /// The environment to install (`None`: keep the server's).
+    pub(crate) env: Option<Vec<(OsString, OsString)>>,
+    /// Resource limits that differ from the server's.
+    pub(crate) limits: Vec<(Resource, Rlimit)>,
+}
+
+/// `u64::MAX` for no limit.
+fn limit_word(l: Option<u64>) -> [u8; 8] {
+    l.unwrap_or(u64::MAX).to_le_bytes()
+}
+
+fn word_limit(b: &[u8]) -> Option<Option<u64>> {
+    let w = u64::from_le_bytes(b.try_into().ok()?);
+    Some((w != u64::MAX).then_some(w))
+}
+
+/// A request: the format, whether an environment follows, the number of
+/// resource limits, each (index in [`RESOURCES`], soft, hard: one byte and
+/// two little-endian words), then the environment's entries (`KEY=VALUE`,
+/// each ended by a NUL byte).
+fn encode(env: Option<&[CString]>, limits: &[(usize, Rlimit)]) -> Vec<u8> {
     let size = env.map_or(0, |e| e.iter().map(|v| v.as_bytes().len() + 1).sum());
-    let mut out = Vec::with_capacity(2 + size);
+    let mut out = Vec::with_capacity(3 + limits.len() * 17 + size);
     out.push(FORMAT);
-    match env {
-        None => out.push(0),
-        Some(entries) => {
-            out.push(WITH_ENV);
-            for e in entries {
-                out.extend_from_slice(e.as_bytes_with_nul());
-            }
-        }
+    out.push(if env.is_some() { WITH_ENV } else { 0 });
+    out.push(limits.len() as u8);
+    for (index, limit) in limits {
+        out.push(*index as u8);
+        out.extend_from_slice(&limit_word(limit.current));
+        out.extend_from_slice(&limit_word(limit.maximum));
+    }
+    for e in env.unwrap_or_default() {
+        out.extend_from_slice(e.as_bytes_with_nul());
     }
     out
 }
 
-/// A request as the server reads it: the environment to install, if any,
-/// as `(key, value)` pairs. `None` if it is not a request of this format.
-pub(crate) fn decode(bytes: &[u8]) -> Option<Option<Vec<(OsString, OsString)>>> {
-    match bytes {
-        [FORMAT, 0] => Some(None),
-        [FORMAT, WITH_ENV] => Some(Some(Vec::new())),
-        [FORMAT, WITH_ENV, rest @ ..] => {
-            let body = rest.strip_suffix(&[0])?;
+/// A request as the server reads it; `None` if it is not a request of this
+/// format.
+pub(crate) fn decode(bytes: &[u8]) -> Option<Wanted> {
+    let [FORMAT, flag, count, rest @ ..] = bytes else {
+        return None;
+    };
+    let split = usize::from(*count) * 17;
+    if rest.len() < split {
+        return None;
+    }
+    let (mut limit_bytes, env_bytes) = rest.split_at(split);
+    let mut limits = Vec::new();
+    while let [index, words @ ..] = limit_bytes {
+        let resource = *RESOURCES.get(usize::from(*index))?;
+        let current = word_limit(words.get(..8)?)?;
+        let maximum = word_limit(words.get(8..16)?)?;
+        limits.push((resource, Rlimit { current, maximum }));
+        limit_bytes = &words[16..];
+    }
+    let env = match (*flag, env_bytes) {
+        (0, []) => None,
+        (WITH_ENV, []) => Some(Vec::new()),
+        (WITH_ENV, entries) => {
+            let body = entries.strip_suffix(&[0])?;
             let mut vars = Vec::new();
             for entry in body.split(|&b| b == 0) {
                 // As std reads the environment: the first `=` after the
@@ -338,10 +412,11 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<Option<Vec<(OsString, OsString)>>> 
                     OsStr::from_bytes(&entry[eq + 1..]).to_owned(),
                 ));
             }
-            Some(Some(vars))
+            Some(vars)
         }
-        _ => None,
-    }
+        _ => return None,
+    };
+    Some(Wanted { env, limits })
 }
 
 #[cfg(test)]
@@ -350,23 +425,49 @@ mod test {
 
     #[test]
     fn requests_round_trip() {
-        assert_eq!(decode(&encode(None)), Some(None));
+        assert_eq!(decode(&encode(None, &[])), Some(Wanted::default()));
         let env = [c"A=1".to_owned(), c"B==x=".to_owned(), c"C=".to_owned()];
-        let vars = decode(&encode(Some(&env))).unwrap().unwrap();
-        let as_str: Vec<_> = vars
+        let limit = Rlimit {
+            current: Some(64),
+            maximum: None,
+        };
+        let wanted = decode(&encode(Some(&env), &[(7, limit)])).unwrap();
+        let as_str: Vec<_> = wanted
+            .env
+            .unwrap()
             .iter()
-            .map(|(k, v)| (k.to_str().unwrap(), v.to_str().unwrap()))
+            .map(|(k, v)| {
+                (
+                    k.to_str().unwrap().to_owned(),
+                    v.to_str().unwrap().to_owned(),
+                )
+            })
             .collect();
-        assert_eq!(as_str, [("A", "1"), ("B", "=x="), ("C", "")]);
-        assert_eq!(decode(&encode(Some(&[]))), Some(Some(Vec::new())));
+        assert_eq!(
+            as_str,
+            [("A", "1"), ("B", "=x="), ("C", "")].map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+        assert_eq!(wanted.limits, [(Resource::Nofile, limit)]);
+        assert_eq!(
+            decode(&encode(Some(&[]), &[])).unwrap().env,
+            Some(Vec::new())
+        );
     }
 
     #[test]
     fn malformed_requests_are_refused() {
         assert_eq!(decode(b""), None);
-        assert_eq!(decode(&[2, 0]), None);
-        assert_eq!(decode(&[FORMAT, 0, 0]), None);
-        assert_eq!(decode(&[FORMAT, WITH_ENV, b'A']), None, "no final NUL");
-        assert_eq!(decode(&[FORMAT, WITH_ENV, b'A', 0]), None, "no `=`");
+        assert_eq!(decode(&[FORMAT + 1, 0, 0]), None, "another format");
+        assert_eq!(
+            decode(&[FORMAT, 0, 0, 0]),
+            None,
+            "bytes after no environment"
+        );
+        assert_eq!(decode(&[FORMAT, WITH_ENV, 0, b'A']), None, "no final NUL");
+        assert_eq!(decode(&[FORMAT, WITH_ENV, 0, b'A', 0]), None, "no `=`");
+        assert_eq!(decode(&[FORMAT, 0, 1, 7, 0]), None, "a cut limit");
+        let mut bad = vec![FORMAT, 0, 1, 16];
+        bad.extend([0; 16]);
+        assert_eq!(decode(&bad), None, "no such resource");
     }
 }
