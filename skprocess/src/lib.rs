@@ -671,7 +671,7 @@ pub use error::{fatal, BoxError, Cause, Error, Failure, Fatal, HookResult, Resul
 pub use handle::Handle;
 pub use pipe::{Pipe, PipeReceiver, PipeSender};
 pub use pool::{
-    Background, BackgroundCall, Imap, ImapNext, ImapStream, Pool, PoolBuilder, PoolCall,
+    Background, BackgroundCall, Imap, ImapNext, ImapStream, Launcher, Pool, PoolBuilder, PoolCall,
 };
 pub use process::Process;
 pub use queue::Queue;
