@@ -243,6 +243,11 @@
 //! # }
 //! ```
 //!
+//! A [`Launcher`] starts the workers elsewhere: `Launcher::mpirun()` or
+//! `Launcher::slurm()` runs them as tasks of a cluster engine, on other
+//! machines, and they connect back over TCP (`SKPROCESS_ADVERTISE` names
+//! the address they dial); the pool behaves the same.
+//!
 //! # Logging
 //!
 //! What a child logs arrives in the subscriber that was current where the
