@@ -9,6 +9,8 @@
 
 mod support;
 
+use serde::{Deserialize, Serialize};
+use skprocess::prelude::*;
 use skprocess::{Error, Launcher, Pool, Share};
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -94,7 +96,6 @@ fn ordered_results_under(name: &str) {
     ranks.sort_unstable();
     ranks.dedup();
     assert!(ranks.iter().all(|&r| r < 3), "{ranks:?}");
-    // A process item too: its whole lifecycle in a remote worker.
     let squares: Vec<u64> = pool.map_fn(|x: u64| x * x, [3, 4]).expect("again");
     assert_eq!(squares, [9, 16]);
 }
@@ -365,4 +366,199 @@ fn a_dropped_mpirun_pool_leaves_no_process() {
     for pid in pids {
         assert_gone_within(pid, DEADLINE);
     }
+}
+
+/// A process item that fails its first attempt with an error, or (with
+/// `hang`) overruns its run timeout on its first attempt.
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 2, lives = 2, timeout(run = "500ms"))]
+struct Flaky {
+    x: u64,
+    hang: bool,
+    total: u64,
+    ranks: Vec<u32>,
+}
+
+impl Process for Flaky {
+    fn run(&mut self, ctx: &mut Ctx) -> HookResult {
+        if ctx.attempt() == 1 && ctx.run_index() == 1 {
+            if self.hang {
+                std::thread::sleep(Duration::from_secs(30));
+            }
+            return Err("first attempt fails".into());
+        }
+        self.total += self.x;
+        self.ranks.extend(rank());
+        Ok(())
+    }
+}
+
+fn process_items_under(name: &str) {
+    let _one = serial();
+    let Some(launcher) = engine(name, &format!("process_items_{name}")) else {
+        return;
+    };
+    let pool = Pool::builder()
+        .workers(2)
+        .launcher(launcher)
+        .build()
+        .expect("pool");
+    let items = (0..6).map(|x| Flaky {
+        x,
+        hang: x == 4,
+        total: 0,
+        ranks: Vec::new(),
+    });
+    let done = pool.map(items).expect("every item has a second life");
+    for (x, item) in done.iter().enumerate() {
+        assert_eq!(item.total, 2 * x as u64, "item {x}");
+        assert_eq!(item.ranks.len(), 2, "item {x} ran under the engine");
+    }
+}
+
+#[test]
+fn process_items_mpirun() {
+    process_items_under("mpirun");
+}
+
+#[test]
+fn process_items_slurm() {
+    process_items_under("slurm");
+}
+
+/// A worker running another build of the program (this binary with bytes
+/// appended, started by a stand-in engine) is refused with a clear error.
+#[test]
+fn another_build_is_refused() {
+    let _one = serial();
+    /// Removed however the test ends.
+    struct TempDir(std::path::PathBuf);
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let tmp =
+        TempDir(std::env::temp_dir().join(format!("skp-cluster-build-{}", std::process::id())));
+    let dir = tmp.0.clone();
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let other = dir.join("other-build");
+    std::fs::copy(std::env::current_exe().expect("exe"), &other).expect("copy");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&other)
+        .and_then(|mut f| f.write_all(b"another build"))
+        .expect("append");
+    let engine = dir.join("engine");
+    std::fs::write(
+        &engine,
+        format!(
+            "#!/bin/sh\n[ -n \"$SKPROCESS_REMOTE\" ] || exit 0\nexec {}\n",
+            other.display()
+        ),
+    )
+    .expect("script");
+    use std::os::unix::fs::PermissionsExt;
+    for f in [&other, &engine] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let err = Pool::builder()
+        .workers(1)
+        .launcher(
+            Launcher::mpirun()
+                .program(&engine)
+                .connect_timeout(DEADLINE),
+        )
+        .build()
+        .expect_err("another build is refused");
+    let text = err.to_string();
+    assert!(text.contains("another build of this program"), "{text}");
+    assert!(text.contains("same binary at the same path"), "{text}");
+    drop(tmp);
+    assert!(!dir.exists());
+}
+
+/// Run by [`a_killed_parent_leaves_no_job`] in a process of its own: makes
+/// a pool through the engine named by `SKP_CLUSTER_PARENT`, prints its
+/// workers' pids, and waits to be killed.
+#[test]
+#[ignore = "run by a_killed_parent_leaves_no_job"]
+fn helper_parent_of_a_cluster_pool() {
+    let Ok(name) = std::env::var("SKP_CLUSTER_PARENT") else {
+        return;
+    };
+    let launcher = match name.as_str() {
+        "slurm" => Launcher::slurm(),
+        _ => Launcher::mpirun(),
+    };
+    let pool = Pool::builder()
+        .workers(2)
+        .launcher(launcher)
+        .build()
+        .expect("pool");
+    let pids: Vec<String> = pool.pids().iter().map(u32::to_string).collect();
+    println!("PIDS {}", pids.join(" "));
+    std::io::stdout().flush().expect("flush");
+    // Killed long before this.
+    std::thread::sleep(DEADLINE);
+}
+
+fn killed_parent_under(name: &str) {
+    let _one = serial();
+    let Some(_) = engine(name, &format!("a_killed_parent_leaves_no_job_{name}")) else {
+        return;
+    };
+    let mut parent = Command::new(std::env::current_exe().expect("exe"))
+        .args([
+            "--exact",
+            "helper_parent_of_a_cluster_pool",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("SKP_CLUSTER_PARENT", name)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the parent");
+    let out = parent.stdout.take().expect("stdout");
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(p) = line.strip_prefix("PIDS ") {
+                let pids: Vec<u32> = p.split(' ').filter_map(|x| x.parse().ok()).collect();
+                let _ = tx.send(pids);
+            }
+        }
+    });
+    let pids = rx
+        .recv_timeout(DEADLINE)
+        .expect("the parent's pool started");
+    assert_eq!(pids.len(), 2);
+    parent.kill().expect("SIGKILL the parent");
+    parent.wait().expect("reap the parent");
+    for pid in pids {
+        assert_gone_within(pid, DEADLINE);
+    }
+    if name == "slurm" {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let q = queue();
+            if q.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < end, "jobs left after the parent died: {q}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn a_killed_parent_leaves_no_job_mpirun() {
+    killed_parent_under("mpirun");
+}
+
+#[test]
+fn a_killed_parent_leaves_no_job_slurm() {
+    killed_parent_under("slurm");
 }

@@ -21,6 +21,9 @@ use std::time::Duration;
 /// default.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long `mpirun --version` may take to say which MPI it is.
+const PROBE_TIME: Duration = Duration::from_secs(10);
+
 /// Starts a pool's workers: on this machine (the default), or through a
 /// cluster engine, whose tasks connect back to the pool over TCP.
 ///
@@ -254,15 +257,33 @@ struct Mpirun {
 impl Mpirun {
     fn is_open_mpi(&self, program: &Path) -> bool {
         *self.open_mpi.get_or_init(|| {
-            Command::new(program)
+            use std::process::Stdio;
+            let Ok(mut child) = Command::new(program)
                 .arg("--version")
-                .stdin(std::process::Stdio::null())
-                .output()
-                .is_ok_and(|o| {
-                    let text = String::from_utf8_lossy(&o.stdout).to_string()
-                        + &String::from_utf8_lossy(&o.stderr);
-                    text.contains("Open MPI") || text.contains("OpenRTE")
-                })
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+            else {
+                return false;
+            };
+            let out = child.stdout.take();
+            let reader = std::thread::spawn(move || {
+                out.and_then(|o| std::io::read_to_string(o).ok())
+                    .unwrap_or_default()
+            });
+            // Bounded: a program that is not an MPI launcher may not answer.
+            let deadline = std::time::Instant::now() + PROBE_TIME;
+            while !matches!(child.try_wait(), Ok(Some(_))) {
+                if std::time::Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let text = reader.join().unwrap_or_default();
+            text.contains("Open MPI") || text.contains("OpenRTE")
         })
     }
 }
