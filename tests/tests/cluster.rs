@@ -562,3 +562,26 @@ fn a_killed_parent_leaves_no_job_mpirun() {
 fn a_killed_parent_leaves_no_job_slurm() {
     killed_parent_under("slurm");
 }
+
+/// `SKPROCESS_ADVERTISE` names the address workers dial; a malformed one
+/// is a clear error.
+#[test]
+fn advertise_names_the_address() {
+    let _one = serial();
+    let Some(launcher) = engine("mpirun", "advertise_names_the_address") else {
+        return;
+    };
+    // The tests of this file run one at a time: nothing else reads it now.
+    std::env::set_var("SKPROCESS_ADVERTISE", "127.0.0.1:not-a-port");
+    let err = Pool::builder()
+        .workers(1)
+        .launcher(launcher.clone())
+        .build()
+        .expect_err("a malformed address");
+    assert!(err.to_string().contains("SKPROCESS_ADVERTISE"), "{err}");
+    std::env::set_var("SKPROCESS_ADVERTISE", "127.0.0.1");
+    let pool = Pool::builder().workers(1).launcher(launcher).build();
+    std::env::remove_var("SKPROCESS_ADVERTISE");
+    let pool = pool.expect("workers dial 127.0.0.1");
+    assert_eq!(pool.map_fn(|x: u8| x * 2, [21]).expect("map"), [42]);
+}
