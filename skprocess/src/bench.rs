@@ -53,7 +53,7 @@ pub struct Fd(pub OwnedFd);
 
 impl Serialize for Fd {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        wire::push_fd(self.0.as_fd())
+        wire::push_fd(self.0.as_fd(), "Fd")
             .map_err(serde::ser::Error::custom)?
             .serialize(s)
     }
@@ -162,7 +162,8 @@ impl FutexPingPong {
 
 impl Serialize for FutexPingPong {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let fd = wire::push_fd(self.region.fd().as_fd()).map_err(serde::ser::Error::custom)?;
+        let fd = wire::push_fd(self.region.fd().as_fd(), "FutexPingPong")
+            .map_err(serde::ser::Error::custom)?;
         (fd, self.spin.is_some()).serialize(s)
     }
 }

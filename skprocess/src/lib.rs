@@ -250,6 +250,11 @@
 //! # }
 //! ```
 //!
+//! A [`Launcher`] starts the workers elsewhere: `Launcher::mpirun()` or
+//! `Launcher::slurm()` runs them as tasks of a cluster engine, on other
+//! machines, and they connect back over TCP (`SKPROCESS_ADVERTISE` names
+//! the address they dial); the pool behaves the same.
+//!
 //! # Logging
 //!
 //! What a child logs arrives in the subscriber that was current where the
@@ -678,7 +683,7 @@ pub use error::{fatal, BoxError, Cause, Error, Failure, Fatal, HookResult, Resul
 pub use handle::Handle;
 pub use pipe::{Pipe, PipeReceiver, PipeSender};
 pub use pool::{
-    Background, BackgroundCall, Imap, ImapNext, ImapStream, Pool, PoolBuilder, PoolCall,
+    Background, BackgroundCall, Imap, ImapNext, ImapStream, Launcher, Pool, PoolBuilder, PoolCall,
 };
 pub use process::Process;
 pub use queue::Queue;

@@ -627,7 +627,7 @@ impl<T> fmt::Debug for Queue<T> {
 
 impl<T> Serialize for Queue<T> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        wire::serialize_fd(self.region.fd().as_fd(), s)
+        wire::serialize_fd(self.region.fd().as_fd(), std::any::type_name::<Self>(), s)
     }
 }
 

@@ -380,7 +380,8 @@ struct FdIndex(u32);
 
 impl<T> Serialize for Share<T> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let index = wire::push_fd(self.seg.fd()).map_err(serde::ser::Error::custom)?;
+        let index = wire::push_fd(self.seg.fd(), std::any::type_name::<Self>())
+            .map_err(serde::ser::Error::custom)?;
         FdIndex(index).serialize(s)
     }
 }

@@ -192,7 +192,7 @@ impl<T> fmt::Debug for SharedSlice<T> {
 
 impl<T> Serialize for SharedSlice<T> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        wire::serialize_fd(self.frozen.fd().as_fd(), s)
+        wire::serialize_fd(self.frozen.fd().as_fd(), std::any::type_name::<Self>(), s)
     }
 }
 
@@ -370,7 +370,7 @@ impl<T> fmt::Debug for SharedSliceMut<T> {
 
 impl<T> Serialize for SharedSliceMut<T> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        wire::serialize_fd(self.region.fd().as_fd(), s)
+        wire::serialize_fd(self.region.fd().as_fd(), std::any::type_name::<Self>(), s)
     }
 }
 

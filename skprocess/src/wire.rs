@@ -74,19 +74,31 @@ impl Frame {
 #[derive(Debug, Clone)]
 pub(crate) struct Writer {
     sock: Arc<Mutex<OwnedFd>>,
+    /// The socket reaches another machine (TCP): no descriptor can travel.
+    remote: bool,
 }
 
 impl Writer {
     pub(crate) fn new(fd: OwnedFd) -> Self {
         Writer {
             sock: Arc::new(Mutex::new(fd)),
+            remote: false,
         }
+    }
+
+    /// Marks the socket as reaching another machine: a frame that carries
+    /// descriptors is refused instead of sent.
+    pub(crate) fn set_remote(&mut self) {
+        self.remote = true;
     }
 
     /// Writes one frame. Blocks while the peer's buffer is full; a peer that
     /// is gone gives `Err` (never SIGPIPE).
     pub(crate) fn send(&self, kind: u8, payload: &[u8], fds: &[RawFd]) -> Result<()> {
         let len = frame_limits(payload.len(), fds.len())?;
+        if self.remote && !fds.is_empty() {
+            return Err(Error::usage(REMOTE_REFUSAL));
+        }
         let mut header = [0u8; HEADER];
         header[..4].copy_from_slice(&len.to_le_bytes());
         header[4] = kind;
@@ -355,6 +367,8 @@ pub(crate) fn split(fd: OwnedFd) -> Result<(Reader, Writer)> {
 // Descriptors inside values.
 
 thread_local! {
+    /// Set while values are encoded for a worker on another machine.
+    static REMOTE_TARGET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     static FD_SINK: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
     static FD_SOURCE: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
     static REFUSAL: RefCell<Option<String>> = const { RefCell::new(None) };
@@ -373,10 +387,35 @@ fn take_refusal() -> Option<String> {
     REFUSAL.with(|r| r.borrow_mut().take())
 }
 
+/// Why a descriptor cannot go to a worker on another machine.
+const REMOTE_REFUSAL: &str = "a worker started by a cluster launcher runs on another machine: \
+     values that hold a descriptor (Share, Pipe, Queue, shared slices) only work on one machine";
+
+/// While the returned guard lives, values encoded on this thread are for a
+/// worker on another machine (when `remote`): a handle that holds a
+/// descriptor refuses to be encoded, naming its type.
+pub(crate) fn remote_target(remote: bool) -> RemoteTarget {
+    RemoteTarget(REMOTE_TARGET.with(|r| r.replace(remote)))
+}
+
+/// Restores the previous target when dropped (see [`remote_target`]).
+#[derive(Debug)]
+pub(crate) struct RemoteTarget(bool);
+
+impl Drop for RemoteTarget {
+    fn drop(&mut self) {
+        REMOTE_TARGET.with(|r| r.set(self.0));
+    }
+}
+
 /// Called from `Serialize` impls of handles that own a descriptor (`Share`,
-/// `Pipe`): records a duplicate of `fd` to travel with the value and returns
-/// its index, which is what gets serialized.
-pub(crate) fn push_fd(fd: BorrowedFd<'_>) -> std::result::Result<u32, String> {
+/// `Pipe`; `handle` is their type's name): records a duplicate of `fd` to
+/// travel with the value and returns its index, which is what gets
+/// serialized.
+pub(crate) fn push_fd(fd: BorrowedFd<'_>, handle: &str) -> std::result::Result<u32, String> {
+    if REMOTE_TARGET.with(|r| r.get()) {
+        return Err(refuse(format!("cannot send a {handle}: {REMOTE_REFUSAL}")));
+    }
     FD_SINK.with(|s| match s.borrow_mut().as_mut() {
         Some(v) => {
             let dup = fd
@@ -414,9 +453,10 @@ struct FdIndex(u32);
 /// Serializes a handle that is the descriptor `fd` (see [`push_fd`]).
 pub(crate) fn serialize_fd<S: serde::Serializer>(
     fd: BorrowedFd<'_>,
+    handle: &str,
     s: S,
 ) -> std::result::Result<S::Ok, S::Error> {
-    let index = push_fd(fd).map_err(serde::ser::Error::custom)?;
+    let index = push_fd(fd, handle).map_err(serde::ser::Error::custom)?;
     FdIndex(index).serialize(s)
 }
 

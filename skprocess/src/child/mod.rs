@@ -26,6 +26,7 @@ mod signals;
 pub(crate) mod worker;
 
 use crate::link::{self, Link};
+use crate::pool::remote;
 use crate::proto::{self, Exit, Init, STATUS_WORDS};
 use crate::report::ReportPage;
 use crate::spawn::{self, BOOT_ENV};
@@ -58,6 +59,10 @@ sys::boot::before_main!(boot);
 /// once unless this process is a spawned child; in a child it never returns.
 fn boot(pre_main: sys::boot::PreMain) {
     let Some(value) = std::env::var_os(BOOT_ENV) else {
+        if let Some(value) = std::env::var_os(remote::REMOTE_ENV) {
+            pre_main.remove_env(remote::REMOTE_ENV);
+            boot_remote(&value);
+        }
         return;
     };
     pre_main.remove_env(BOOT_ENV);
@@ -97,7 +102,21 @@ fn start(pre_main: sys::boot::PreMain, fd: RawFd, ppid: u32) -> ! {
     let Ok(control) = pre_main.adopt_inherited_fd(fd) else {
         sys::proc::exit_now(Exit::NoControlFd.code())
     };
-    main(control, ppid)
+    main(control, ppid, false)
+}
+
+/// A pool worker started by a cluster engine: dials the pool (no parent
+/// to die with: it exits when the connection is lost); never returns.
+fn boot_remote(value: &std::ffi::OsStr) -> ! {
+    sys::proc::ignore_sigpipe();
+    IS_CHILD.store(true, Ordering::Relaxed);
+    match remote::dial(&value.to_string_lossy()) {
+        Ok(control) => main(control, sys::proc::getppid(), true),
+        Err(e) => {
+            eprintln!("skprocess pool worker {}: {e}", sys::proc::getpid());
+            sys::proc::exit_now(Exit::NoControlFd.code())
+        }
+    }
 }
 
 fn parse_boot(v: &std::ffi::OsStr) -> Option<(RawFd, u32, Role)> {
@@ -117,7 +136,7 @@ fn parse_boot(v: &std::ffi::OsStr) -> Option<(RawFd, u32, Role)> {
 }
 
 /// Reads `INIT` and runs the role it names; never returns.
-fn main(control: OwnedFd, ppid: u32) -> ! {
+fn main(control: OwnedFd, ppid: u32, remote: bool) -> ! {
     runtime::install_panic_hook();
     let Ok((mut reader, writer)) = wire::split(control) else {
         sys::proc::exit_now(Exit::NoControlSocket.code())
@@ -146,10 +165,14 @@ fn main(control: OwnedFd, ppid: u32) -> ! {
     if signals::install(&link, ppid).is_err() {
         sys::proc::exit_now(Exit::NoControlThread.code());
     }
-    if fds.is_empty() {
-        sys::proc::exit_now(Exit::NoStatusPage.code());
-    }
-    let status = match SharedWords::from_fd(fds.remove(0)) {
+    // A remote worker's status page is its own: nothing shared crosses
+    // machines.
+    let page = match remote {
+        true => SharedWords::new(c"skprocess-status", STATUS_WORDS),
+        false if fds.is_empty() => sys::proc::exit_now(Exit::NoStatusPage.code()),
+        false => SharedWords::from_fd(fds.remove(0)),
+    };
+    let status = match page {
         Ok(s) if s.words().len() >= STATUS_WORDS => Arc::new(s),
         _ => sys::proc::exit_now(Exit::BadStatusPage.code()),
     };
@@ -198,8 +221,10 @@ fn main(control: OwnedFd, ppid: u32) -> ! {
     crate::log::flush();
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
-    if link.is_parent_gone() {
-        // Nobody will reap what the hooks started: take it along.
+    if link.is_parent_gone() && !remote {
+        // Nobody will reap what the hooks started: take it along. (A remote
+        // worker's end of file is its pool closing; its engine ends the
+        // rest of its job.)
         link::end_group(exit);
     }
     std::process::exit(exit.code())

@@ -80,11 +80,22 @@ pub(crate) enum End {
     Exiting { grace: Duration, take_group: bool },
 }
 
+/// Where a child runs.
+#[derive(Debug)]
+enum Place {
+    /// On this machine: its pidfd.
+    Local(Arc<OwnedFd>),
+    /// On another machine, a task of a cluster engine: all the parent has
+    /// of it is the socket, whose end is the child's.
+    Remote(std::net::TcpStream),
+}
+
 /// A running child.
 #[derive(Debug)]
 pub(crate) struct Child {
+    /// Its pid (on its own machine, for a remote one).
     pid: u32,
-    pidfd: Arc<OwnedFd>,
+    place: Place,
     reader: Option<Reader>,
     writer: Option<Writer>,
     status: Arc<SharedWords>,
@@ -131,7 +142,7 @@ impl Child {
         let capture = log::Capture::start(log.clone(), stdout, stderr, pidfd.clone());
         Ok(Child {
             pid,
-            pidfd: pidfd.clone(),
+            place: Place::Local(pidfd.clone()),
             reader: Some(reader),
             writer: Some(writer),
             status,
@@ -141,10 +152,45 @@ impl Child {
         })
     }
 
+    /// Takes a worker started by a cluster engine, which connected back on
+    /// `socket` (TCP) from pid `pid` of its machine, and sends it what it
+    /// needs to start. Its status page stays here (it keeps its own):
+    /// descriptors do not cross machines.
+    pub(crate) fn connect(launch: &Launch<'_>, socket: OwnedFd, pid: u32) -> Result<Child> {
+        let status =
+            Arc::new(SharedWords::new(c"skprocess-status", STATUS_WORDS).map_err(Error::Spawn)?);
+        let log = launch.origin.forwarder(launch.label, pid, launch.log_dir)?;
+        let stream = std::net::TcpStream::from(socket.try_clone().map_err(Error::Io)?);
+        let (mut reader, mut writer) = wire::split(socket)?;
+        reader.set_max_frame(launch.max_frame);
+        writer.set_remote();
+        let mut child = Child {
+            pid,
+            place: Place::Remote(stream),
+            reader: Some(reader),
+            writer: Some(writer),
+            status,
+            log,
+            capture: None,
+            reaped: false,
+        };
+        child.send_init(launch, Role::Worker)?;
+        Ok(child)
+    }
+
+    /// Whether it runs on another machine.
+    pub(crate) fn is_remote(&self) -> bool {
+        matches!(self.place, Place::Remote(_))
+    }
+
     fn send_init(&mut self, launch: &Launch<'_>, role: Role) -> Result<()> {
+        let remote = self.is_remote();
         let writer = self.writer();
         let setup = log::setup_payload(launch.origin, launch.log_dir.is_some());
         let mut fds = vec![self.status.fd().as_raw_fd()];
+        if remote {
+            fds.clear();
+        }
         let (init, value) = match role {
             Role::Process {
                 type_id,
@@ -184,9 +230,13 @@ impl Child {
         self.pid
     }
 
-    /// The pidfd: readable once the child has ended.
+    /// The pidfd: readable once the child has ended. Only a local child
+    /// has one (processes always are; only pool workers may be remote).
     pub(crate) fn pidfd(&self) -> &Arc<OwnedFd> {
-        &self.pidfd
+        match &self.place {
+            Place::Local(pidfd) => pidfd,
+            Place::Remote(_) => unreachable!("a process handle's child runs on this machine"),
+        }
     }
 
     /// The sending half of the control socket.
@@ -216,7 +266,13 @@ impl Child {
 
     /// Whether it has ended (without reading anything).
     pub(crate) fn has_exited(&self) -> bool {
-        sys::sock::wait_readable(self.pidfd.as_fd(), Some(Instant::now())).unwrap_or(true)
+        match &self.place {
+            Place::Local(pidfd) => {
+                sys::sock::wait_readable(pidfd.as_fd(), Some(Instant::now())).unwrap_or(true)
+            }
+            // Found out by reading: end of file.
+            Place::Remote(_) => false,
+        }
     }
 
     /// Waits for its next frame, a passed limit of `deadlines` (whose hook
@@ -230,7 +286,7 @@ impl Child {
             return Event::Closed;
         };
         let vitals = ChildVitals {
-            pid: self.pid,
+            pid: matches!(self.place, Place::Local(_)).then_some(self.pid),
             status: &self.status,
         };
         loop {
@@ -273,7 +329,14 @@ impl Child {
     /// group's id cannot name anyone else yet). Safe to call from any
     /// thread holding the pidfd: see [`kill_child`].
     pub(crate) fn kill(&self) {
-        kill_child(self.pid, &self.pidfd);
+        match &self.place {
+            Place::Local(pidfd) => kill_child(self.pid, pidfd),
+            // A remote worker exits when its connection ends, whatever it
+            // is doing (its control thread sees end of file).
+            Place::Remote(s) => {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
     }
 
     /// Ends it as `how` says, reaps it, and waits for its captured output.
@@ -281,6 +344,19 @@ impl Child {
     pub(crate) fn finish(mut self, how: End) -> std::io::Result<ExitStatus> {
         self.reader = None;
         self.writer = None;
+        let pidfd = match &self.place {
+            Place::Local(pidfd) => pidfd.clone(),
+            Place::Remote(_) => {
+                self.kill();
+                self.reaped = true;
+                // Its engine reaps it; its exit status stays there.
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    "closed its connection (it ran on another machine: its exit status is the \
+                     cluster engine's)",
+                ));
+            }
+        };
         let status = match how {
             End::Kill => {
                 self.kill();
@@ -288,8 +364,7 @@ impl Child {
             }
             End::Exiting { grace, take_group } => {
                 let deadline = Instant::now().checked_add(grace);
-                let exited =
-                    sys::sock::wait_readable(self.pidfd.as_fd(), deadline).unwrap_or(false);
+                let exited = sys::sock::wait_readable(pidfd.as_fd(), deadline).unwrap_or(false);
                 if !exited {
                     self.kill();
                 } else if take_group {
@@ -308,7 +383,8 @@ impl Child {
 
 /// What the deadlines read of a running child.
 struct ChildVitals<'a> {
-    pid: u32,
+    /// `None` for a child on another machine.
+    pid: Option<u32>,
     status: &'a SharedWords,
 }
 
@@ -318,7 +394,7 @@ impl Vitals for ChildVitals<'_> {
     }
 
     fn resident(&self) -> Option<u64> {
-        sys::proc::resident_bytes(self.pid)
+        sys::proc::resident_bytes(self.pid?)
     }
 }
 
@@ -326,7 +402,7 @@ impl Child {
     /// What the deadlines read of it.
     pub(crate) fn vitals(&self) -> impl Vitals + '_ {
         ChildVitals {
-            pid: self.pid,
+            pid: (!self.is_remote()).then_some(self.pid),
             status: &self.status,
         }
     }
@@ -336,6 +412,9 @@ impl Drop for Child {
     fn drop(&mut self) {
         if !self.reaped {
             self.kill();
+            if self.is_remote() {
+                return;
+            }
             let _ = sys::proc::wait(self.pid);
             if let Some(c) = self.capture.take() {
                 c.finish();
@@ -370,6 +449,7 @@ pub(crate) fn describe(status: &std::io::Result<ExitStatus>) -> String {
             Some(e) => format!("{} (exit code {c})", e.describe()),
         },
         Ok(s) => s.to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotConnected => e.to_string(),
         Err(e) => format!("could not be reaped: {e}"),
     }
 }

@@ -266,8 +266,8 @@ impl End {
                 let ([sock, mem], layout) =
                     e.to_move().map_err(|e| S::Error::custom(wire::refuse(e)))?;
                 Moved::Ring {
-                    sock: wire::push_fd(sock).map_err(S::Error::custom)?,
-                    mem: wire::push_fd(mem).map_err(S::Error::custom)?,
+                    sock: wire::push_fd(sock, "Pipe").map_err(S::Error::custom)?,
+                    mem: wire::push_fd(mem, "Pipe").map_err(S::Error::custom)?,
                     layout,
                 }
             }
@@ -277,7 +277,7 @@ impl End {
                     .fd_to_move()
                     .map_err(|e| S::Error::custom(wire::refuse(e)))?;
                 Moved::Socket {
-                    sock: wire::push_fd(fd).map_err(S::Error::custom)?,
+                    sock: wire::push_fd(fd, "Pipe").map_err(S::Error::custom)?,
                 }
             }
         };

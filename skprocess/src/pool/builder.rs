@@ -5,9 +5,12 @@
 //! in the builder itself, for what only the pool's making reads) and a
 //! setter.
 
+use super::launcher::Launcher;
+use super::remote::Cluster;
 use super::Pool;
 use crate::error::Result;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// What every worker of a pool is started with, each life the same.
 #[derive(Debug, Clone, Default)]
@@ -21,6 +24,9 @@ pub(crate) struct Settings {
     /// A worker is replaced once its resident memory passes this many
     /// bytes.
     pub(crate) max_worker_memory: Option<u64>,
+    /// The cluster engine's link, when a launcher other than the local one
+    /// starts the workers.
+    pub(crate) cluster: Option<Arc<Cluster>>,
 }
 
 /// Makes a [`Pool`] with settings other than the number of workers:
@@ -54,6 +60,7 @@ pub struct PoolBuilder {
     /// `None`: one per core.
     workers: Option<usize>,
     settings: Settings,
+    launcher: Launcher,
 }
 
 impl PoolBuilder {
@@ -130,6 +137,30 @@ impl PoolBuilder {
         self
     }
 
+    /// What starts the workers: [`Launcher::local`] (the default) or a
+    /// cluster engine ([`Launcher::mpirun`], [`Launcher::slurm`]), whose
+    /// workers connect back over TCP.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use skprocess::{Launcher, Pool};
+    /// # fn main() -> skprocess::Result<()> {
+    /// let pool = Pool::builder().workers(2).launcher(Launcher::local()).build()?;
+    /// assert_eq!(pool.map_fn(|x: u8| x + 1, [1])?, [2]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn launcher(mut self, launcher: Launcher) -> Self {
+        self.launcher = launcher;
+        self
+    }
+
+    /// The launcher set (the local one by default).
+    pub fn get_launcher(&self) -> &Launcher {
+        &self.launcher
+    }
+
     /// The number of items after which a worker is replaced, if set.
     pub fn get_max_items_per_worker(&self) -> Option<u64> {
         self.settings.max_items_per_worker
@@ -163,11 +194,23 @@ impl PoolBuilder {
     /// [`Error::Usage`](crate::Error::Usage) for zero workers;
     /// [`Error::Spawn`](crate::Error::Spawn) if a worker cannot be started,
     /// [`Error::Io`](crate::Error::Io) if its log file cannot be opened
-    /// (those started already are ended).
-    pub fn build(self) -> Result<Pool> {
+    /// (those started already are ended). With a cluster launcher,
+    /// [`Error::Spawn`](crate::Error::Spawn) if the engine cannot be run or
+    /// its workers do not all connect back in time (the error quotes the
+    /// engine's output and exit status), or run another build of the
+    /// program; [`Error::Usage`](crate::Error::Usage) for an option the
+    /// engine does not have.
+    pub fn build(mut self) -> Result<Pool> {
         let workers = self
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        self.launcher.check_local()?;
+        if let Some((engine, options)) = self.launcher.remote() {
+            if workers == 0 {
+                return Err(crate::Error::usage("a pool needs at least one worker"));
+            }
+            self.settings.cluster = Some(Arc::new(Cluster::new(engine, options)?));
+        }
         Pool::start(workers, self.settings)
     }
 }

@@ -67,6 +67,7 @@ impl Target {
             replies,
             cancelled: AtomicBool::new(false),
             aborted: AtomicBool::new(false),
+            remote: self.shared.settings.cluster.is_some(),
         };
         Run::new(
             self.tasks.clone(),

@@ -30,6 +30,7 @@
 
 use super::batch::{self, ItemsHead};
 use super::builder::Settings;
+use super::remote::Arrival;
 use super::task::{Calls, Job, JobKind, Task, Unit, CALL_TRIES};
 use crate::config::Hook;
 use crate::error::{Cause, Error, Failure, Result};
@@ -194,6 +195,23 @@ impl Worker {
     /// Starts the worker of `slot` with `settings` and tells it to serve;
     /// its events go to `origin`.
     pub(crate) fn spawn(origin: &log::Origin, settings: &Settings, slot: usize) -> Result<Worker> {
+        match &settings.cluster {
+            None => Worker::start(origin, settings, slot, None),
+            Some(cluster) => {
+                let arrival = cluster.start(1)?.pop().expect("one worker started");
+                Worker::start(origin, settings, slot, Some(arrival))
+            }
+        }
+    }
+
+    /// Starts the worker of `slot` on this machine, or takes `remote`, a
+    /// worker started by the pool's cluster engine.
+    pub(crate) fn start(
+        origin: &log::Origin,
+        settings: &Settings,
+        slot: usize,
+        remote: Option<Arrival>,
+    ) -> Result<Worker> {
         let log_name = log_name(slot);
         let launch = Launch {
             origin,
@@ -206,8 +224,12 @@ impl Worker {
             max_frame: crate::config::DEFAULT_MAX_MESSAGE,
             stop_grace: crate::Config::default().get_stop_grace(),
         };
+        let child = match remote {
+            None => Child::start(&launch, Role::Worker)?,
+            Some(a) => Child::connect(&launch, a.socket, a.pid)?,
+        };
         Ok(Worker {
-            child: Child::start(&launch, Role::Worker)?,
+            child,
             answered: 0,
             items_run: 0,
             labelled: IDLE_LABEL.to_string(),
@@ -229,6 +251,9 @@ impl Worker {
 
     /// Its resident memory, from `/proc/<pid>/statm` (`None` if unreadable).
     fn resident_bytes(&self) -> Option<u64> {
+        if self.child.is_remote() {
+            return None;
+        }
         let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.child.pid())).ok()?;
         let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
         Some(pages * rustix::param::page_size() as u64)
@@ -249,8 +274,10 @@ impl Worker {
 
     /// Whether it had begun the item or batch it was to answer next.
     fn began_next(&self) -> bool {
-        self.child.status().words()[STATUS_BEGUN].load(std::sync::atomic::Ordering::Relaxed)
-            > self.answered
+        // A remote worker's status page is its own: assume it had.
+        self.child.is_remote()
+            || self.child.status().words()[STATUS_BEGUN].load(std::sync::atomic::Ordering::Relaxed)
+                > self.answered
     }
 }
 

@@ -24,8 +24,10 @@ mod call;
 mod decode;
 mod dispatch;
 mod imap;
+mod launcher;
 mod manager;
 mod progress;
+pub(crate) mod remote;
 mod source;
 mod task;
 
@@ -40,6 +42,7 @@ use call::Options;
 pub use call::{BackgroundCall, PoolCall};
 use crossbeam_channel::Sender;
 pub use imap::{Imap, ImapNext};
+pub use launcher::Launcher;
 use manager::{Manager, Shared, Slots, Worker};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -219,8 +222,13 @@ impl Pool {
         }
         let origin = log::Origin::capture();
         let mut started = Vec::with_capacity(workers);
-        for slot in 0..workers {
-            match Worker::spawn(&origin, &settings, slot) {
+        let mut remote = match &settings.cluster {
+            Some(c) => c.start(workers)?.into_iter().map(Some).collect(),
+            None => Vec::new(),
+        };
+        remote.resize_with(workers, || None);
+        for (slot, arrival) in remote.into_iter().enumerate() {
+            match Worker::start(&origin, &settings, slot, arrival) {
                 Ok(w) => started.push(w),
                 Err(e) => {
                     started.into_iter().for_each(Worker::end);
@@ -285,6 +293,17 @@ impl Pool {
             .copied()
             .filter(|&p| p != 0)
             .collect()
+    }
+
+    /// The address the pool listens on for workers started by a cluster
+    /// [`Launcher`] (they dial the one `SKPROCESS_ADVERTISE` names, or this
+    /// machine's host name, on its port); `None` for local workers.
+    pub fn cluster_address(&self) -> Option<std::net::SocketAddr> {
+        self.shared
+            .settings
+            .cluster
+            .as_ref()
+            .map(|c| c.local_addr())
     }
 
     /// Per-hook timing summed over every process item the pool has run,
@@ -602,6 +621,10 @@ impl Drop for Pool {
         self.shared.close();
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+        // Background calls may keep `shared` alive: the jobs end now.
+        if let Some(c) = &self.shared.settings.cluster {
+            c.end_all();
         }
     }
 }

@@ -145,6 +145,7 @@ where
     I::Item: Serialize,
 {
     fn next_task(&mut self, job: &Arc<Job>, budget: Budget, early: &mut VecDeque<Reply>) -> Step {
+        let _target = wire::remote_target(job.remote);
         let mut units = Vec::new();
         let (mut bytes, mut fds) = (0, 0);
         while units.len() < budget.items && bytes < MAX_BYTES {
@@ -220,6 +221,7 @@ where
     I::Item: Serialize,
 {
     fn next_task(&mut self, job: &Arc<Job>, budget: Budget, early: &mut VecDeque<Reply>) -> Step {
+        let _target = wire::remote_target(job.remote);
         let mut payload = Vec::with_capacity(
             8 + budget
                 .items

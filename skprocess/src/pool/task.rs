@@ -27,6 +27,9 @@ pub(crate) struct Job {
     /// Set when the call was stopped (its time limit passed, or it was
     /// cancelled): besides being skipped, its work in flight is killed.
     pub(crate) aborted: AtomicBool,
+    /// Its work goes to workers on other machines (a cluster launcher):
+    /// values holding descriptors are refused.
+    pub(crate) remote: bool,
 }
 
 #[derive(Debug)]

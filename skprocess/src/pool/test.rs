@@ -186,7 +186,7 @@ struct Fd(OwnedFd);
 impl serde::Serialize for Fd {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use std::os::fd::AsFd;
-        let i = crate::wire::push_fd(self.0.as_fd()).map_err(serde::ser::Error::custom)?;
+        let i = crate::wire::push_fd(self.0.as_fd(), "Fd").map_err(serde::ser::Error::custom)?;
         s.serialize_u32(i)
     }
 }
@@ -256,6 +256,7 @@ fn a_task_never_holds_more_descriptors_than_a_frame_can_carry() {
         replies,
         cancelled: Default::default(),
         aborted: Default::default(),
+        remote: false,
     });
     let mut early = VecDeque::new();
     let budget = Budget {
@@ -310,6 +311,7 @@ fn a_worker_answering_the_wrong_number_of_results_is_an_error() {
         replies,
         cancelled: Default::default(),
         aborted: Default::default(),
+        remote: false,
     };
     let mut payload = 0u64.to_le_bytes().to_vec();
     let mut scratch = Vec::new();

@@ -127,6 +127,26 @@ pub(crate) fn entry_at(offset: u64) -> Option<CallEntry> {
     entries().iter().copied().find(|&e| e as usize == addr)
 }
 
+/// An identity of this build of the program, the same in every process
+/// running the same binary file and (almost surely) different for another
+/// build: the size of the executable and the offsets of every `map_fn`
+/// entry it recorded. A worker on another machine proves with it that the
+/// offsets it will be sent mean the same functions there.
+pub(crate) fn build_id() -> u64 {
+    use std::hash::{Hash, Hasher};
+    record_entry!(no_entry);
+    // SipHash with fixed keys: the same in every process.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::fs::metadata("/proc/self/exe")
+        .map(|m| m.len())
+        .unwrap_or(0)
+        .hash(&mut h);
+    let mut offsets: Vec<u64> = entries().iter().map(|&e| entry_offset(e)).collect();
+    offsets.sort_unstable();
+    offsets.hash(&mut h);
+    h.finish()
+}
+
 #[cfg(test)]
 mod test {
     use super::*;
