@@ -257,33 +257,30 @@ pub(crate) fn call_batch<A, R, F>(
             .next()
             .and_then(|p| p.ok())
             .map(|p| fixed::values(p.bytes));
-        match values {
-            Some(Ok(values)) => {
-                let mut results = Vec::with_capacity(values.len());
-                let start = begin_fixed(out);
-                let mut size = None;
-                let mut fixed_out = true;
-                for v in values {
-                    let r = call(fixed::decode::<A>(v).map_err(|e| e.to_string()));
-                    if fixed_out {
-                        let before = out.len();
-                        fixed_out = r.as_ref().is_ok_and(|r| fixed::encode(r, out).is_ok())
-                            && *size.get_or_insert(out.len() - before) == out.len() - before;
-                    }
-                    results.push(r);
-                }
+        // Malformed: no results, which the parent reports.
+        if let Some(Ok(values)) = values {
+            let mut results = Vec::with_capacity(values.len());
+            let start = begin_fixed(out);
+            let mut size = None;
+            let mut fixed_out = true;
+            for v in values {
+                let r = call(fixed::decode::<A>(v).map_err(|e| e.to_string()));
                 if fixed_out {
-                    end_fixed(out, start, results.len(), size.unwrap_or(0));
-                } else {
-                    out.truncate(start);
-                    let mut scratch = Vec::new();
-                    for r in results {
-                        push_result(out, out_fds, &mut scratch, r);
-                    }
+                    let before = out.len();
+                    fixed_out = r.as_ref().is_ok_and(|r| fixed::encode(r, out).is_ok())
+                        && *size.get_or_insert(out.len() - before) == out.len() - before;
+                }
+                results.push(r);
+            }
+            if fixed_out {
+                end_fixed(out, start, results.len(), size.unwrap_or(0));
+            } else {
+                out.truncate(start);
+                let mut scratch = Vec::new();
+                for r in results {
+                    push_result(out, out_fds, &mut scratch, r);
                 }
             }
-            // Malformed: no results, which the parent reports.
-            _ => {}
         }
     } else {
         let mut scratch = Vec::new();
