@@ -7,7 +7,14 @@
 //! - `tell`/`listen` round trip of an 8-byte message, beside the bare
 //!   socketpair ping-pong;
 //! - `Pipe` throughput with 1 MiB messages, beside a bare socketpair moving
-//!   1 MiB buffers and `memcpy` of 1 MiB.
+//!   1 MiB buffers and `memcpy` of 1 MiB;
+//! - `Pipe` one-way rate of 8-byte messages, beside a bare socketpair
+//!   written 8 bytes at a time (and read through a buffer);
+//! - the Rust peers a user would pick instead, with the same workloads:
+//!   ipc-channel (an 8-byte round trip, 1 MiB throughput) and iceoryx2 (an
+//!   8-byte round trip over two publish-subscribe services, both sides
+//!   polling, as iceoryx2's own benchmark does). Each peer's set-up (channel
+//!   exchange, service creation) is measured once and reported too.
 //!
 //! Every peer is a real child process started with skprocess; the raw
 //! baselines use the same descriptors and shared memory, driven without any
@@ -17,10 +24,10 @@ use criterion::{Criterion, Throughput};
 use serde::{Deserialize, Serialize};
 use skprocess::__bench::{socket_pipe_pair, Fd, FutexPingPong};
 use skprocess::prelude::*;
-use skprocess_benches::{median_per_call, report, report_rate};
+use skprocess_benches::{median, median_per_call, report, report_rate};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const END: u64 = u64::MAX;
 const MIB: usize = 1 << 20;
@@ -179,6 +186,284 @@ impl Process for SocketSink {
     }
 }
 
+/// 8-byte messages per one-way rate sample.
+const RATE_BURST: usize = 20_000;
+/// Asks a counting peer to acknowledge what it received so far.
+const ACK: u64 = u64::MAX - 1;
+
+/// Receives `u64`s on a pipe until `END`, acknowledging each `ACK`.
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1)]
+struct PipeCount {
+    pipe: Pipe,
+}
+
+impl Process for PipeCount {
+    fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        let mut n = 0u64;
+        loop {
+            match self.pipe.recv::<u64>()? {
+                END => return Ok(()),
+                ACK => self.pipe.send(&n)?,
+                _ => n += 1,
+            }
+        }
+    }
+}
+
+/// Reads raw 8-byte messages from a socket until `END`, acknowledging
+/// each `ACK` with one byte.
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1)]
+struct SocketCount {
+    sock: Fd,
+}
+
+impl Process for SocketCount {
+    fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        let s = UnixStream::from(self.sock.0.try_clone()?);
+        let mut r = std::io::BufReader::with_capacity(64 << 10, &s);
+        let mut b = [0u8; 8];
+        loop {
+            r.read_exact(&mut b)?;
+            match u64::from_le_bytes(b) {
+                END => return Ok(()),
+                ACK => (&s).write_all(&[1])?,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// How long a peer waits for its counterpart before giving up.
+const PEER_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What an ipc-channel echo child hands its parent: the sender of its pings
+/// and the receiver of its pongs.
+type IpcEchoEnds = (
+    ipc_channel::ipc::IpcSender<u64>,
+    ipc_channel::ipc::IpcReceiver<u64>,
+);
+
+/// Echoes `u64`s over ipc-channel until `END`; connects to the parent's
+/// one-shot server `name` first.
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1)]
+struct IpcEcho {
+    name: String,
+}
+
+impl Process for IpcEcho {
+    fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        use ipc_channel::ipc;
+        let boot = ipc::IpcSender::<IpcEchoEnds>::connect(self.name.clone())?;
+        let (ping_tx, ping_rx) = ipc::channel::<u64>()?;
+        let (pong_tx, pong_rx) = ipc::channel::<u64>()?;
+        boot.send((ping_tx, pong_rx))?;
+        loop {
+            let x = ping_rx.recv()?;
+            if x == END {
+                return Ok(());
+            }
+            pong_tx.send(x)?;
+        }
+    }
+}
+
+/// What an ipc-channel sink child hands its parent: the sender of the
+/// data, the receiver of the acknowledgements.
+type IpcSinkEnds = (
+    ipc_channel::ipc::IpcBytesSender,
+    ipc_channel::ipc::IpcReceiver<u8>,
+);
+
+/// Receives bursts of 1 MiB byte messages over ipc-channel, acknowledging
+/// each burst.
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1)]
+struct IpcSink {
+    name: String,
+}
+
+impl Process for IpcSink {
+    fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        use ipc_channel::ipc;
+        let boot = ipc::IpcSender::<IpcSinkEnds>::connect(self.name.clone())?;
+        let (data_tx, data_rx) = ipc::bytes_channel()?;
+        let (ack_tx, ack_rx) = ipc::channel::<u8>()?;
+        boot.send((data_tx, ack_rx))?;
+        loop {
+            for _ in 0..BURST {
+                if data_rx.recv()?.is_empty() {
+                    return Ok(());
+                }
+            }
+            ack_tx.send(1)?;
+        }
+    }
+}
+
+/// Starts `child` (given the one-shot server's name) and takes the ends it
+/// sends back.
+fn ipc_connect<T, P>(child: impl FnOnce(String) -> P) -> (T, Handle<P>)
+where
+    T: for<'de> Deserialize<'de> + Serialize,
+    P: Process,
+{
+    let (server, name) = ipc_channel::ipc::IpcOneShotServer::<T>::new().expect("ipc server");
+    let h = child(name).start().expect("start");
+    let (_, ends) = server.accept().expect("ipc accept");
+    (ends, h)
+}
+
+/// ipc-channel's set-up, both ends in one process (no process start): the
+/// one-shot server, the connection to it, the two channels and their
+/// exchange, as `IpcEcho` and its parent do.
+fn ipc_setup() {
+    use ipc_channel::ipc;
+    let (server, name) = ipc::IpcOneShotServer::<IpcEchoEnds>::new().expect("ipc server");
+    let boot = ipc::IpcSender::<IpcEchoEnds>::connect(name).expect("connect");
+    let (ping_tx, ping_rx) = ipc::channel::<u64>().expect("channel");
+    let (pong_tx, pong_rx) = ipc::channel::<u64>().expect("channel");
+    boot.send((ping_tx, pong_rx)).expect("send");
+    let (_, ends) = server.accept().expect("accept");
+    std::hint::black_box((ends, ping_rx, pong_tx));
+}
+
+/// iceoryx2's set-up, both ends in one process (no process start): a node
+/// each, the two services and the four ports, as `IoxEcho` and its parent
+/// do; each time under new service names.
+fn iox_setup(round: usize) {
+    let tag = iox_tag(&format!("setup-{round}"));
+    let (a, _) = Iox::ends(&tag, false);
+    let (b, _) = Iox::ends(&tag, true);
+    std::hint::black_box((a, b));
+}
+
+/// iceoryx2's service names for the echo pair `tag` (made by
+/// [`iox_tag`]): pings, pongs.
+fn iox_names(tag: &str) -> (String, String) {
+    (format!("{tag}/ping"), format!("{tag}/pong"))
+}
+
+/// A name for an echo pair that no other run uses.
+fn iox_tag(what: &str) -> String {
+    format!("skprocess-bench/{}/{what}", std::process::id())
+}
+
+/// How long an iceoryx2 echo polls without a message before it naps
+/// between polls (so it does not take a core from the other rows while
+/// they are measured).
+const IOX_SPIN: Duration = Duration::from_micros(500);
+
+/// Echoes `u64`s over two iceoryx2 publish-subscribe services until `END`,
+/// polling; sends one `0` first to say it is connected.
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1)]
+struct IoxEcho {
+    tag: String,
+}
+
+impl Process for IoxEcho {
+    fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        let (iox, mut last) = Iox::ends(&self.tag, true);
+        loop {
+            match iox.pongs.receive()? {
+                Some(x) if *x == END => return Ok(()),
+                Some(x) => {
+                    iox.pings.send_copy(*x)?;
+                    last = Instant::now();
+                }
+                None if last.elapsed() < IOX_SPIN => std::hint::spin_loop(),
+                None => std::thread::sleep(Duration::from_micros(100)),
+            }
+        }
+    }
+}
+
+/// The parent's end of an iceoryx2 echo pair.
+struct Iox {
+    _node: iceoryx2::node::Node<iceoryx2::service::ipc::Service>,
+    pings: iceoryx2::port::publisher::Publisher<iceoryx2::service::ipc::Service, u64, ()>,
+    pongs: iceoryx2::port::subscriber::Subscriber<iceoryx2::service::ipc::Service, u64, ()>,
+}
+
+impl Iox {
+    /// A node, and the publisher and subscriber of one side of the echo
+    /// pair `tag` (the echo's side if `echo`, which then says it is there).
+    fn ends(tag: &str, echo: bool) -> (Iox, Instant) {
+        use iceoryx2::prelude::*;
+        // Its one warning says that no config file exists (the defaults
+        // are used), which is what this bench wants.
+        set_log_level(LogLevel::Error);
+        let (mut ping, mut pong) = iox_names(tag);
+        if echo {
+            std::mem::swap(&mut ping, &mut pong);
+        }
+        let node = NodeBuilder::new()
+            .create::<ipc::Service>()
+            .expect("iceoryx2 node");
+        let pings = node
+            .service_builder(&ping.as_str().try_into().expect("name"))
+            .publish_subscribe::<u64>()
+            .open_or_create()
+            .expect("service")
+            .publisher_builder()
+            .create()
+            .expect("publisher");
+        let pongs = node
+            .service_builder(&pong.as_str().try_into().expect("name"))
+            .publish_subscribe::<u64>()
+            .open_or_create()
+            .expect("service")
+            .subscriber_builder()
+            .create()
+            .expect("subscriber");
+        if echo {
+            pings.send_copy(0).expect("send");
+        }
+        let iox = Iox {
+            _node: node,
+            pings,
+            pongs,
+        };
+        (iox, Instant::now())
+    }
+
+    /// Creates the parent's side and starts the echo child.
+    fn start() -> (Iox, Handle<IoxEcho>) {
+        let tag = iox_tag("echo");
+        let (iox, _) = Iox::ends(&tag, false);
+        let mut h = IoxEcho { tag }.start().expect("start");
+        match iox.recv() {
+            Some(0) => (iox, h),
+            other => {
+                let _ = h.kill();
+                panic!("iceoryx2 echo: {other:?}, {:?}", h.wait().err())
+            }
+        }
+    }
+
+    /// Polls for the next pong; `None` if none comes in time.
+    fn recv(&self) -> Option<u64> {
+        let start = Instant::now();
+        loop {
+            if let Some(x) = self.pongs.receive().expect("receive") {
+                return Some(*x);
+            }
+            if start.elapsed() > PEER_DEADLINE {
+                return None;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    fn round_trip(&self) {
+        self.pings.send_copy(7).expect("send");
+        assert_eq!(self.recv(), Some(7));
+    }
+}
+
 /// The parent's side of every peer.
 struct Peers {
     pipe: Pipe,
@@ -192,6 +477,10 @@ struct Peers {
     futex_h: Handle<FutexEcho>,
     futex_spin: FutexPingPong,
     futex_spin_h: Handle<FutexEcho>,
+    ipc: IpcEchoEnds,
+    ipc_h: Handle<IpcEcho>,
+    iox: Iox,
+    iox_h: Handle<IoxEcho>,
 }
 
 fn socket_peer() -> (UnixStream, Fd) {
@@ -217,6 +506,8 @@ impl Peers {
         }
         .start()
         .expect("start");
+        let (ipc, ipc_h) = ipc_connect(|name| IpcEcho { name });
+        let (iox, iox_h) = Iox::start();
         Peers {
             pipe,
             pipe_h,
@@ -229,6 +520,10 @@ impl Peers {
             futex_h,
             futex_spin,
             futex_spin_h,
+            ipc,
+            ipc_h,
+            iox,
+            iox_h,
         }
     }
 
@@ -264,6 +559,15 @@ impl Peers {
         self.futex_spin.ping();
     }
 
+    fn ipc_rt(&self) {
+        self.ipc.0.send(7).unwrap();
+        assert_eq!(self.ipc.1.recv().unwrap(), 7);
+    }
+
+    fn iox_rt(&self) {
+        self.iox.round_trip();
+    }
+
     fn stop(mut self) {
         self.pipe.send(&END).unwrap();
         self.sock_pipe.send(&END).unwrap();
@@ -271,12 +575,16 @@ impl Peers {
         self.sock.write_all(&END.to_le_bytes()).unwrap();
         self.futex.stop();
         self.futex_spin.stop();
+        self.ipc.0.send(END).unwrap();
+        self.iox.pings.send_copy(END).unwrap();
         self.pipe_h.wait().unwrap();
         self.sock_pipe_h.wait().unwrap();
         self.tell_h.wait().unwrap();
         self.sock_h.wait().unwrap();
         self.futex_h.wait().unwrap();
         self.futex_spin_h.wait().unwrap();
+        self.ipc_h.wait().unwrap();
+        self.iox_h.wait().unwrap();
     }
 }
 
@@ -298,6 +606,12 @@ struct Sinks {
     sock_pipe_h: Handle<PipeSink>,
     sock: UnixStream,
     sock_h: Handle<SocketSink>,
+    ipc: IpcSinkEnds,
+    ipc_h: Handle<IpcSink>,
+    count_pipe: Pipe,
+    count_pipe_h: Handle<PipeCount>,
+    count_sock: UnixStream,
+    count_sock_h: Handle<SocketCount>,
     data: Bytes,
 }
 
@@ -326,6 +640,11 @@ impl Sinks {
         .expect("start");
         let (sock, theirs) = socket_peer();
         let sock_h = SocketSink { sock: theirs }.start().expect("start");
+        let (ipc, ipc_h) = ipc_connect(|name| IpcSink { name });
+        let (count_pipe, theirs) = Pipe::pair().expect("pipe");
+        let count_pipe_h = PipeCount { pipe: theirs }.start().expect("start");
+        let (count_sock, theirs) = socket_peer();
+        let count_sock_h = SocketCount { sock: theirs }.start().expect("start");
         let data = Bytes((0..MIB).map(|i| i as u8).collect());
         Sinks {
             pipe,
@@ -336,6 +655,12 @@ impl Sinks {
             sock_pipe_h,
             sock,
             sock_h,
+            ipc,
+            ipc_h,
+            count_pipe,
+            count_pipe_h,
+            count_sock,
+            count_sock_h,
             data,
         }
     }
@@ -370,7 +695,34 @@ impl Sinks {
         self.sock.read_exact(&mut ack).unwrap();
     }
 
+    fn ipc_burst(&self) {
+        for _ in 0..BURST {
+            self.ipc.0.send(&self.data.0).unwrap();
+        }
+        assert_eq!(self.ipc.1.recv().unwrap(), 1);
+    }
+
+    fn pipe_rate(&mut self) {
+        for i in 0..RATE_BURST as u64 {
+            self.count_pipe.send(&i).unwrap();
+        }
+        self.count_pipe.send(&ACK).unwrap();
+        let _: u64 = self.count_pipe.recv().unwrap();
+    }
+
+    fn sock_rate(&mut self) {
+        for i in 0..RATE_BURST as u64 {
+            self.count_sock.write_all(&i.to_le_bytes()).unwrap();
+        }
+        self.count_sock.write_all(&ACK.to_le_bytes()).unwrap();
+        let mut ack = [0u8];
+        self.count_sock.read_exact(&mut ack).unwrap();
+    }
+
     fn stop(mut self) {
+        self.count_pipe.send(&END).unwrap();
+        self.count_sock.write_all(&END.to_le_bytes()).unwrap();
+        self.ipc.0.send(&[]).unwrap();
         self.pipe.send(&Bytes(Vec::new())).unwrap();
         self.vec_pipe.send(&Vec::<u8>::new()).unwrap();
         self.sock_pipe.send(&Bytes(Vec::new())).unwrap();
@@ -379,6 +731,9 @@ impl Sinks {
         self.vec_pipe_h.wait().unwrap();
         self.sock_pipe_h.wait().unwrap();
         self.sock_h.wait().unwrap();
+        self.ipc_h.wait().unwrap();
+        self.count_pipe_h.wait().unwrap();
+        self.count_sock_h.wait().unwrap();
     }
 }
 
@@ -400,6 +755,10 @@ fn round_trips(c: &mut Criterion, p: &mut Peers) {
     g.bench_function("futex ping-pong, pipe's spin policy", |b| {
         b.iter(|| p.futex_spin_rt())
     });
+    g.bench_function("ipc-channel", |b| b.iter(|| p.ipc_rt()));
+    g.bench_function("iceoryx2 publish-subscribe, polling", |b| {
+        b.iter(|| p.iox_rt())
+    });
     g.finish();
 }
 
@@ -415,6 +774,17 @@ fn throughput(c: &mut Criterion, s: &mut Sinks) {
         b.iter(|| s.sock_pipe_burst())
     });
     g.bench_function("bare socketpair", |b| b.iter(|| s.sock_burst()));
+    g.bench_function("ipc-channel bytes", |b| b.iter(|| s.ipc_burst()));
+    g.finish();
+    let mut g = c.benchmark_group("one-way rate, 8-byte messages");
+    g.sample_size(20)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+    g.throughput(Throughput::Elements(RATE_BURST as u64));
+    g.bench_function("Pipe", |b| b.iter(|| s.pipe_rate()));
+    g.bench_function("bare socketpair, 8-byte writes", |b| {
+        b.iter(|| s.sock_rate())
+    });
     let src = s.data.0.clone();
     let mut dst = vec![0u8; MIB];
     g.bench_function("memcpy", |b| {
@@ -456,9 +826,11 @@ fn summary(p: &mut Peers, s: &mut Sinks) {
             &mut || median_per_call(n, k, || p.borrow_mut().sock_rt()),
             &mut || median_per_call(n, k, || p.borrow().futex_rt()),
             &mut || median_per_call(n, k, || p.borrow().futex_spin_rt()),
+            &mut || median_per_call(n, k, || p.borrow().ipc_rt()),
+            &mut || median_per_call(n, k, || p.borrow().iox_rt()),
         ],
     );
-    let [pipe, sock_pipe, tell, sock, futex, futex_spin] = t[..] else {
+    let [pipe, sock_pipe, tell, sock, futex, futex_spin, ipc, iox] = t[..] else {
         unreachable!()
     };
     report(
@@ -491,6 +863,42 @@ fn summary(p: &mut Peers, s: &mut Sinks) {
         "bare socketpair ping-pong",
         sock,
     );
+    report(
+        "tell/listen round trip, 8 B (target <= 1x)",
+        tell,
+        "ipc-channel round trip",
+        ipc,
+    );
+    report(
+        "Pipe round trip, 8 B (target < 1x)",
+        pipe,
+        "ipc-channel round trip",
+        ipc,
+    );
+    report(
+        "Pipe round trip, 8 B (target <= 1x)",
+        pipe,
+        "iceoryx2 round trip, polling",
+        iox,
+    );
+    let ipc_setup = median(20, ipc_setup);
+    let mut round = 0;
+    let iox_setup = median(10, || {
+        round += 1;
+        iox_setup(round)
+    });
+    report(
+        "ipc-channel set-up (once per child)",
+        ipc_setup,
+        "ipc-channel round trip",
+        ipc,
+    );
+    report(
+        "iceoryx2 set-up (once per child)",
+        iox_setup,
+        "iceoryx2 round trip, polling",
+        iox,
+    );
 
     let s = std::cell::RefCell::new(s);
     let src = s.borrow().data.0.clone();
@@ -502,6 +910,7 @@ fn summary(p: &mut Peers, s: &mut Sinks) {
             &mut || median_per_call(5, 1, || s.borrow().vec_pipe_burst()),
             &mut || median_per_call(5, 1, || s.borrow().sock_pipe_burst()),
             &mut || median_per_call(5, 1, || s.borrow_mut().sock_burst()),
+            &mut || median_per_call(5, 1, || s.borrow().ipc_burst()),
             &mut || {
                 median_per_call(5, 1, || {
                     (0..BURST).for_each(|_| memcpy_1mib(&src, &mut dst))
@@ -510,7 +919,7 @@ fn summary(p: &mut Peers, s: &mut Sinks) {
         ],
     );
     let rate = |d: Duration| (BURST * MIB) as f64 / d.as_secs_f64();
-    let [pipe, vec_pipe, sock_pipe, sock, memcpy] = t[..] else {
+    let [pipe, vec_pipe, sock_pipe, sock, ipc, memcpy] = t[..] else {
         unreachable!()
     };
     report_rate(
@@ -528,6 +937,13 @@ fn summary(p: &mut Peers, s: &mut Sinks) {
         "B/s",
     );
     report_rate(
+        "Pipe 1 MiB byte strings (target > 1x)",
+        rate(pipe),
+        "ipc-channel, 1 MiB byte messages",
+        rate(ipc),
+        "B/s",
+    );
+    report_rate(
         "Pipe 1 MiB Vec<u8> (serde per byte)",
         rate(vec_pipe),
         "bare socketpair, 1 MiB writes",
@@ -540,6 +956,22 @@ fn summary(p: &mut Peers, s: &mut Sinks) {
         "bare socketpair, 1 MiB writes",
         rate(sock),
         "B/s",
+    );
+
+    let t = interleaved(
+        7,
+        &mut [
+            &mut || median_per_call(5, 1, || s.borrow_mut().pipe_rate()),
+            &mut || median_per_call(5, 1, || s.borrow_mut().sock_rate()),
+        ],
+    );
+    let rate = |d: Duration| RATE_BURST as f64 / d.as_secs_f64();
+    report_rate(
+        "Pipe one-way, 8 B messages (aim 10 M/s)",
+        rate(t[0]),
+        "bare socketpair, 8-byte writes",
+        rate(t[1]),
+        "msg/s",
     );
 }
 

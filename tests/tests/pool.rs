@@ -328,6 +328,36 @@ fn map_fn_over_many_items() {
     assert_eq!(out[0], "w0:0");
     assert_eq!(out[999], "w999:999");
 
+    // Plain structs and tuples (the fixed layout) both ways, and plain
+    // arguments with results that are not plain.
+    #[derive(Serialize, Deserialize, Debug, PartialEq, Clone, Copy)]
+    struct Point {
+        x: f64,
+        y: i32,
+        on: bool,
+    }
+    fn flip(p: Point) -> (Point, [u8; 2]) {
+        (
+            Point {
+                x: -p.x,
+                y: p.y + 1,
+                on: !p.on,
+            },
+            [p.y as u8, 7],
+        )
+    }
+    let points: Vec<Point> = (0..50_000)
+        .map(|i| Point {
+            x: i as f64 / 2.0,
+            y: i,
+            on: i % 3 == 0,
+        })
+        .collect();
+    let flipped = pool.map_fn(flip, points.clone()).unwrap();
+    assert_eq!(flipped, points.into_iter().map(flip).collect::<Vec<_>>());
+    let texts = pool.map_fn(|x: u32| x.to_string(), 0..3000u32).unwrap();
+    assert_eq!(texts[2999], "2999");
+
     let empty: Vec<u64> = pool.map_fn(|x: u64| x, Vec::new()).unwrap();
     assert!(empty.is_empty());
     assert!(pool.map(Vec::<Item>::new()).unwrap().is_empty());

@@ -15,6 +15,7 @@
 //! missing descriptor or a count that does not match is an `Err`, never a
 //! panic.
 
+use super::fixed;
 use crate::error::{Error, Result};
 use crate::proto::Plan;
 use crate::runtime;
@@ -35,6 +36,9 @@ pub(crate) const TAG_PANICKED: u8 = 1;
 /// A result part: the argument or the result could not be (de)coded; the
 /// bytes are the message.
 pub(crate) const TAG_CODEC: u8 = 2;
+/// Every argument (or result) of the batch in one part, in the fixed
+/// layout (see `fixed`): the batch's only part.
+pub(crate) const TAG_FIXED: u8 = 3;
 
 /// What a `POOL_ITEMS` frame says about its items.
 #[derive(Debug, Serialize, Deserialize)]
@@ -48,13 +52,34 @@ pub(crate) struct ItemsHead {
 
 /// Appends one part to a batch.
 pub(crate) fn push_part(out: &mut Vec<u8>, tag: u8, bytes: &[u8], nfds: usize) {
+    out.extend_from_slice(&part_header(tag, bytes.len(), nfds));
+    out.extend_from_slice(bytes);
+}
+
+fn part_header(tag: u8, len: usize, nfds: usize) -> [u8; PART_HEADER] {
     debug_assert!(nfds <= sys::sock::MAX_FDS);
     let mut head = [0u8; PART_HEADER];
-    head[..4].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+    head[..4].copy_from_slice(&(len as u32).to_le_bytes());
     head[4] = tag;
     head[5] = nfds as u8;
-    out.extend_from_slice(&head);
-    out.extend_from_slice(bytes);
+    head
+}
+
+/// Starts a fixed-layout part at the end of `out`, to be closed by
+/// [`end_fixed`] once its values are appended.
+pub(crate) fn begin_fixed(out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; PART_HEADER + fixed::HEAD]);
+    start
+}
+
+/// Closes the fixed-layout part begun at `start`: `count` values of `size`
+/// bytes follow its head.
+pub(crate) fn end_fixed(out: &mut [u8], start: usize, count: usize, size: usize) {
+    let len = out.len() - start - PART_HEADER;
+    out[start..start + PART_HEADER].copy_from_slice(&part_header(TAG_FIXED, len, 0));
+    out[start + PART_HEADER..start + PART_HEADER + fixed::HEAD]
+        .copy_from_slice(&fixed::head(count, size));
 }
 
 /// Encodes `value` into `scratch` (reusing its allocation) and returns the
@@ -98,6 +123,11 @@ impl<'a> Parts<'a> {
     /// Descriptors not claimed by any part (a well-formed batch has none).
     pub(crate) fn leftover_fds(&self) -> usize {
         self.fds.len()
+    }
+
+    /// Whether the next part is a fixed-layout one.
+    pub(crate) fn next_is_fixed(&self) -> bool {
+        self.bytes.get(4) == Some(&TAG_FIXED)
     }
 }
 
@@ -185,10 +215,16 @@ pub(crate) fn read_items(payload: &[u8]) -> Result<(ItemsHead, &[u8])> {
     Ok((head, &payload[4 + len..]))
 }
 
+/// What one call of a batch gave: its result, or the tag and message of
+/// why not.
+type CallResult<R> = std::result::Result<R, (u8, String)>;
+
 /// The `map_fn` trampoline, one per `(A, R, F)`: runs in a worker, reads
-/// the arguments in `input`, calls `F` on each and appends one tagged
-/// result part per argument to `out`. A panic in `F` is caught and becomes
-/// that argument's result; the other arguments are not affected.
+/// the arguments in `input`, calls `F` on each and appends the results to
+/// `out`: one fixed-layout part if the arguments came so and every result
+/// has that layout too, otherwise one tagged result part per argument. A
+/// panic in `F` is caught and becomes that argument's result; the other
+/// arguments are not affected.
 pub(crate) fn call_batch<A, R, F>(
     input: &[u8],
     fds: Vec<OwnedFd>,
@@ -201,49 +237,88 @@ pub(crate) fn call_batch<A, R, F>(
 {
     // The parent checked that `F` is zero-sized before it sent the batch.
     let f = sys::zst::conjure::<F>();
-    let mut scratch = Vec::new();
-    let was_in_hook = runtime::IN_HOOK.with(|c| c.replace(true));
-    for part in Parts::new(input, fds) {
-        let Ok(part) = part else { break };
+    let call = |arg: std::result::Result<A, String>| -> CallResult<R> {
         let Some(f) = f else {
-            push_part(out, TAG_CODEC, b"the function captures state", 0);
-            continue;
+            return Err((TAG_CODEC, "the function captures state".into()));
         };
-        let result = match wire::decode::<A>(part.bytes, part.fds) {
-            Ok(arg) => {
-                catch_unwind(AssertUnwindSafe(|| f(arg))).map_err(|p| runtime::panic_message(&*p))
-            }
-            Err(e) => {
-                push_part(
-                    out,
-                    TAG_CODEC,
-                    format!("the worker could not decode the argument: {e}").as_bytes(),
-                    0,
-                );
-                continue;
-            }
-        };
-        match result {
-            Ok(r) => match encode_reusing(&mut scratch, &r) {
-                Ok(fds) if out_fds.len() + fds.len() <= sys::sock::MAX_FDS => {
-                    push_part(out, TAG_OK, &scratch, fds.len());
-                    out_fds.extend(fds);
+        let arg = arg.map_err(|e| {
+            (
+                TAG_CODEC,
+                format!("the worker could not decode the argument: {e}"),
+            )
+        })?;
+        catch_unwind(AssertUnwindSafe(|| f(arg)))
+            .map_err(|p| (TAG_PANICKED, runtime::panic_message(&*p)))
+    };
+    let was_in_hook = runtime::IN_HOOK.with(|c| c.replace(true));
+    let mut parts = Parts::new(input, fds);
+    if parts.next_is_fixed() {
+        let values = parts
+            .next()
+            .and_then(|p| p.ok())
+            .map(|p| fixed::values(p.bytes));
+        // Malformed: no results, which the parent reports.
+        if let Some(Ok(values)) = values {
+            let mut results = Vec::with_capacity(values.len());
+            let start = begin_fixed(out);
+            let mut size = None;
+            let mut fixed_out = true;
+            for v in values {
+                let r = call(fixed::decode::<A>(v).map_err(|e| e.to_string()));
+                if fixed_out {
+                    let before = out.len();
+                    fixed_out = r.as_ref().is_ok_and(|r| fixed::encode(r, out).is_ok())
+                        && *size.get_or_insert(out.len() - before) == out.len() - before;
                 }
-                Ok(_) => push_part(
-                    out,
-                    TAG_CODEC,
-                    b"the results of one batch hold too many descriptors",
-                    0,
-                ),
-                Err(e) => push_part(
-                    out,
-                    TAG_CODEC,
-                    format!("the worker could not encode the result: {e}").as_bytes(),
-                    0,
-                ),
-            },
-            Err(msg) => push_part(out, TAG_PANICKED, msg.as_bytes(), 0),
+                results.push(r);
+            }
+            if fixed_out {
+                end_fixed(out, start, results.len(), size.unwrap_or(0));
+            } else {
+                out.truncate(start);
+                let mut scratch = Vec::new();
+                for r in results {
+                    push_result(out, out_fds, &mut scratch, r);
+                }
+            }
+        }
+    } else {
+        let mut scratch = Vec::new();
+        for part in parts {
+            let Ok(part) = part else { break };
+            let arg = wire::decode::<A>(part.bytes, part.fds).map_err(|e| e.to_string());
+            push_result(out, out_fds, &mut scratch, call(arg));
         }
     }
     runtime::IN_HOOK.with(|c| c.set(was_in_hook));
+}
+
+/// Appends one call's result as a tagged part.
+fn push_result<R: Serialize>(
+    out: &mut Vec<u8>,
+    out_fds: &mut Vec<OwnedFd>,
+    scratch: &mut Vec<u8>,
+    result: CallResult<R>,
+) {
+    match result {
+        Ok(r) => match encode_reusing(scratch, &r) {
+            Ok(fds) if out_fds.len() + fds.len() <= sys::sock::MAX_FDS => {
+                push_part(out, TAG_OK, scratch, fds.len());
+                out_fds.extend(fds);
+            }
+            Ok(_) => push_part(
+                out,
+                TAG_CODEC,
+                b"the results of one batch hold too many descriptors",
+                0,
+            ),
+            Err(e) => push_part(
+                out,
+                TAG_CODEC,
+                format!("the worker could not encode the result: {e}").as_bytes(),
+                0,
+            ),
+        },
+        Err((tag, msg)) => push_part(out, tag, msg.as_bytes(), 0),
+    }
 }

@@ -3,6 +3,7 @@
 //! order.
 
 use super::batch;
+use super::fixed;
 use super::task::{Job, Reply};
 use crate::config::Hook;
 use crate::error::{Cause, Error, Result};
@@ -62,6 +63,25 @@ pub(crate) fn results<R: DeserializeOwned>(
     let (_, rest) = batch::split_u64(&payload.bytes)?;
     let mut out = Vec::with_capacity(count);
     let mut parts = batch::Parts::new(rest, payload.fds);
+    if parts.next_is_fixed() {
+        let part = parts.next().expect("a part is next")?;
+        let values = fixed::values(part.bytes).map_err(|e| Error::Wire(e.to_string()))?;
+        if values.len() != count {
+            return Err(Error::Wire(format!(
+                "a pool worker answered {} of a batch of {count} calls",
+                values.len()
+            )));
+        }
+        for v in values {
+            let index = start + out.len();
+            out.push(fixed::decode::<R>(v).map_err(|e| {
+                let cause = Cause::Codec(format!("the result could not be decoded: {e}"));
+                let mut f = job.failure(index, 1, Some(Hook::Run), None, cause);
+                f.lives = 1;
+                Error::Process(Box::new(f))
+            }));
+        }
+    }
     for part in parts.by_ref() {
         let part = part?;
         let index = start + out.len();

@@ -23,6 +23,7 @@ mod builder;
 mod call;
 mod decode;
 mod dispatch;
+mod fixed;
 mod imap;
 mod launcher;
 mod manager;

@@ -6,6 +6,7 @@
 //! items around it go on.
 
 use super::batch;
+use super::fixed;
 use super::task::{Calls, Job, Reply, Task, Unit};
 use crate::error::Error;
 use crate::sys;
@@ -201,6 +202,9 @@ pub(crate) struct Args<I> {
     /// Encoded bytes per item so far, to size a task's buffer up front
     /// (growing a large buffer remaps it, which is costly with threads).
     bytes_per_item: usize,
+    /// Whether the arguments go in the fixed layout (`fixed`): `None`
+    /// until the first is tried; `false` for good once one does not fit.
+    fixed: Option<bool>,
 }
 
 impl<I: Iterator> Args<I> {
@@ -211,7 +215,66 @@ impl<I: Iterator> Args<I> {
             scratch: Vec::new(),
             carry: None,
             bytes_per_item: 16,
+            fixed: None,
         }
+    }
+
+    /// A task of arguments in the fixed layout, while they have one; `None`
+    /// when the general way takes over (an argument without it is carried
+    /// there, encoded) or the input is exhausted.
+    fn next_fixed(
+        &mut self,
+        job: &Arc<Job>,
+        budget: Budget,
+        early: &mut VecDeque<Reply>,
+    ) -> Option<Step>
+    where
+        I::Item: Serialize,
+    {
+        let mut payload = Vec::with_capacity(
+            32 + budget
+                .items
+                .saturating_mul(self.bytes_per_item)
+                .min(MAX_BYTES + 1024),
+        );
+        payload.extend_from_slice(&self.entry.to_le_bytes());
+        let part = batch::begin_fixed(&mut payload);
+        let mut start = None;
+        let mut size = None;
+        let mut count = 0;
+        while count < budget.items && payload.len() < MAX_BYTES {
+            let Some((index, item)) = self.input.pull() else {
+                break;
+            };
+            let before = payload.len();
+            let fits = fixed::encode(&item, &mut payload).is_ok()
+                && *size.get_or_insert(payload.len() - before) == payload.len() - before;
+            if !fits {
+                payload.truncate(before);
+                self.fixed = Some(false);
+                match batch::encode_reusing(&mut self.scratch, &item) {
+                    Ok(fds) => self.carry = Some((index, std::mem::take(&mut self.scratch), fds)),
+                    Err(e) => early.push_back(unencodable(index, e)),
+                }
+                break;
+            }
+            self.fixed = Some(true);
+            start.get_or_insert(index);
+            count += 1;
+        }
+        let start = start?;
+        batch::end_fixed(&mut payload, part, count, size.unwrap_or(0));
+        self.bytes_per_item = (payload.len() - part).div_ceil(count).max(1);
+        let calls = Calls::new(
+            job.clone(),
+            start,
+            count,
+            Encoded {
+                bytes: payload,
+                fds: Vec::new(),
+            },
+        );
+        Some(Step::Task(Task::Calls(calls), count))
     }
 }
 
@@ -222,6 +285,11 @@ where
 {
     fn next_task(&mut self, job: &Arc<Job>, budget: Budget, early: &mut VecDeque<Reply>) -> Step {
         let _target = wire::remote_target(job.remote);
+        if self.fixed != Some(false) && self.carry.is_none() {
+            if let Some(step) = self.next_fixed(job, budget, early) {
+                return step;
+            }
+        }
         let mut payload = Vec::with_capacity(
             8 + budget
                 .items

@@ -344,3 +344,133 @@ fn a_worker_answering_the_wrong_number_of_results_is_an_error() {
     let r = results::<String>(&job, 0, 2, enc(&payload)).unwrap();
     assert!(r[0].is_err());
 }
+
+/// Serializes as a `u64` below 5 and as a string from 5 on: the arguments
+/// go in the fixed layout until the first that has none.
+struct SmallOrText(u64);
+
+impl serde::Serialize for SmallOrText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 < 5 {
+            s.serialize_u64(self.0)
+        } else {
+            s.serialize_str(&self.0.to_string())
+        }
+    }
+}
+
+fn calls_job() -> std::sync::Arc<super::task::Job> {
+    use super::task::{Job, JobKind};
+    let (replies, _rx) = crossbeam_channel::unbounded();
+    std::sync::Arc::new(Job {
+        name: "test".into(),
+        kind: JobKind::Calls,
+        replies,
+        cancelled: Default::default(),
+        aborted: Default::default(),
+        remote: false,
+    })
+}
+
+#[test]
+fn plain_arguments_travel_in_the_fixed_layout_until_one_does_not_fit() {
+    use super::source::{Args, Budget, Source, Step};
+    use super::task::Task;
+    use std::collections::VecDeque;
+
+    let job = calls_job();
+    let mut early = VecDeque::new();
+    let budget = Budget {
+        items: 1000,
+        fds_per_task: usize::MAX,
+        fds_room: usize::MAX,
+        force: false,
+    };
+    let mut args = Args::new((0..8).map(SmallOrText), 0);
+    let mut tasks = vec![];
+    while let Step::Task(task, n) = args.next_task(&job, budget, &mut early) {
+        let Task::Calls(c) = &task else {
+            panic!("calls")
+        };
+        let parts = Parts::new(&c.payload.bytes[8..], Vec::new());
+        tasks.push((c.start, n, parts.next_is_fixed(), parts.count()));
+    }
+    // One fixed part for 0..5, then one postcard part per argument.
+    assert_eq!(tasks, [(0, 5, true, 1), (5, 3, false, 3)]);
+    assert!(early.is_empty());
+}
+
+/// Runs `f` in a batch the way a worker does and decodes the results the
+/// way the parent does.
+fn run_batch<F: Fn(u64) -> R + Copy, R: serde::Serialize + serde::de::DeserializeOwned>(
+    _: F,
+    payload: Vec<u8>,
+    count: usize,
+) -> (bool, Vec<crate::Result<R>>) {
+    let mut out = vec![0u8; 8];
+    let mut fds = Vec::new();
+    batch::call_batch::<u64, R, F>(&payload, Vec::new(), &mut out, &mut fds);
+    let fixed = Parts::new(&out[8..], Vec::new()).next_is_fixed();
+    let enc = crate::wire::Encoded {
+        bytes: out,
+        fds: Vec::new(),
+    };
+    let results = super::decode::results::<R>(&calls_job(), 10, count, enc).unwrap();
+    (fixed, results)
+}
+
+fn fixed_payload(values: &[u64]) -> Vec<u8> {
+    let mut p = Vec::new();
+    let start = batch::begin_fixed(&mut p);
+    for v in values {
+        p.extend_from_slice(&v.to_le_bytes());
+    }
+    batch::end_fixed(&mut p, start, values.len(), 8);
+    p
+}
+
+#[test]
+fn results_come_back_fixed_when_they_can_and_one_by_one_otherwise() {
+    let args = fixed_payload(&[1, 2, 3]);
+    let (fixed, r) = run_batch(|x: u64| (x * 2, x as u8), args.clone(), 3);
+    assert!(fixed);
+    let r: Vec<_> = r.into_iter().map(Result::unwrap).collect();
+    assert_eq!(r, [(2, 1), (4, 2), (6, 3)]);
+
+    let (fixed, r) = run_batch(|x: u64| x.to_string(), args.clone(), 3);
+    assert!(!fixed);
+    let r: Vec<_> = r.into_iter().map(Result::unwrap).collect();
+    assert_eq!(r, ["1", "2", "3"]);
+
+    let (fixed, r) = run_batch(
+        |x: u64| {
+            assert_ne!(x, 2, "two is out");
+            x
+        },
+        args,
+        3,
+    );
+    assert!(!fixed);
+    assert_eq!(*r[0].as_ref().unwrap(), 1);
+    let e = r[1].as_ref().unwrap_err();
+    assert!(e.is_panic() && e.to_string().contains("item #11"), "{e}");
+    assert_eq!(*r[2].as_ref().unwrap(), 3);
+
+    // Fixed bytes that do not decode as the argument are that call's
+    // error, and a part that does not hold what its head says is the
+    // batch's.
+    let mut bad = Vec::new();
+    let start = batch::begin_fixed(&mut bad);
+    bad.extend_from_slice(&[1, 2]);
+    batch::end_fixed(&mut bad, start, 1, 2);
+    let (_, r) = run_batch(|x: u64| x, bad, 1);
+    assert!(r[0].as_ref().unwrap_err().to_string().contains("decode"));
+    let mut out = vec![0u8; 8];
+    let start = batch::begin_fixed(&mut out);
+    batch::end_fixed(&mut out, start, 3, 8);
+    let enc = crate::wire::Encoded {
+        bytes: out,
+        fds: Vec::new(),
+    };
+    assert!(super::decode::results::<u64>(&calls_job(), 0, 3, enc).is_err());
+}
