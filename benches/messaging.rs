@@ -975,7 +975,26 @@ fn summary(p: &mut Peers, s: &mut Sinks) {
     );
 }
 
+/// iceoryx2's entries in `/dev/shm` (its global management segment) and
+/// its folder in the temporary directory, as they are now.
+fn iceoryx2_leftovers() -> std::collections::BTreeSet<std::path::PathBuf> {
+    let mut found = std::collections::BTreeSet::new();
+    if let Ok(dir) = std::fs::read_dir("/dev/shm") {
+        for entry in dir.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("iox2_") {
+                found.insert(entry.path());
+            }
+        }
+    }
+    let tmp = std::env::temp_dir().join("iceoryx2");
+    if tmp.exists() {
+        found.insert(tmp);
+    }
+    found
+}
+
 fn main() {
+    let before = iceoryx2_leftovers();
     let mut c = Criterion::default().configure_from_args();
     let mut peers = Peers::start();
     let mut sinks = Sinks::start();
@@ -987,4 +1006,10 @@ fn main() {
     peers.stop();
     sinks.stop();
     c.final_summary();
+    // iceoryx2 keeps a global segment and a folder after its nodes are
+    // gone; remove what this run made, so the bench leaves /dev/shm as it
+    // found it.
+    for path in iceoryx2_leftovers().difference(&before) {
+        let _ = std::fs::remove_file(path).or_else(|_| std::fs::remove_dir_all(path));
+    }
 }
