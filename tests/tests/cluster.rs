@@ -50,15 +50,20 @@ fn engine(name: &str, test: &str) -> Option<Launcher> {
     if present {
         return Some(launcher.connect_timeout(DEADLINE));
     }
-    assert!(
-        std::env::var("SKPROCESS_REQUIRE_SERVERS").as_deref() != Ok("1"),
-        "SKPROCESS_REQUIRE_SERVERS=1 but {name} is not available (.ci/cluster starts it)"
-    );
-    let _ = writeln!(
-        std::io::stderr(),
-        "skipped: cluster::{test}: no {name} here (.ci/run installs and starts it)"
+    support::skip_without(
+        &format!("cluster::{test}"),
+        &format!("no {name} here (.ci/run installs and starts it)"),
     );
     None
+}
+
+/// A pool of `workers` started by `launcher`.
+fn pool_on(launcher: Launcher, workers: usize) -> Pool {
+    Pool::builder()
+        .workers(workers)
+        .launcher(launcher)
+        .build()
+        .expect("pool")
 }
 
 /// The engine's rank variable for this task, if it runs under one.
@@ -77,11 +82,7 @@ fn ordered_results_under(name: &str) {
     let Some(launcher) = engine(name, &format!("ordered_results_{name}")) else {
         return;
     };
-    let pool = Pool::builder()
-        .workers(3)
-        .launcher(launcher)
-        .build()
-        .expect("pool");
+    let pool = pool_on(launcher, 3);
     assert_eq!(pool.workers(), 3);
     assert_eq!(pool.pids().len(), 3);
     let out: Vec<(u64, Option<u32>)> = pool.map_fn(double_with_rank, 0..20_000u64).expect("map_fn");
@@ -120,11 +121,7 @@ fn killed_worker_is_replaced_under(name: &str) {
     let Some(launcher) = engine(name, &format!("killed_worker_is_replaced_{name}")) else {
         return;
     };
-    let pool = Pool::builder()
-        .workers(2)
-        .launcher(launcher)
-        .build()
-        .expect("pool");
+    let pool = pool_on(launcher, 2);
     let before = pool.pids();
     let call = pool.background().map_fn(slow_double, 0..1500u64);
     let end = Instant::now() + DEADLINE;
@@ -157,11 +154,7 @@ fn a_share_is_refused_with_its_type() {
     let Some(launcher) = engine("mpirun", "a_share_is_refused_with_its_type") else {
         return;
     };
-    let pool = Pool::builder()
-        .workers(1)
-        .launcher(launcher)
-        .build()
-        .expect("pool");
+    let pool = pool_on(launcher, 1);
     let share = Share::new(5u32).expect("share");
     let err = pool
         .map_fn(|s: Share<u32>| *s.lock().unwrap(), [share])
@@ -186,11 +179,7 @@ fn strangers_and_garbage_are_dropped() {
     let Some(launcher) = engine("mpirun", "strangers_and_garbage_are_dropped") else {
         return;
     };
-    let pool = Pool::builder()
-        .workers(2)
-        .launcher(launcher)
-        .build()
-        .expect("pool");
+    let pool = pool_on(launcher, 2);
     let port = pool_port(&pool);
     // Reproducible garbage: random lengths, random bytes, some cut short.
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
@@ -250,11 +239,7 @@ fn call_time_limit_under(name: &str) {
     let Some(launcher) = engine(name, &format!("call_time_limit_{name}")) else {
         return;
     };
-    let pool = Pool::builder()
-        .workers(1)
-        .launcher(launcher)
-        .build()
-        .expect("pool");
+    let pool = pool_on(launcher, 1);
     let err = pool
         .with_timeout(Duration::from_millis(300))
         .map_fn(
@@ -327,11 +312,7 @@ fn a_dropped_pool_leaves_no_job() {
     let Some(launcher) = engine("slurm", "a_dropped_pool_leaves_no_job") else {
         return;
     };
-    let pool = Pool::builder()
-        .workers(2)
-        .launcher(launcher)
-        .build()
-        .expect("pool");
+    let pool = pool_on(launcher, 2);
     let pids = pool.pids();
     assert_eq!(pool.map_fn(|x: u8| x * 2, [4]).expect("map"), [8]);
     assert!(!queue().is_empty(), "the workers' job is queued");
@@ -356,11 +337,7 @@ fn a_dropped_mpirun_pool_leaves_no_process() {
     let Some(launcher) = engine("mpirun", "a_dropped_mpirun_pool_leaves_no_process") else {
         return;
     };
-    let pool = Pool::builder()
-        .workers(2)
-        .launcher(launcher)
-        .build()
-        .expect("pool");
+    let pool = pool_on(launcher, 2);
     let pids = pool.pids();
     drop(pool);
     for pid in pids {
@@ -398,11 +375,7 @@ fn process_items_under(name: &str) {
     let Some(launcher) = engine(name, &format!("process_items_{name}")) else {
         return;
     };
-    let pool = Pool::builder()
-        .workers(2)
-        .launcher(launcher)
-        .build()
-        .expect("pool");
+    let pool = pool_on(launcher, 2);
     let items = (0..6).map(|x| Flaky {
         x,
         hang: x == 4,
@@ -491,11 +464,7 @@ fn helper_parent_of_a_cluster_pool() {
         "slurm" => Launcher::slurm(),
         _ => Launcher::mpirun(),
     };
-    let pool = Pool::builder()
-        .workers(2)
-        .launcher(launcher)
-        .build()
-        .expect("pool");
+    let pool = pool_on(launcher, 2);
     let pids: Vec<String> = pool.pids().iter().map(u32::to_string).collect();
     println!("PIDS {}", pids.join(" "));
     std::io::stdout().flush().expect("flush");

@@ -114,17 +114,23 @@ pub(crate) trait Engine: fmt::Debug + Send + Sync {
     /// The engine's name in messages: `mpirun`, `slurm`.
     fn name(&self) -> &'static str;
 
-    /// The command that starts `tasks` copies of `exe`, each with the
-    /// variables `env` (also set on the command itself), as one job named
-    /// `job`. `Err` for an option the engine does not know.
-    fn command(
+    /// The engine's program when the launcher names none: `mpirun`, `srun`.
+    fn program(&self) -> &'static str;
+
+    /// Adds to `cmd` (which runs `program`) the engine's own arguments for
+    /// `tasks` tasks in one job named `job`, whose tasks get the variables
+    /// `env`. The user's extra arguments, the binary and the variables
+    /// follow (see [`command`]). `Err` for an option the engine does not
+    /// know.
+    fn arguments(
         &self,
+        cmd: &mut Command,
+        program: &Path,
         options: &Options,
         tasks: usize,
-        exe: &Path,
         env: &[(&str, String)],
         job: &str,
-    ) -> Result<Command>;
+    ) -> Result<()>;
 
     /// Ends the job named `job` that this engine started, beyond ending
     /// its command (which the caller does next): `tasks` holds what each of
@@ -132,6 +138,29 @@ pub(crate) trait Engine: fmt::Debug + Send + Sync {
     fn cancel(&self, options: &Options, job: &str, tasks: &[String]) {
         let _ = (options, job, tasks);
     }
+}
+
+/// The command that starts `tasks` copies of `exe` through `engine`, each
+/// with the variables `env` (also set on the command itself), as one job
+/// named `job`: the engine's program and arguments, then the user's extra
+/// arguments, then the binary.
+pub(crate) fn command(
+    engine: &dyn Engine,
+    options: &Options,
+    tasks: usize,
+    exe: &Path,
+    env: &[(&str, String)],
+    job: &str,
+) -> Result<Command> {
+    let program = options
+        .program
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(engine.program()));
+    let mut cmd = Command::new(&program);
+    engine.arguments(&mut cmd, &program, options, tasks, env, job)?;
+    cmd.args(&options.args).arg(exe);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    Ok(cmd)
 }
 
 impl Launcher {
@@ -293,27 +322,27 @@ impl Engine for Mpirun {
         "mpirun"
     }
 
-    fn command(
+    fn program(&self) -> &'static str {
+        "mpirun"
+    }
+
+    fn arguments(
         &self,
+        cmd: &mut Command,
+        program: &Path,
         options: &Options,
         tasks: usize,
-        exe: &Path,
         env: &[(&str, String)],
         _job: &str,
-    ) -> Result<Command> {
+    ) -> Result<()> {
         if options.partition.is_some() {
             return Err(unknown_option("mpirun", "partition"));
         }
         if options.time_limit.is_some() {
             return Err(unknown_option("mpirun", "time limit"));
         }
-        let program = options
-            .program
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("mpirun"));
-        let mut cmd = Command::new(&program);
         cmd.arg("-n").arg(tasks.to_string());
-        if self.is_open_mpi(&program) {
+        if self.is_open_mpi(program) {
             // A worker that dies is the pool's business: the job goes on.
             cmd.arg("--oversubscribe").arg("--enable-recovery");
             // Open MPI forwards to remote nodes only the variables named.
@@ -328,9 +357,7 @@ impl Engine for Mpirun {
         if let Some(h) = &options.hostfile {
             cmd.arg("--hostfile").arg(h);
         }
-        cmd.args(&options.args).arg(exe);
-        cmd.envs(env.iter().map(|(k, v)| (k, v)));
-        Ok(cmd)
+        Ok(())
     }
 }
 
@@ -349,22 +376,22 @@ impl Engine for Slurm {
         "slurm"
     }
 
-    fn command(
+    fn program(&self) -> &'static str {
+        "srun"
+    }
+
+    fn arguments(
         &self,
+        cmd: &mut Command,
+        _program: &Path,
         options: &Options,
         tasks: usize,
-        exe: &Path,
-        env: &[(&str, String)],
+        _env: &[(&str, String)],
         job: &str,
-    ) -> Result<Command> {
+    ) -> Result<()> {
         if options.hostfile.is_some() {
             return Err(unknown_option("slurm", "hostfile"));
         }
-        let program = options
-            .program
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("srun"));
-        let mut cmd = Command::new(program);
         cmd.arg(format!("--ntasks={tasks}"))
             .arg(format!("--job-name={job}"))
             // A worker that dies is the pool's business, not the step's end.
@@ -384,9 +411,7 @@ impl Engine for Slurm {
             let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
             cmd.arg(format!("--time={h}:{m:02}:{s:02}"));
         }
-        cmd.args(&options.args).arg(exe);
-        cmd.envs(env.iter().map(|(k, v)| (k, v)));
-        Ok(cmd)
+        Ok(())
     }
 
     fn cancel(&self, _options: &Options, job: &str, tasks: &[String]) {

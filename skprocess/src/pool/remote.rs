@@ -25,7 +25,7 @@
 //! error of a start whose workers never arrive. Dropping the [`Cluster`]
 //! ends every job it started.
 
-use super::launcher::{Engine, Options};
+use super::launcher::{self, Engine, Options};
 use crate::error::{Error, Result};
 use crate::sys;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -301,7 +301,7 @@ impl Cluster {
             self.build
         );
         let env = [(REMOTE_ENV, value)];
-        let mut cmd = self.engine.command(&self.options, n, &exe, &env, &name)?;
+        let mut cmd = launcher::command(&*self.engine, &self.options, n, &exe, &env, &name)?;
         cmd.stdin(Stdio::null())
             .stderr(Stdio::piped())
             .process_group(0);
@@ -573,7 +573,7 @@ fn greet(
         }
     };
     if greeting.build != build {
-        let host = super::launcher::field(&greeting.report, "host").unwrap_or("?");
+        let host = launcher::field(&greeting.report, "host").unwrap_or("?");
         let e = Error::Spawn(std::io::Error::other(format!(
             "a worker on {host} ({peer}, pid {}) runs another build of this program (build id \
              {:016x}, the pool's {build:016x}): map_fn's functions and the process types would \

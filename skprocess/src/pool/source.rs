@@ -219,6 +219,18 @@ impl<I: Iterator> Args<I> {
         }
     }
 
+    /// An empty task payload led by the function's entry, with room for
+    /// `budget`'s items at the size measured so far.
+    fn new_payload(&self, budget: Budget) -> Vec<u8> {
+        let room = budget
+            .items
+            .saturating_mul(self.bytes_per_item)
+            .min(MAX_BYTES + 1024);
+        let mut payload = Vec::with_capacity(32 + room);
+        payload.extend_from_slice(&self.entry.to_le_bytes());
+        payload
+    }
+
     /// A task of arguments in the fixed layout, while they have one; `None`
     /// when the general way takes over (an argument without it is carried
     /// there, encoded) or the input is exhausted.
@@ -231,13 +243,7 @@ impl<I: Iterator> Args<I> {
     where
         I::Item: Serialize,
     {
-        let mut payload = Vec::with_capacity(
-            32 + budget
-                .items
-                .saturating_mul(self.bytes_per_item)
-                .min(MAX_BYTES + 1024),
-        );
-        payload.extend_from_slice(&self.entry.to_le_bytes());
+        let mut payload = self.new_payload(budget);
         let part = batch::begin_fixed(&mut payload);
         let mut start = None;
         let mut size = None;
@@ -290,13 +296,7 @@ where
                 return step;
             }
         }
-        let mut payload = Vec::with_capacity(
-            8 + budget
-                .items
-                .saturating_mul(self.bytes_per_item)
-                .min(MAX_BYTES + 1024),
-        );
-        payload.extend_from_slice(&self.entry.to_le_bytes());
+        let mut payload = self.new_payload(budget);
         let mut fds: Vec<OwnedFd> = Vec::new();
         let mut start = None;
         let mut count = 0;

@@ -245,19 +245,10 @@ fn an_entry_offset_names_the_same_function() {
 #[test]
 fn a_task_never_holds_more_descriptors_than_a_frame_can_carry() {
     use super::source::{Args, Budget, Items, Source, Step};
-    use super::task::{Job, JobKind, Task};
+    use super::task::Task;
     use std::collections::VecDeque;
-    use std::sync::Arc;
 
-    let (replies, _rx) = crossbeam_channel::unbounded();
-    let job = Arc::new(Job {
-        name: "test".into(),
-        kind: JobKind::Calls,
-        replies,
-        cancelled: Default::default(),
-        aborted: Default::default(),
-        remote: false,
-    });
+    let job = calls_job("test");
     let mut early = VecDeque::new();
     let budget = Budget {
         items: 1000,
@@ -303,16 +294,7 @@ fn a_task_never_holds_more_descriptors_than_a_frame_can_carry() {
 #[test]
 fn a_worker_answering_the_wrong_number_of_results_is_an_error() {
     use super::decode::results;
-    use super::task::{Job, JobKind};
-    let (replies, _rx) = crossbeam_channel::unbounded();
-    let job = Job {
-        name: "map_fn(test)".into(),
-        kind: JobKind::Calls,
-        replies,
-        cancelled: Default::default(),
-        aborted: Default::default(),
-        remote: false,
-    };
+    let job = calls_job("map_fn(test)");
     let mut payload = 0u64.to_le_bytes().to_vec();
     let mut scratch = Vec::new();
     batch::encode_reusing(&mut scratch, &7u32).unwrap();
@@ -359,11 +341,12 @@ impl serde::Serialize for SmallOrText {
     }
 }
 
-fn calls_job() -> std::sync::Arc<super::task::Job> {
+/// A job of calls named `name`, whose replies nobody reads.
+fn calls_job(name: &str) -> std::sync::Arc<super::task::Job> {
     use super::task::{Job, JobKind};
     let (replies, _rx) = crossbeam_channel::unbounded();
     std::sync::Arc::new(Job {
-        name: "test".into(),
+        name: name.into(),
         kind: JobKind::Calls,
         replies,
         cancelled: Default::default(),
@@ -378,7 +361,7 @@ fn plain_arguments_travel_in_the_fixed_layout_until_one_does_not_fit() {
     use super::task::Task;
     use std::collections::VecDeque;
 
-    let job = calls_job();
+    let job = calls_job("test");
     let mut early = VecDeque::new();
     let budget = Budget {
         items: 1000,
@@ -415,7 +398,7 @@ fn run_batch<F: Fn(u64) -> R + Copy, R: serde::Serialize + serde::de::Deserializ
         bytes: out,
         fds: Vec::new(),
     };
-    let results = super::decode::results::<R>(&calls_job(), 10, count, enc).unwrap();
+    let results = super::decode::results::<R>(&calls_job("test"), 10, count, enc).unwrap();
     (fixed, results)
 }
 
@@ -472,5 +455,5 @@ fn results_come_back_fixed_when_they_can_and_one_by_one_otherwise() {
         bytes: out,
         fds: Vec::new(),
     };
-    assert!(super::decode::results::<u64>(&calls_job(), 0, 3, enc).is_err());
+    assert!(super::decode::results::<u64>(&calls_job("test"), 0, 3, enc).is_err());
 }
