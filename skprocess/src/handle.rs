@@ -293,7 +293,7 @@ impl<P> Handle<P> {
     }
 
     fn receive<T: DeserializeOwned>(&self, deadline: Option<Instant>) -> Result<Option<T>> {
-        match self.control.inbox.pop(deadline)? {
+        match self.control.listen(deadline)? {
             Some(f) => wire::receive_message(f, &self.control.counters).map(Some),
             None => Ok(None),
         }

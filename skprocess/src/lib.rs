@@ -649,6 +649,7 @@ mod child;
 mod config;
 mod error;
 mod handle;
+mod inbox;
 mod link;
 pub mod live;
 mod log;

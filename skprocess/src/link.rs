@@ -1,9 +1,11 @@
 //! The child's end of its control channel, and the thread that reads it.
 //!
-//! The control thread reads every frame the parent sends: a `tell` goes to
-//! the inbox that [`Ctx::listen`](crate::Ctx::listen) reads, a stop request
-//! sets a flag the lifecycle checks between iterations, and pool tasks go to
-//! the worker loop.
+//! The control thread reads every frame the parent sends while no hook
+//! listens: a `tell` goes to the inbox that
+//! [`Ctx::listen`](crate::Ctx::listen) reads, a stop request sets a flag the
+//! lifecycle checks between iterations, and pool tasks go to the worker
+//! loop. A hook that listens while the inbox is empty reads the socket
+//! itself, by the same rules (see [`inbox`](crate::inbox)).
 //!
 //! End of file means the parent is gone. That is a stop, as `Handle::stop`
 //! is: the current iteration finishes and `onfinish` runs. Then the child
@@ -17,6 +19,7 @@
 //! through it.
 
 use crate::error::{Error, Result};
+use crate::inbox::{self, Held, Inbox, Reclaimed, Route};
 use crate::proto::{kind, Exit};
 use crate::stats::Counters;
 use crate::sys;
@@ -27,6 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
+use std::time::Instant;
 
 /// What a stop may take beyond `stop_grace` once the parent is gone.
 const PARENT_GONE_SLACK: Duration = Duration::from_secs(1);
@@ -35,8 +39,8 @@ const PARENT_GONE_SLACK: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(crate) struct Link {
     pub(crate) writer: Writer,
-    /// User messages from the parent.
-    pub(crate) inbox: Receiver<Frame>,
+    /// User messages from the parent, and the turns at reading them.
+    pub(crate) inbox: Inbox,
     /// Pool tasks (for a worker).
     pub(crate) others: Receiver<Frame>,
     /// A stop was asked for: by the parent, a signal, or the parent's end.
@@ -94,10 +98,11 @@ impl Link {
         stop_grace: Duration,
         early: Early,
     ) -> Result<Arc<Link>> {
-        let (inbox_tx, inbox) = crossbeam_channel::unbounded();
+        // Unbounded: the parent's `tell` is bounded by the socket alone.
+        let inbox = Inbox::new(usize::MAX);
         let (others_tx, others) = crossbeam_channel::unbounded();
         for f in early.tells {
-            let _ = inbox_tx.send(f);
+            inbox.push(f);
         }
         let link = Arc::new(Link {
             writer,
@@ -116,10 +121,12 @@ impl Link {
             .name("skprocess-control".into())
             .stack_size(256 * 1024)
             .spawn(move || {
-                control(reader, &inbox_tx, &others_tx, &l);
-                // The parent is gone. Closing the channels tells `listen`
-                // and a pool worker's loop; then the stop gets its time.
-                drop((inbox_tx, others_tx));
+                control(reader, &others_tx, &l);
+                // The parent is gone. Closing the inbox and the channel
+                // tells `listen` and a pool worker's loop; then the stop
+                // gets its time.
+                l.inbox.close();
+                drop(others_tx);
                 l.parent_lost();
             })
             .map_err(Error::Io)?;
@@ -168,22 +175,28 @@ impl Link {
 }
 
 /// Reads the parent's frames until end of file (returns) or nonsense (ends
-/// the process).
-fn control(mut reader: Reader, inbox: &Sender<Frame>, others: &Sender<Frame>, link: &Link) {
+/// the process), lending the reader to a hook that listens.
+fn control(reader: Reader, others: &Sender<Frame>, link: &Link) {
+    let mut reader = Some(reader);
     loop {
-        match reader.read(None) {
-            Ok(Some(f)) => match f.kind {
-                kind::TELL => {
-                    let _ = inbox.send(f);
+        let Some(r) = reader.as_mut() else {
+            match link.inbox.reclaim(None) {
+                Reclaimed::Reader(r) => reader = Some(r),
+                Reclaimed::Passed(f) => link.route(f, others),
+                Reclaimed::Timeout => {}
+            }
+            continue;
+        };
+        match inbox::next(r, link.inbox.kick(), None, None) {
+            Held::Frame(f) => link.route(f, others),
+            Held::Kicked => {
+                if let Some(r) = reader.take() {
+                    reader = link.inbox.offer(r).err();
                 }
-                kind::STOP => link.request_stop(),
-                _ => {
-                    let _ = others.send(f);
-                }
-            },
-            Ok(None) => {}
-            Err(Error::Disconnected) => return,
-            Err(e) => {
+            }
+            Held::Woken | Held::Timeout => {}
+            Held::Failed(Error::Disconnected) => return,
+            Held::Failed(e) => {
                 eprintln!("skprocess child {}: {e}", sys::proc::getpid());
                 // The parent is there (it wrote what broke): it sees this
                 // exit and ends what the hooks started, as for any life
@@ -192,6 +205,40 @@ fn control(mut reader: Reader, inbox: &Sender<Frame>, others: &Sender<Frame>, li
                 sys::proc::exit_now(Exit::ControlBroken.code())
             }
         }
+    }
+}
+
+impl Link {
+    /// Where a frame goes: a message to the inbox, a stop to the flag,
+    /// the rest (pool tasks) to the worker loop.
+    fn route(&self, f: Frame, others: &Sender<Frame>) {
+        match self.listener_route(f) {
+            Route::Message(f) => self.inbox.push(f),
+            Route::Handled => {}
+            Route::Pass(f) => {
+                let _ = others.send(f);
+            }
+        }
+    }
+
+    /// Where a frame read by a listening hook goes: a message is its own,
+    /// a stop sets the flag, the rest is the control thread's.
+    fn listener_route(&self, f: Frame) -> Route {
+        match f.kind {
+            kind::TELL => Route::Message(f),
+            kind::STOP => {
+                self.request_stop();
+                Route::Handled
+            }
+            _ => Route::Pass(f),
+        }
+    }
+
+    /// The next message from the parent, waiting until `deadline`: read
+    /// from the socket by the calling thread when the control thread does
+    /// not need it.
+    pub(crate) fn listen(&self, deadline: Option<Instant>) -> Result<Option<Frame>> {
+        self.inbox.listen(deadline, &mut |f| self.listener_route(f))
     }
 }
 

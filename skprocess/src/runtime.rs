@@ -11,7 +11,7 @@
 //! message (start and end), which the parent needs to arm its deadline.
 
 use crate::config::Hook;
-use crate::error::{chain, Cause, Error, Failure, Fatal, HookResult, Result};
+use crate::error::{chain, Cause, Failure, Fatal, HookResult, Result};
 use crate::link::Link;
 use crate::proto::{kind, timer_words, Exit, HookMark, Plan, STATUS_BEAT, STATUS_HOOK, STATUS_RUN};
 use crate::report::ReportPage;
@@ -20,7 +20,6 @@ use crate::sys::{self, mem::SharedWords};
 use crate::timers;
 use crate::wire;
 use crate::Process;
-use crossbeam_channel::{RecvTimeoutError, TryRecvError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::cell::{Cell, RefCell};
@@ -80,18 +79,9 @@ impl Ctx {
     /// If the message was sent as another type than `T` (it is consumed and
     /// the channel stays usable), or it cannot be decoded.
     pub fn listen<T: DeserializeOwned>(&self, timeout: Duration) -> Result<Option<T>> {
-        let frame = match sys::sock::deadline_after(timeout) {
-            Some(d) => self.link.inbox.recv_deadline(d),
-            None => self
-                .link
-                .inbox
-                .recv()
-                .map_err(|_| RecvTimeoutError::Disconnected),
-        };
-        match frame {
-            Ok(f) => wire::receive_message(f, &self.link.counters).map(Some),
-            Err(RecvTimeoutError::Timeout) => Ok(None),
-            Err(RecvTimeoutError::Disconnected) => Err(Error::Disconnected),
+        match self.link.listen(sys::sock::deadline_after(timeout))? {
+            Some(f) => wire::receive_message(f, &self.link.counters).map(Some),
+            None => Ok(None),
         }
     }
 
@@ -101,10 +91,9 @@ impl Ctx {
     ///
     /// As [`listen`](Ctx::listen).
     pub fn try_listen<T: DeserializeOwned>(&self) -> Result<Option<T>> {
-        match self.link.inbox.try_recv() {
-            Ok(f) => wire::receive_message(f, &self.link.counters).map(Some),
-            Err(TryRecvError::Empty) => Ok(None),
-            Err(TryRecvError::Disconnected) => Err(Error::Disconnected),
+        match self.link.listen(Some(Instant::now()))? {
+            Some(f) => wire::receive_message(f, &self.link.counters).map(Some),
+            None => Ok(None),
         }
     }
 

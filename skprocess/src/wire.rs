@@ -145,6 +145,10 @@ pub(crate) struct Reader {
     eof: bool,
     /// Descriptors were lost since the last frame that carried some.
     fds_lost: bool,
+    /// The socket was just polled readable: the next fill need not ask.
+    ready: bool,
+    /// Reading what is there, without waiting (see `read_ready`).
+    nowait: bool,
 }
 
 /// The largest payload a header can state: the limit of a reader nobody
@@ -170,6 +174,8 @@ impl Reader {
             max_frame: MAX_LENGTH,
             eof: false,
             fds_lost: false,
+            ready: false,
+            nowait: false,
         }
     }
 
@@ -200,10 +206,16 @@ impl Reader {
         if self.eof {
             return Err(Error::Disconnected);
         }
-        if deadline.is_some()
-            && !sys::sock::wait_readable(self.sock.as_fd(), deadline).map_err(Error::Io)?
-        {
-            return Ok(false);
+        if !std::mem::take(&mut self.ready) {
+            let deadline = match self.nowait {
+                true => Some(Instant::now()),
+                false => deadline,
+            };
+            if deadline.is_some()
+                && !sys::sock::wait_readable(self.sock.as_fd(), deadline).map_err(Error::Io)?
+            {
+                return Ok(false);
+            }
         }
         if self.start == self.end {
             self.start = 0;
@@ -237,6 +249,17 @@ impl Reader {
         }
         self.end += n;
         Ok(true)
+    }
+
+    /// Reads the next frame, if whole, once a poll said the socket is
+    /// readable (or a frame is buffered): does not wait.
+    pub(crate) fn read_ready(&mut self) -> Result<Option<Frame>> {
+        self.ready = true;
+        self.nowait = true;
+        let r = self.read(None);
+        self.ready = false;
+        self.nowait = false;
+        r
     }
 
     /// Reads the next frame. `Ok(None)` when `deadline` passes first;

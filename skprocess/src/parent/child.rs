@@ -11,6 +11,7 @@
 use super::deadline::{Deadlines, Overrun, Vitals};
 use crate::config::Hook;
 use crate::error::{Error, Result};
+use crate::inbox::{self, Held, Inbox, Reclaimed};
 use crate::log;
 use crate::proto::{self, kind, Exit, Init, STATUS_BEAT, STATUS_WORDS};
 use crate::report::ReportPage;
@@ -96,7 +97,12 @@ pub(crate) struct Child {
     /// Its pid (on its own machine, for a remote one).
     pid: u32,
     place: Place,
+    /// `None` while lent (or once finished).
     reader: Option<Reader>,
+    /// Where its reader is lent to listeners, if it is.
+    shared: Option<Arc<Inbox>>,
+    /// The reader is out, with `shared`.
+    lent: bool,
     writer: Option<Writer>,
     status: Arc<SharedWords>,
     log: Arc<log::Forwarder>,
@@ -144,6 +150,8 @@ impl Child {
             pid,
             place: Place::Local(pidfd.clone()),
             reader: Some(reader),
+            shared: None,
+            lent: false,
             writer: Some(writer),
             status,
             log,
@@ -168,6 +176,8 @@ impl Child {
             pid,
             place: Place::Remote(stream),
             reader: Some(reader),
+            shared: None,
+            lent: false,
             writer: Some(writer),
             status,
             log,
@@ -250,7 +260,7 @@ impl Child {
     }
 
     /// The forwarder of its events.
-    pub(crate) fn log(&self) -> &log::Forwarder {
+    pub(crate) fn log(&self) -> &Arc<log::Forwarder> {
         &self.log
     }
 
@@ -275,6 +285,14 @@ impl Child {
         }
     }
 
+    /// Has its reader taken in turns through `inbox`: a thread that
+    /// listens there reads the child's socket itself (see
+    /// [`inbox`](crate::inbox)). Only for a child read with no `wake` in
+    /// [`next_event`](Child::next_event).
+    pub(crate) fn share_reader(&mut self, inbox: Arc<Inbox>) {
+        self.shared = Some(inbox);
+    }
+
     /// Waits for its next frame, a passed limit of `deadlines` (whose hook
     /// marks it consumes), or `wake` becoming readable.
     pub(crate) fn next_event(
@@ -282,13 +300,11 @@ impl Child {
         mut deadlines: Option<&mut Deadlines>,
         wake: Option<BorrowedFd<'_>>,
     ) -> Event {
-        let Some(reader) = self.reader.as_mut() else {
-            return Event::Closed;
-        };
         let vitals = ChildVitals {
             pid: matches!(self.place, Place::Local(_)).then_some(self.pid),
             status: &self.status,
         };
+        let kick = self.shared.as_deref().and_then(Inbox::kick);
         loop {
             // Checked before every read, so a child that sends without
             // pause cannot hold its deadline off.
@@ -297,31 +313,48 @@ impl Child {
                 return Event::Overrun(o);
             }
             let until = deadlines.as_ref().and_then(|d| d.next());
-            if !reader.has_frame() {
-                let mut fds = vec![reader.fd()];
-                fds.extend(wake);
-                let ready = match sys::sock::poll(&fds, until) {
-                    Ok(r) => r,
-                    Err(e) => return Event::Broken(Error::Io(e)),
-                };
-                if ready.get(1).is_some_and(|r| r.readable) {
-                    return Event::Woken;
-                }
-                if !ready[0].readable {
-                    continue;
-                }
-            }
-            match reader.read(Some(Instant::now())) {
-                Ok(Some(f)) => {
+            let held = match (self.reader.as_mut(), self.shared.as_deref()) {
+                (Some(reader), _) => inbox::next(reader, kick, until, wake),
+                (None, Some(shared)) if self.lent => match shared.reclaim(until) {
+                    Reclaimed::Reader(r) => {
+                        self.reader = Some(r);
+                        self.lent = false;
+                        continue;
+                    }
+                    Reclaimed::Passed(f) => Held::Frame(f),
+                    Reclaimed::Timeout => continue,
+                },
+                (None, _) => return Event::Closed,
+            };
+            match held {
+                Held::Frame(f) => {
                     if deadlines.as_mut().is_some_and(|d| d.on_frame(&f)) {
                         continue;
                     }
                     return Event::Frame(f);
                 }
-                Ok(None) => continue,
-                Err(Error::Disconnected) => return Event::Closed,
-                Err(e) => return Event::Broken(e),
+                Held::Kicked => {
+                    let (Some(shared), Some(reader)) = (self.shared.as_deref(), self.reader.take())
+                    else {
+                        continue;
+                    };
+                    match shared.offer(reader) {
+                        Ok(()) => self.lent = true,
+                        Err(r) => self.reader = Some(r),
+                    }
+                }
+                Held::Woken => return Event::Woken,
+                Held::Timeout => {}
+                Held::Failed(Error::Disconnected) => return Event::Closed,
+                Held::Failed(e) => return Event::Broken(e),
             }
+        }
+    }
+
+    /// Takes its reader back from a listener, if lent.
+    fn take_back_reader(&mut self) {
+        if std::mem::take(&mut self.lent) {
+            self.reader = self.shared.as_deref().and_then(Inbox::recall_now);
         }
     }
 
@@ -342,6 +375,7 @@ impl Child {
     /// Ends it as `how` says, reaps it, and waits for its captured output.
     /// Returns how it ended.
     pub(crate) fn finish(mut self, how: End) -> std::io::Result<ExitStatus> {
+        self.take_back_reader();
         self.reader = None;
         self.writer = None;
         let pidfd = match &self.place {
@@ -410,6 +444,7 @@ impl Child {
 
 impl Drop for Child {
     fn drop(&mut self) {
+        self.take_back_reader();
         if !self.reaped {
             self.kill();
             if self.is_remote() {

@@ -20,16 +20,16 @@
 
 use super::child::{self, Child, End, Event, Launch, Role};
 use super::deadline::{Deadlines, Overrun};
-use super::inbox::{self, Inbox};
 use crate::config::{Config, Hook};
 use crate::error::{Cause, Error, Failure, Result};
+use crate::inbox::{self, Inbox, Route};
 use crate::log;
 use crate::proto::{self, kind, Plan};
 use crate::report::ReportPage;
 use crate::stats::Counters;
 use crate::sys::mem::SharedWords;
 use crate::timers::Timers;
-use crate::wire::{self, Encoded, Writer};
+use crate::wire::{self, Encoded, Frame, Writer};
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -49,6 +49,8 @@ struct Live {
     pidfd: Arc<OwnedFd>,
     writer: Writer,
     status: Arc<SharedWords>,
+    /// Where its log events go, for a listener that reads them.
+    log: Arc<log::Forwarder>,
 }
 
 #[derive(Debug)]
@@ -80,8 +82,8 @@ pub(crate) struct Control {
     state: Mutex<State>,
     /// The phase changed.
     changed: Condvar,
-    /// What the child told.
-    pub(crate) inbox: Inbox,
+    /// What the child told; listeners read its socket through it.
+    pub(crate) inbox: Arc<Inbox>,
     /// `tell` and `listen` traffic.
     pub(crate) counters: Counters,
     pub(crate) max_message: usize,
@@ -114,7 +116,7 @@ impl Control {
                 past: Timers::default(),
             }),
             changed: Condvar::new(),
-            inbox: Inbox::new(inbox::DEFAULT_LIMIT),
+            inbox: Arc::new(Inbox::new(inbox::DEFAULT_LIMIT)),
             counters: Counters::default(),
             max_message: config.max_message,
             report,
@@ -149,6 +151,30 @@ impl Control {
                 Err(Error::Disconnected) => after = attempt,
                 other => return other,
             }
+        }
+    }
+
+    /// The next message from the child, waiting until `deadline`: read
+    /// from its socket by this thread when nobody else reads it.
+    pub(crate) fn listen(&self, deadline: Option<Instant>) -> Result<Option<Frame>> {
+        self.inbox.listen(deadline, &mut |f| self.route(f))
+    }
+
+    /// Where a listener puts what it reads: a message is its own; log
+    /// events are forwarded at once (they keep their order with the
+    /// messages); the rest is the runner's.
+    fn route(&self, f: Frame) -> Route {
+        match f.kind {
+            kind::TELL => Route::Message(f),
+            kind::LOG => {
+                let log = match &self.lock().phase {
+                    Phase::Running(l) => l.log.clone(),
+                    _ => return Route::Pass(f),
+                };
+                log.emit(&f.payload);
+                Route::Handled
+            }
+            _ => Route::Pass(f),
         }
     }
 
@@ -231,6 +257,7 @@ impl Control {
                 pidfd: child.pidfd().clone(),
                 writer: child.writer().clone(),
                 status: child.status().clone(),
+                log: child.log().clone(),
             });
             s.attempt = attempt;
             s.pid = child.pid();
@@ -356,7 +383,7 @@ impl Lives {
             max_frame: self.config.max_message,
             stop_grace: self.config.stop_grace,
         };
-        Child::start(
+        let mut child = Child::start(
             &launch,
             Role::Process {
                 type_id: self.type_id,
@@ -364,7 +391,9 @@ impl Lives {
                 value,
                 report: self.control.report.clone(),
             },
-        )
+        )?;
+        child.share_reader(self.control.inbox.clone());
+        Ok(child)
     }
 
     /// Starts the first life and publishes it, so that the caller sees it

@@ -10,11 +10,12 @@
 //! - [`lives`]: a process run to its end over its lives, with the commands
 //!   other threads may send it (`tell`, `stop`, `kill`) at any moment, each
 //!   with one defined outcome whatever state the process is in.
-//! - [`inbox`]: the messages a child told, bounded, with backpressure.
+//!
+//! What a child tells waits in an [`Inbox`](crate::inbox::Inbox), shared
+//! with the child's own side of the channel.
 //! - [`outcome`]: a process's end result, for a blocking or an async wait.
 
 pub(crate) mod child;
 pub(crate) mod deadline;
-pub(crate) mod inbox;
 pub(crate) mod lives;
 pub(crate) mod outcome;

@@ -14,6 +14,7 @@ pub(crate) mod code;
 pub(crate) mod fork;
 pub(crate) mod frozen;
 pub(crate) mod futex;
+pub(crate) mod kick;
 pub(crate) mod locked;
 pub(crate) mod mem;
 pub(crate) mod mutex;

@@ -105,8 +105,10 @@ fn recv_up_to(
     fds_out: &mut Vec<OwnedFd>,
     max_fds: usize,
 ) -> io::Result<Received> {
-    let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(max_fds))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
+    const SPACE: usize = rustix::cmsg_space!(ScmRights(MAX_FDS));
+    let mut space = [MaybeUninit::<u8>::uninit(); SPACE];
+    let len = rustix::cmsg_space!(ScmRights(max_fds)).min(SPACE);
+    let mut control = RecvAncillaryBuffer::new(&mut space[..len]);
     let mut iov = [IoSliceMut::new(buf)];
     let msg = loop {
         match rustix::net::recvmsg(fd, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
@@ -155,6 +157,10 @@ pub(crate) fn fds_lost_error() -> io::Error {
     )
 }
 
+/// The longest single wait of [`poll`]; a wait without a deadline is a
+/// loop of these.
+const NO_LIMIT_STEP: Duration = Duration::from_secs(3600);
+
 /// Readiness of one descriptor after [`poll`].
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Ready {
@@ -164,38 +170,64 @@ pub(crate) struct Ready {
     pub(crate) hangup: bool,
 }
 
-/// Waits until one of `fds` is readable or `deadline` passes (`None`: no
-/// limit). Returns one `Ready` per fd; all false on timeout.
-pub(crate) fn poll(fds: &[BorrowedFd<'_>], deadline: Option<Instant>) -> io::Result<Vec<Ready>> {
-    let mut pfds: Vec<PollFd<'_>> = fds
-        .iter()
-        .map(|&f| PollFd::from_borrowed_fd(f, PollFlags::IN))
-        .collect();
+/// The most descriptors one [`poll`] waits on.
+pub(crate) const MAX_POLL: usize = 8;
+
+/// What [`poll`] found: one [`Ready`] per descriptor, in order.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Readiness {
+    ready: [Ready; MAX_POLL],
+    len: usize,
+}
+
+impl std::ops::Deref for Readiness {
+    type Target = [Ready];
+    fn deref(&self) -> &[Ready] {
+        &self.ready[..self.len]
+    }
+}
+
+/// Waits until one of `fds` (at most [`MAX_POLL`]) is readable or
+/// `deadline` passes (`None`: no limit). All false on timeout.
+pub(crate) fn poll(fds: &[BorrowedFd<'_>], deadline: Option<Instant>) -> io::Result<Readiness> {
+    if fds.len() > MAX_POLL {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many descriptors for one poll",
+        ));
+    }
+    let mut pfds: [PollFd<'_>; MAX_POLL] = std::array::from_fn(|i| {
+        PollFd::from_borrowed_fd(fds.get(i).copied().unwrap_or(fds[0]), PollFlags::IN)
+    });
+    let pfds = &mut pfds[..fds.len()];
     loop {
-        let timeout = match deadline {
-            None => None,
-            // A deadline too far for a timespec is no limit.
-            Some(d) => {
-                rustix::time::Timespec::try_from(d.saturating_duration_since(Instant::now())).ok()
-            }
-        };
-        let n = match rustix::event::poll(&mut pfds, timeout.as_ref()) {
+        // Never without a limit: on this kind of machine a poll that has
+        // no timeout can wake up an order of magnitude later than one that
+        // has. A longer wait loops.
+        let left = deadline.map_or(NO_LIMIT_STEP, |d| {
+            d.saturating_duration_since(Instant::now())
+                .min(NO_LIMIT_STEP)
+        });
+        let timeout = rustix::time::Timespec::try_from(left).ok();
+        let n = match rustix::event::poll(pfds, timeout.as_ref()) {
             Err(rustix::io::Errno::INTR) => continue,
             other => other?,
         };
-        if n == 0 && deadline.is_some_and(|d| Instant::now() < d) {
+        if n == 0 && deadline.is_none_or(|d| Instant::now() < d) {
             continue;
         }
-        return Ok(pfds
-            .iter()
-            .map(|p| {
-                let r = p.revents();
-                Ready {
-                    readable: r.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR),
-                    hangup: r.intersects(PollFlags::HUP | PollFlags::ERR),
-                }
-            })
-            .collect());
+        let mut out = Readiness {
+            ready: [Ready::default(); MAX_POLL],
+            len: fds.len(),
+        };
+        for (o, p) in out.ready.iter_mut().zip(pfds.iter()) {
+            let r = p.revents();
+            *o = Ready {
+                readable: r.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR),
+                hangup: r.intersects(PollFlags::HUP | PollFlags::ERR),
+            };
+        }
+        return Ok(out);
     }
 }
 
