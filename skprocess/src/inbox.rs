@@ -423,14 +423,26 @@ impl Inbox {
         route: &mut dyn FnMut(Frame) -> Route,
     ) -> Turn {
         loop {
-            // The socket alone, as a bare reader would: a look at whether
+            // The socket alone, as a bare reader would, blocking in the
+            // receive itself while the deadline is far; a look at whether
             // the reader is wanted back every `LISTENER_LOOK`.
-            let step = Instant::now().checked_add(LISTENER_LOOK);
-            let until = match (deadline, step) {
-                (Some(d), Some(s)) => Some(d.min(s)),
-                (d, s) => d.or(s),
+            let far = deadline
+                .is_none_or(|d| d.saturating_duration_since(Instant::now()) > LISTENER_LOOK);
+            let held = if far && reader.is_stepped() {
+                match reader.read_step() {
+                    Ok(Some(f)) => Held::Frame(f),
+                    Ok(None) => Held::Timeout,
+                    Err(e) => Held::Failed(e),
+                }
+            } else {
+                let step = Instant::now().checked_add(LISTENER_LOOK);
+                let until = match (deadline, step) {
+                    (Some(d), Some(s)) => Some(d.min(s)),
+                    (d, s) => d.or(s),
+                };
+                next(reader, None, until, None)
             };
-            match next(reader, None, until, None) {
+            match held {
                 Held::Frame(f) => match route(f) {
                     Route::Message(f) => return Turn::Message(f),
                     Route::Handled => {}
@@ -556,11 +568,14 @@ impl Inbox {
 
     /// For the background thread, kicked while it held the reader: lends it
     /// to the listeners if one asked for it, or gives it back.
-    pub(crate) fn offer(&self, reader: Reader) -> std::result::Result<(), Reader> {
+    pub(crate) fn offer(&self, mut reader: Reader) -> std::result::Result<(), Reader> {
         let mut s = self.lock();
         if s.wanting == 0 || s.closed || self.kick.is_none() {
             return Err(reader);
         }
+        // A listener blocks in the receive itself; without the timeout
+        // that brings it back, it polls.
+        let _ = reader.set_step(LISTENER_LOOK);
         s.slot = Slot::Idle(reader);
         s.recall = false;
         drop(s);

@@ -25,7 +25,7 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Bytes in a frame header.
 pub(crate) const HEADER: usize = 8;
@@ -145,10 +145,22 @@ pub(crate) struct Reader {
     eof: bool,
     /// Descriptors were lost since the last frame that carried some.
     fds_lost: bool,
-    /// The socket was just polled readable: the next fill need not ask.
-    ready: bool,
-    /// Reading what is there, without waiting (see `read_ready`).
-    nowait: bool,
+    /// The socket has a receive timeout (see [`Reader::read_step`]).
+    stepped: bool,
+}
+
+/// How a read may wait for bytes.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// Poll until then (`None`: block in the receive).
+    Until(Option<Instant>),
+    /// A poll just said the socket is readable: receive at once, and from
+    /// then on take only what is there.
+    Ready,
+    /// Take only what is there.
+    NoWait,
+    /// Block in the receive for at most the socket's receive timeout.
+    Step,
 }
 
 /// The largest payload a header can state: the limit of a reader nobody
@@ -174,8 +186,7 @@ impl Reader {
             max_frame: MAX_LENGTH,
             eof: false,
             fds_lost: false,
-            ready: false,
-            nowait: false,
+            stepped: false,
         }
     }
 
@@ -202,20 +213,23 @@ impl Reader {
     }
 
     /// Reads more bytes into the buffer; `false` on timeout.
-    fn fill(&mut self, deadline: Option<Instant>) -> Result<bool> {
+    fn fill(&mut self, wait: &mut Wait) -> Result<bool> {
         if self.eof {
             return Err(Error::Disconnected);
         }
-        if !std::mem::take(&mut self.ready) {
-            let deadline = match self.nowait {
-                true => Some(Instant::now()),
-                false => deadline,
-            };
-            if deadline.is_some()
-                && !sys::sock::wait_readable(self.sock.as_fd(), deadline).map_err(Error::Io)?
-            {
-                return Ok(false);
+        let poll_until = match *wait {
+            Wait::Until(deadline) => deadline,
+            Wait::Ready => {
+                *wait = Wait::NoWait;
+                None
             }
+            Wait::NoWait => Some(Instant::now()),
+            Wait::Step => None,
+        };
+        if poll_until.is_some()
+            && !sys::sock::wait_readable(self.sock.as_fd(), poll_until).map_err(Error::Io)?
+        {
+            return Ok(false);
         }
         if self.start == self.end {
             self.start = 0;
@@ -240,6 +254,10 @@ impl Reader {
             // The peer closed with data of ours unread: it is gone, like
             // at end of file.
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+            // The socket's receive timeout passed (a stepped socket).
+            Err(e) if self.stepped && e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Ok(false)
+            }
             Err(e) => return Err(Error::Io(e)),
         };
         self.fds.extend(fds);
@@ -254,25 +272,54 @@ impl Reader {
     /// Reads the next frame, if whole, once a poll said the socket is
     /// readable (or a frame is buffered): does not wait.
     pub(crate) fn read_ready(&mut self) -> Result<Option<Frame>> {
-        self.ready = true;
-        self.nowait = true;
-        let r = self.read(None);
-        self.ready = false;
-        self.nowait = false;
-        r
+        self.read_with(Wait::Ready)
+    }
+
+    /// Gives the socket a receive timeout of `step`, once, so that
+    /// [`read_step`](Reader::read_step) can block in the receive itself (no
+    /// poll first) and still come back. Readers that poll are not affected.
+    pub(crate) fn set_step(&mut self, step: Duration) -> std::io::Result<()> {
+        if !self.stepped {
+            sys::sock::set_receive_timeout(self.sock.as_fd(), step)?;
+            self.stepped = true;
+        }
+        Ok(())
+    }
+
+    /// Whether [`read_step`](Reader::read_step) may be used.
+    pub(crate) fn is_stepped(&self) -> bool {
+        self.stepped
+    }
+
+    /// Reads the next frame, blocking in the receive for at most the
+    /// socket's receive timeout (see [`set_step`](Reader::set_step));
+    /// `Ok(None)` if none came whole.
+    pub(crate) fn read_step(&mut self) -> Result<Option<Frame>> {
+        debug_assert!(self.stepped);
+        self.read_with(Wait::Step)
     }
 
     /// Reads the next frame. `Ok(None)` when `deadline` passes first;
     /// `Err(Error::Disconnected)` once the peer has closed and every frame it
     /// sent has been read.
     pub(crate) fn read(&mut self, deadline: Option<Instant>) -> Result<Option<Frame>> {
+        // A stepped socket's receive comes back at each step: keep at it.
+        loop {
+            match self.read_with(Wait::Until(deadline)) {
+                Ok(None) if deadline.is_none() && self.stepped => {}
+                other => return other,
+            }
+        }
+    }
+
+    fn read_with(&mut self, mut wait: Wait) -> Result<Option<Frame>> {
         while self.end - self.start < HEADER {
             if self.eof && self.end > self.start {
                 return Err(Error::Wire(
                     "connection closed in the middle of a frame header".into(),
                 ));
             }
-            if !self.fill(deadline)? {
+            if !self.fill(&mut wait)? {
                 return Ok(None);
             }
         }
@@ -302,7 +349,7 @@ impl Reader {
             }
         }
         while self.end - self.start < need {
-            match self.fill(deadline) {
+            match self.fill(&mut wait) {
                 Ok(true) => {}
                 // The partial frame stays buffered; the next call resumes it.
                 Ok(false) => return Ok(None),

@@ -236,6 +236,12 @@ pub(crate) fn wait_readable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> io
     Ok(poll(&[fd], deadline)?[0].readable)
 }
 
+/// Makes a blocking receive on `fd` give up after `d` (`EAGAIN`).
+pub(crate) fn set_receive_timeout(fd: BorrowedFd<'_>, d: Duration) -> io::Result<()> {
+    use rustix::net::sockopt::{set_socket_timeout, Timeout};
+    Ok(set_socket_timeout(fd, Timeout::Recv, Some(d))?)
+}
+
 /// `Instant::now() + d`, or `None` (no limit) if that overflows.
 pub(crate) fn deadline_after(d: Duration) -> Option<Instant> {
     Instant::now().checked_add(d)

@@ -172,3 +172,25 @@ fn flatten_names_the_way_out() {
         "{text}"
     );
 }
+
+#[test]
+fn a_stepped_read_comes_back_empty_then_reads_whole_frames() {
+    let (mut r, w, mut raw) = pair();
+    r.set_step(std::time::Duration::from_millis(5)).unwrap();
+    assert!(r.is_stepped());
+    // Nothing sent: the receive's own timeout brings it back.
+    assert!(r.read_step().unwrap().is_none());
+    // Half a frame: kept, and finished by the next read.
+    let mut bytes = vec![4, 0, 0, 0, kind::TELL, 0, 0, 0];
+    bytes.extend(7u32.to_le_bytes());
+    raw.write_all(&bytes[..10]).unwrap();
+    assert!(r.read_step().unwrap().is_none());
+    raw.write_all(&bytes[10..]).unwrap();
+    assert_eq!(r.read_step().unwrap().unwrap().payload, 7u32.to_le_bytes());
+    // Blocking and deadline reads still work on a stepped socket.
+    w.send(kind::TELL, b"x", &[]).unwrap();
+    assert_eq!(r.read(None).unwrap().unwrap().payload, b"x");
+    assert!(r.read(Some(Instant::now())).unwrap().is_none());
+    drop((w, raw));
+    assert!(matches!(r.read_step(), Err(Error::Disconnected)));
+}
