@@ -158,7 +158,7 @@ enum Wait {
     /// then on take only what is there.
     Ready,
     /// Take only what is there.
-    NoWait,
+    Present,
     /// Block in the receive for at most the socket's receive timeout.
     Step,
 }
@@ -220,10 +220,10 @@ impl Reader {
         let poll_until = match *wait {
             Wait::Until(deadline) => deadline,
             Wait::Ready => {
-                *wait = Wait::NoWait;
+                *wait = Wait::Present;
                 None
             }
-            Wait::NoWait => Some(Instant::now()),
+            Wait::Present => Some(Instant::now()),
             Wait::Step => None,
         };
         if poll_until.is_some()
