@@ -69,8 +69,9 @@ pub(crate) const DEFAULT_LIMIT: usize = 8 << 20;
 
 /// How often the background thread looks whether its lent reader is idle:
 /// it takes it back once a whole period passed with the reader idle and
-/// untaken. Frames that come meanwhile wait in the socket for at most two
-/// periods (a listener reads them sooner).
+/// untaken. While a listener keeps the reader, the looks space out up to
+/// [`LISTENER_LOOK`]. Frames that come while the reader is idle wait in
+/// the socket for at most that long and two periods.
 pub(crate) const IDLE_RECLAIM: Duration = Duration::from_millis(2);
 
 /// How often a listener reading the socket looks whether the background
@@ -509,6 +510,9 @@ impl Inbox {
         let mut s = self.lock();
         // The turns counted when the reader was last seen idle.
         let mut seen = None;
+        // How long until the next look: a listener that keeps the reader
+        // for long is looked at less and less often.
+        let mut period = IDLE_RECLAIM;
         loop {
             if let Some(f) = s.passed.pop_front() {
                 return Reclaimed::Passed(f);
@@ -522,8 +526,14 @@ impl Inbox {
                     s.recall = false;
                     return Reclaimed::Reader(reader);
                 }
-                Slot::Idle(_) => seen = Some(s.turns),
-                Slot::Listener => seen = None,
+                Slot::Idle(_) => {
+                    seen = Some(s.turns);
+                    period = IDLE_RECLAIM;
+                }
+                Slot::Listener => {
+                    seen = None;
+                    period = (period * 2).min(LISTENER_LOOK);
+                }
                 // Not lent: nothing to wait for.
                 Slot::Background => return Reclaimed::Timeout,
             }
@@ -531,7 +541,7 @@ impl Inbox {
             if until.is_some_and(|u| now >= u) {
                 return Reclaimed::Timeout;
             }
-            let left = until.map_or(IDLE_RECLAIM, |u| (u - now).min(IDLE_RECLAIM));
+            let left = until.map_or(period, |u| (u - now).min(period));
             s.reclaiming = true;
             s = self
                 .returned
