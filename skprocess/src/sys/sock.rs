@@ -201,9 +201,8 @@ pub(crate) fn poll(fds: &[BorrowedFd<'_>], deadline: Option<Instant>) -> io::Res
     });
     let pfds = &mut pfds[..fds.len()];
     loop {
-        // Never without a limit: on this kind of machine a poll that has
-        // no timeout can wake up an order of magnitude later than one that
-        // has. A longer wait loops.
+        // One wait is at most `NO_LIMIT_STEP`: a longer one (or one
+        // without a deadline) loops.
         let left = deadline.map_or(NO_LIMIT_STEP, |d| {
             d.saturating_duration_since(Instant::now())
                 .min(NO_LIMIT_STEP)
