@@ -23,10 +23,15 @@ pub(super) fn peer_gone(sock: BorrowedFd<'_>) -> Result<bool> {
 ///
 /// Spinning pays when the peer runs on another processor and answers within
 /// microseconds (no system call, no wake-up latency); it costs when the peer
-/// is not running (it may even need this processor). So the budget doubles
-/// (up to [`SPIN_MAX`]) each time a spin sees the peer's answer, and halves
-/// each time it does not; at zero, one wait in [`PROBE_EVERY`] spins
-/// briefly to find out whether spinning pays again.
+/// is not running (it may even need this processor). The budget learns from
+/// how long recent waits took, whether they ended while spinning or asleep:
+/// a wait that ended within [`SPIN_MAX`] (the peer answered soon, perhaps
+/// only once woken from a sleep this side could have spun through) sets the
+/// budget to twice its length, so the next one like it is caught spinning;
+/// a longer one (an idle or descheduled peer) halves the budget, down to
+/// nothing after a few, so a side whose peer is idle sleeps at once and
+/// never spins more than [`SPIN_MAX`] per wait. A wait that gives up at its
+/// deadline teaches nothing.
 ///
 /// It also rate-limits the check for a dead peer (a `poll` system call) that
 /// precedes each sleep: a busy ping-pong that sleeps every few microseconds
@@ -34,24 +39,21 @@ pub(super) fn peer_gone(sock: BorrowedFd<'_>) -> Result<bool> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Spin {
     budget_ns: u32,
-    waits: u32,
+    /// When the current wait started, once it has spun and is to sleep.
+    started: Option<Instant>,
     peer_checked: Option<Instant>,
 }
 
-/// The largest spin budget.
-const SPIN_MAX: Duration = Duration::from_micros(20);
-/// The budget of a probe, and the smallest non-zero budget: longer than a
-/// futex wake-up takes, so that a probe sees a peer that was asleep answer
-/// (after which the peer, probing in turn, sees this side answer at once).
-const SPIN_PROBE: Duration = Duration::from_micros(10);
-/// At a zero budget, how often a wait probes.
-const PROBE_EVERY: u32 = 64;
+/// The largest spin budget, and the longest wait that teaches spinning.
+const SPIN_MAX: Duration = Duration::from_micros(50);
+/// The smallest non-zero budget: below it, the budget drops to nothing.
+const SPIN_MIN: Duration = Duration::from_micros(2);
 
 impl Default for Spin {
     fn default() -> Self {
         Spin {
-            budget_ns: SPIN_MAX.as_nanos() as u32,
-            waits: 0,
+            budget_ns: (SPIN_MAX.as_nanos() / 2) as u32,
+            started: None,
             peer_checked: None,
         }
     }
@@ -71,23 +73,36 @@ impl Spin {
         }
     }
 
+    /// Learns from a wait that lasted `took` and ended with the condition
+    /// met.
+    fn learn(&mut self, took: Duration) {
+        self.budget_ns = if took <= SPIN_MAX {
+            (took * 2).clamp(SPIN_MIN, SPIN_MAX).as_nanos() as u32
+        } else if self.budget_ns / 2 < SPIN_MIN.as_nanos() as u32 {
+            0
+        } else {
+            self.budget_ns / 2
+        };
+    }
+
     /// Spins while `ready()` is false, within the budget and `deadline`;
-    /// `Ok(false)` if it still is.
+    /// `Ok(false)` if it still is. The caller then sleeps until `ready()`
+    /// and calls [`slept`](Spin::slept), or gives up at its deadline.
     pub(crate) fn wait(
         &mut self,
         ready: &mut dyn FnMut() -> Result<bool>,
         deadline: Option<Instant>,
     ) -> Result<bool> {
+        self.started = None;
         if ready()? {
             return Ok(true);
         }
-        self.waits = self.waits.wrapping_add(1);
-        let budget = match self.budget_ns {
-            0 if self.waits.is_multiple_of(PROBE_EVERY) => SPIN_PROBE,
-            0 => return Ok(false),
-            ns => Duration::from_nanos(ns as u64),
-        };
         let start = Instant::now();
+        self.started = Some(start);
+        if deadline.is_some_and(|d| d <= start) {
+            return Ok(false);
+        }
+        let budget = Duration::from_nanos(self.budget_ns as u64);
         let end = match deadline {
             Some(d) => d.min(start + budget),
             None => start + budget,
@@ -96,29 +111,38 @@ impl Spin {
         loop {
             std::hint::spin_loop();
             if ready()? {
-                let grown = (budget * 2).clamp(SPIN_PROBE, SPIN_MAX);
-                self.budget_ns = grown.as_nanos() as u32;
+                let took = start.elapsed();
+                // Caught while spinning: keep at least the budget that did.
+                let keep = self.budget_ns;
+                self.learn(took);
+                self.budget_ns = self.budget_ns.max(keep);
+                self.started = None;
                 return Ok(true);
             }
             i = i.wrapping_add(1);
             if i.is_multiple_of(32) && Instant::now() >= end {
-                let halved = self.budget_ns / 2;
-                self.budget_ns = if halved < SPIN_PROBE.as_nanos() as u32 / 2 {
-                    0
-                } else {
-                    halved
-                };
                 return Ok(false);
             }
         }
     }
+
+    /// After [`wait`](Spin::wait) returned `Ok(false)`: the caller slept
+    /// and the condition is now met; learns how long the whole wait took.
+    pub(crate) fn slept(&mut self) {
+        if let Some(start) = self.started.take() {
+            self.learn(start.elapsed());
+        }
+    }
 }
 
-/// Waits until `ready()` or `deadline`: spins, then sleeps on `seq`,
-/// counted in `waiting` (a count, not a flag: an end may have more than one
-/// sleeper, such as a blocking receive and the watcher of its futures, see
-/// `pipe::watch`, and one waking must not hide the other). `Ok(false)` on timeout; `Err(Disconnected)` if the peer
-/// is gone and `ready()` is still false.
+/// Waits until `ready()` or `deadline`: spins, then sleeps on `seq` with
+/// the `waiting` flag raised. A waker clears the flag and wakes every
+/// sleeper on `seq` (an end may have more than one, such as a blocking
+/// receive and the watcher of its futures, see `pipe::watch`), so a burst
+/// of publications wakes a sleeper with one system call, not one each; a
+/// sleeper raises the flag again each time before it sleeps. `Ok(false)` on
+/// timeout; `Err(Disconnected)` if the peer is gone and `ready()` is still
+/// false.
 pub(super) fn wait_until(
     spin: &mut Spin,
     ready: &mut dyn FnMut() -> Result<bool>,
@@ -132,10 +156,11 @@ pub(super) fn wait_until(
     }
     loop {
         let s = seq.load(Ordering::SeqCst);
-        waiting.fetch_add(1, Ordering::SeqCst);
+        waiting.swap(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         let r = (|| {
             if ready()? {
+                spin.slept();
                 return Ok(Some(true));
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -157,7 +182,6 @@ pub(super) fn wait_until(
             futex::wait(seq, s, Some(slice)).map_err(Error::Io)?;
             Ok(None)
         })();
-        waiting.fetch_sub(1, Ordering::Relaxed);
         match r {
             Ok(Some(v)) => return Ok(v),
             Ok(None) => {}
@@ -166,11 +190,13 @@ pub(super) fn wait_until(
     }
 }
 
-/// Bumps `seq` and wakes its sleepers if `waiting` counts any. Call after
-/// publishing a position.
+/// Bumps `seq` and wakes its sleepers if the `waiting` flag is raised,
+/// lowering it. Call after publishing a position.
 pub(super) fn notify(seq: &AtomicU32, waiting: &AtomicU32) {
     fence(Ordering::SeqCst);
-    if waiting.load(Ordering::Relaxed) != 0 {
+    // The swap, an atomic write, only when there is a flag to lower: the
+    // flag's cache line stays shared while nobody sleeps.
+    if waiting.load(Ordering::Relaxed) != 0 && waiting.swap(0, Ordering::SeqCst) != 0 {
         interrupt(seq);
     }
 }
