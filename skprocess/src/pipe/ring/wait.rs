@@ -23,15 +23,23 @@ pub(super) fn peer_gone(sock: BorrowedFd<'_>) -> Result<bool> {
 ///
 /// Spinning pays when the peer runs on another processor and answers within
 /// microseconds (no system call, no wake-up latency); it costs when the peer
-/// is not running (it may even need this processor). The budget learns from
-/// how long recent waits took, whether they ended while spinning or asleep:
-/// a wait that ended within [`SPIN_MAX`] (the peer answered soon, perhaps
-/// only once woken from a sleep this side could have spun through) sets the
-/// budget to twice its length, so the next one like it is caught spinning;
-/// a longer one (an idle or descheduled peer) halves the budget, down to
-/// nothing after a few, so a side whose peer is idle sleeps at once and
-/// never spins more than [`SPIN_MAX`] per wait. A wait that gives up at its
-/// deadline teaches nothing.
+/// is not running (it may even need this processor). So the budget learns
+/// from how recent waits went:
+///
+/// - a wait caught while spinning keeps the budget, raised to twice the
+///   wait if that is more;
+/// - a spin that missed halves the budget (to nothing below [`SPIN_MIN`]);
+///   a miss followed by an answer soon after the sleep began is counted as
+///   a strike: the peer may have needed this processor;
+/// - a wait that did not spin (a zero budget) and was answered within
+///   [`SPIN_MAX`] shows that spinning would have caught it (the peer was
+///   asleep, say, and answered once woken): the budget becomes twice its
+///   length, but only every `2^strikes` such waits, so that a peer that
+///   shares this processor is not spun against on every wait.
+///
+/// A wait that gives up at its deadline teaches nothing. A side whose peer
+/// is idle spins at most once per wait, never more than [`SPIN_MAX`], and
+/// soon not at all: it sleeps on the futex.
 ///
 /// It also rate-limits the check for a dead peer (a `poll` system call) that
 /// precedes each sleep: a busy ping-pong that sleeps every few microseconds
@@ -39,8 +47,13 @@ pub(super) fn peer_gone(sock: BorrowedFd<'_>) -> Result<bool> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Spin {
     budget_ns: u32,
-    /// When the current wait started, once it has spun and is to sleep.
-    started: Option<Instant>,
+    /// When the current wait started, once it has spun and is to sleep, and
+    /// whether it spun.
+    started: Option<(Instant, bool)>,
+    /// Misses in a row that looked like a peer sharing this processor.
+    strikes: u32,
+    /// Short waits without spinning since the budget was last raised.
+    short_waits: u32,
     peer_checked: Option<Instant>,
 }
 
@@ -48,15 +61,23 @@ pub(crate) struct Spin {
 const SPIN_MAX: Duration = Duration::from_micros(50);
 /// The smallest non-zero budget: below it, the budget drops to nothing.
 const SPIN_MIN: Duration = Duration::from_micros(2);
+/// At most this many strikes count (a raise every 64 short waits).
+const MAX_STRIKES: u32 = 6;
 
 impl Default for Spin {
     fn default() -> Self {
         Spin {
             budget_ns: (SPIN_MAX.as_nanos() / 2) as u32,
             started: None,
+            strikes: 0,
+            short_waits: 0,
             peer_checked: None,
         }
     }
+}
+
+fn ns(d: Duration) -> u32 {
+    d.as_nanos().min(u32::MAX as u128) as u32
 }
 
 impl Spin {
@@ -73,18 +94,6 @@ impl Spin {
         }
     }
 
-    /// Learns from a wait that lasted `took` and ended with the condition
-    /// met.
-    fn learn(&mut self, took: Duration) {
-        self.budget_ns = if took <= SPIN_MAX {
-            (took * 2).clamp(SPIN_MIN, SPIN_MAX).as_nanos() as u32
-        } else if self.budget_ns / 2 < SPIN_MIN.as_nanos() as u32 {
-            0
-        } else {
-            self.budget_ns / 2
-        };
-    }
-
     /// Spins while `ready()` is false, within the budget and `deadline`;
     /// `Ok(false)` if it still is. The caller then sleeps until `ready()`
     /// and calls [`slept`](Spin::slept), or gives up at its deadline.
@@ -98,11 +107,12 @@ impl Spin {
             return Ok(true);
         }
         let start = Instant::now();
-        self.started = Some(start);
-        if deadline.is_some_and(|d| d <= start) {
+        let budget = Duration::from_nanos(self.budget_ns as u64);
+        if budget.is_zero() || deadline.is_some_and(|d| d <= start) {
+            self.started = Some((start, false));
             return Ok(false);
         }
-        let budget = Duration::from_nanos(self.budget_ns as u64);
+        self.started = Some((start, true));
         let end = match deadline {
             Some(d) => d.min(start + budget),
             None => start + budget,
@@ -112,10 +122,8 @@ impl Spin {
             std::hint::spin_loop();
             if ready()? {
                 let took = start.elapsed();
-                // Caught while spinning: keep at least the budget that did.
-                let keep = self.budget_ns;
-                self.learn(took);
-                self.budget_ns = self.budget_ns.max(keep);
+                self.budget_ns = self.budget_ns.max(ns((took * 2).min(SPIN_MAX)));
+                self.strikes = 0;
                 self.started = None;
                 return Ok(true);
             }
@@ -127,10 +135,25 @@ impl Spin {
     }
 
     /// After [`wait`](Spin::wait) returned `Ok(false)`: the caller slept
-    /// and the condition is now met; learns how long the whole wait took.
+    /// and the condition is now met; learns from how long the wait took.
     pub(crate) fn slept(&mut self) {
-        if let Some(start) = self.started.take() {
-            self.learn(start.elapsed());
+        let Some((start, spun)) = self.started.take() else {
+            return;
+        };
+        let took = start.elapsed();
+        if spun {
+            let half = self.budget_ns / 2;
+            self.budget_ns = if half < ns(SPIN_MIN) { 0 } else { half };
+            if took <= SPIN_MAX {
+                self.strikes = (self.strikes + 1).min(MAX_STRIKES);
+            }
+            self.short_waits = 0;
+        } else if took <= SPIN_MAX {
+            self.short_waits += 1;
+            if self.short_waits >= 1 << self.strikes {
+                self.short_waits = 0;
+                self.budget_ns = ns((took * 2).clamp(SPIN_MIN, SPIN_MAX));
+            }
         }
     }
 }
@@ -206,4 +229,49 @@ pub(super) fn notify(seq: &AtomicU32, waiting: &AtomicU32) {
 pub(super) fn interrupt(seq: &AtomicU32) {
     seq.fetch_add(1, Ordering::SeqCst);
     let _ = futex::wake(seq, u32::MAX);
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn a_side_whose_peer_never_answers_soon_stops_spinning() {
+        let mut spin = Spin::default();
+        let mut never = || Ok(false);
+        // Every spin misses and halves the budget, down to nothing.
+        for _ in 0..8 {
+            if spin.budget_ns == 0 {
+                break;
+            }
+            assert!(!spin.wait(&mut never, None).unwrap());
+            // The caller slept; the condition is now met.
+            spin.slept();
+        }
+        assert_eq!(spin.budget_ns, 0);
+        // With no budget, a wait goes to sleep at once.
+        assert!(!spin.wait(&mut never, None).unwrap());
+        assert_eq!(spin.started.map(|(_, spun)| spun), Some(false));
+    }
+
+    #[test]
+    fn a_wait_caught_while_spinning_keeps_the_budget() {
+        let mut spin = Spin::default();
+        let before = spin.budget_ns;
+        let mut n = 0;
+        let mut soon = || {
+            n += 1;
+            Ok(n > 3)
+        };
+        assert!(spin.wait(&mut soon, None).unwrap());
+        assert!(spin.budget_ns >= before);
+    }
+
+    #[test]
+    fn a_deadline_that_has_passed_does_not_spin() {
+        let mut spin = Spin::default();
+        let mut never = || Ok(false);
+        assert!(!spin.wait(&mut never, Some(Instant::now())).unwrap());
+        assert_eq!(spin.started.map(|(_, spun)| spun), Some(false));
+    }
 }
