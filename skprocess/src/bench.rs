@@ -121,16 +121,20 @@ impl FutexPingPong {
                 return word.load(Ordering::Acquire);
             }
         }
-        loop {
+        let w = loop {
             self.waiting().fetch_add(1, Ordering::SeqCst);
             let w = self.word().load(Ordering::SeqCst);
             if w != v {
                 self.waiting().fetch_sub(1, Ordering::SeqCst);
-                return w;
+                break w;
             }
             let _ = futex::wait(self.word(), v, Some(Duration::from_secs(1)));
             self.waiting().fetch_sub(1, Ordering::SeqCst);
+        };
+        if let Some(spin) = &self.spin {
+            spin.lock().unwrap().slept();
         }
+        w
     }
 
     /// One round trip: sets `PING`, waits for the server's `PONG`.

@@ -645,9 +645,20 @@ pub(crate) fn encode_plain<T: Serialize>(
 
 /// Like [`encode`], appending to `prefix`.
 pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, prefix: Vec<u8>) -> Result<Encoded> {
+    let (bytes, fds) = encode_with(value, VecFlavor(prefix))?;
+    Ok(Encoded { bytes, fds })
+}
+
+/// Encodes `value` through a postcard flavor (where the bytes go),
+/// collecting the descriptors of any handles inside it.
+pub(crate) fn encode_with<T, F>(value: &T, flavor: F) -> Result<(F::Output, Vec<OwnedFd>)>
+where
+    T: Serialize + ?Sized,
+    F: postcard::ser_flavors::Flavor,
+{
     let prev = FD_SINK.with(|s| s.borrow_mut().replace(Vec::new()));
     take_refusal();
-    let r = postcard::to_extend(value, prefix);
+    let r = postcard::serialize_with_flavor(value, flavor);
     let fds = FD_SINK
         .with(|s| std::mem::replace(&mut *s.borrow_mut(), prev))
         .unwrap_or_default();
@@ -668,7 +679,7 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, prefix: Vec<u8>) -> 
         },
         None => explain_encode(std::any::type_name::<T>(), e),
     })?;
-    Ok(Encoded { bytes, fds })
+    Ok((bytes, fds))
 }
 
 /// Decodes a `T` from `bytes`, which must be consumed exactly, handing
@@ -731,16 +742,30 @@ const NAME_LEN: usize = 4;
 
 /// Encodes a user message: `[u32 name length][type name][postcard value]`.
 pub(crate) fn encode_message<T: Serialize + ?Sized>(value: &T) -> Result<Encoded> {
+    let (bytes, fds) = encode_message_with(value, VecFlavor(Vec::new()))?;
+    Ok(Encoded { bytes, fds })
+}
+
+/// Like [`encode_message`], through a postcard flavor.
+pub(crate) fn encode_message_with<T, F>(
+    value: &T,
+    mut flavor: F,
+) -> Result<(F::Output, Vec<OwnedFd>)>
+where
+    T: Serialize + ?Sized,
+    F: postcard::ser_flavors::Flavor,
+{
     let name = normalise(std::any::type_name::<T>());
     let name = name.as_bytes();
     let len = u32::try_from(name.len()).map_err(|_| Error::Encode {
         type_name: std::any::type_name::<T>(),
         reason: "its type name is over 4 GiB".into(),
     })?;
-    let mut prefix = Vec::with_capacity(NAME_LEN + name.len() + 16);
-    prefix.extend_from_slice(&len.to_le_bytes());
-    prefix.extend_from_slice(name);
-    encode_into(value, prefix)
+    let prefix = flavor
+        .try_extend(&len.to_le_bytes())
+        .and_then(|()| flavor.try_extend(name));
+    prefix.map_err(|e| explain_encode(std::any::type_name::<T>(), e))?;
+    encode_with(value, flavor)
 }
 
 /// Sends an encoded user message as a `TELL` frame and counts it.
@@ -782,12 +807,11 @@ pub(crate) fn decode_message<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd
             "message frame shorter than its type tag".into(),
         ));
     };
-    let got = String::from_utf8_lossy(name);
     let expected = normalise(std::any::type_name::<T>());
-    if got != expected {
+    if name != expected.as_bytes() {
         return Err(Error::WrongType {
             expected: expected.into_owned(),
-            got: got.into_owned(),
+            got: String::from_utf8_lossy(name).into_owned(),
         });
     }
     decode(&bytes[NAME_LEN + len..], fds)

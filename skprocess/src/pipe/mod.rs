@@ -11,8 +11,9 @@
 //!
 //! Each public end wraps a private enum of transports ("flavors", as
 //! crossbeam-channel's `Sender` does). Pipes use shared-memory rings with
-//! futex wake-ups (`ring`): a message costs two copies and, when the
-//! receiver is awake, no system call. A socket pair (`socket`) is the other
+//! futex wake-ups (`ring`): a message is encoded straight into the ring,
+//! copied out and decoded, and costs no system call while the receiver is
+//! awake. A socket pair (`socket`) is the other
 //! flavor, kept as the baseline the ring is measured against in
 //! `benches/messaging.rs` (built only with the `bench-internals` feature):
 //! the ring's round trip is a fraction of a socket's, and its throughput
@@ -50,6 +51,8 @@ use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::future::{poll_fn, Future};
+use std::os::fd::AsRawFd;
+#[cfg(feature = "bench-internals")]
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -163,31 +166,31 @@ impl End {
     /// gives up (`Ok(false)`) when full at once or at a deadline, without
     /// delivering any of it.
     fn send<T: Serialize + ?Sized>(&self, msg: &T, wait: Wait) -> Result<bool> {
-        let enc = wire::encode_message(msg)?;
         let sent = match &self.flavor {
             Flavor::Ring(r) => {
-                let deadline = match wait {
-                    Wait::Forever => None,
-                    Wait::Until(d) => d,
-                    Wait::Never => {
-                        let frame = wire::HEADER + enc.bytes.len();
-                        if frame > r.capacity() {
-                            return Err(Error::usage(format!(
-                                "a message of {frame} bytes cannot go through this pipe's \
-                                 {} byte buffer without waiting; send it with `send` or \
-                                 `send_timeout`",
-                                r.capacity()
-                            )));
-                        }
-                        Some(Instant::now())
-                    }
+                let (deadline, whole) = match wait {
+                    Wait::Forever => (None, false),
+                    Wait::Until(d) => (d, false),
+                    Wait::Never => (Some(Instant::now()), true),
                 };
-                r.send(&enc.bytes, &enc.raw_fds(), deadline)?
+                // Encoded straight into the ring; the descriptors of the
+                // handles inside are kept open until they are sent.
+                let mut owned = Vec::new();
+                let encode = |w: &mut ring::FrameWriter<'_>| {
+                    let ((), fds) = wire::encode_message_with(msg, w)?;
+                    let raw = fds.iter().map(|f| f.as_raw_fd()).collect();
+                    owned = fds;
+                    Ok(raw)
+                };
+                // Counted under the ring's lock, by one thread at a time.
+                r.send_with(deadline, whole, encode, |n| self.counters.sent_alone(n))?
             }
             #[cfg(feature = "bench-internals")]
             Flavor::Socket(s) => match wait {
                 Wait::Forever | Wait::Until(None) => {
+                    let enc = wire::encode_message(msg)?;
                     s.send(&enc.bytes, &enc.raw_fds())?;
+                    self.counters.sent(enc.bytes.len());
                     true
                 }
                 _ => {
@@ -197,21 +200,21 @@ impl End {
                 }
             },
         };
-        if sent {
-            self.counters.sent(enc.bytes.len());
-        }
         Ok(sent)
     }
 
     fn recv<T: DeserializeOwned>(&self, deadline: Option<Instant>) -> Result<Option<T>> {
-        let decode = |bytes: &[u8], fds: Vec<OwnedFd>| {
-            self.counters.received(bytes.len());
-            wire::decode_message(bytes, fds)
-        };
         let got = match &self.flavor {
-            Flavor::Ring(r) => r.recv(deadline, decode)?,
+            // Decoded, and counted, under the ring's lock.
+            Flavor::Ring(r) => r.recv(deadline, |bytes, fds| {
+                self.counters.received_alone(bytes.len());
+                wire::decode_message(bytes, fds)
+            })?,
             #[cfg(feature = "bench-internals")]
-            Flavor::Socket(s) => s.recv(deadline)?.map(|m| decode(&m.bytes, m.fds)),
+            Flavor::Socket(s) => s.recv(deadline)?.map(|m| {
+                self.counters.received(m.bytes.len());
+                wire::decode_message(&m.bytes, m.fds)
+            }),
         };
         got.transpose()
     }
@@ -372,7 +375,7 @@ enum Wait {
 /// [`pair_with_capacity`](Pipe::pair_with_capacity)). While the receiver
 /// is awake, a message costs no system call; a round trip between processes
 /// on two idle processors takes about a microsecond, several times less
-/// than over a socket. A message is encoded, copied into the ring, copied
+/// than over a socket. A message is encoded straight into the ring, copied
 /// out, and decoded. Encoding is the cost to watch for bulk data:
 /// `Vec<u8>` goes through serde one byte at a time, while a type that
 /// serializes as a byte string (`serde_bytes::ByteBuf`, or a newtype whose

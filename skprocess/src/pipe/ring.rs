@@ -8,27 +8,30 @@
 //! start and only grow, so `head - tail` bytes are readable and
 //! `capacity - (head - tail)` writable. Messages are the same frames as on a
 //! socket (`[u32 len][u8 kind][u8 nfds][u16 0]` + payload), written as a byte
-//! stream that wraps around the end of the ring. A frame larger than the
-//! ring streams through it: the producer publishes every eighth of the ring
-//! (at most `PUBLISH_EVERY` bytes) and the consumer hands space back as
-//! often, so one copies in while the other copies out. A small frame is
-//! published once, whole, and its space handed back once. The modules:
-//! `layout` (where each word lives), `wait` (spinning and futex sleeps),
-//! `claim` (one writer and one reader at a time), `producer` and
-//! `consumer`.
+//! stream that wraps around the end of the ring. A message is encoded
+//! straight into the ring's free space (`writer`) and published once whole,
+//! header included. A frame larger than the ring (or one whose sender meets
+//! a full ring that its consumer does not empty within a spin) is published
+//! as far as it was written, and the rest streams through the ring: the
+//! producer publishes every eighth of the ring (at most `PUBLISH_EVERY`
+//! bytes) and the consumer hands space back as often, so one copies in while
+//! the other copies out. The modules: `layout` (where each word lives),
+//! `wait` (spinning and futex sleeps), `claim` (one writer and one reader at
+//! a time), `writer` (encoding into the ring), `producer` and `consumer`.
 //!
 //! # Waiting
 //!
-//! A side with nothing to do first spins, with an adaptive budget ([`Spin`]):
-//! a peer running on another processor answers within microseconds, at no
-//! system-call cost; when spinning stops paying (the peer is not running, as
-//! on a loaded machine) the budget drops to nothing. Then it sleeps on a
-//! futex word: it raises its `waiting` flag, re-checks, and sleeps on a
-//! sequence word that the other side bumps and wakes only when it sees the
+//! A side with nothing to do first spins, with an adaptive budget ([`Spin`])
+//! learnt from how long its recent waits took: a peer running on another
+//! processor answers within microseconds, at no system-call cost; when
+//! waits are long (the peer is idle, or not running, as on a loaded
+//! machine) the budget drops to nothing. Then it sleeps on a futex word: it
+//! raises its `waiting` flag, re-checks, and sleeps on a sequence word that
+//! the other side bumps and wakes (lowering the flag) only when it sees the
 //! flag. A `SeqCst` fence on each side makes sure that either the sleeper
 //! sees the new data or the other side sees the flag (Dekker's pattern), so
-//! no wake-up is lost and a send to a receiver that is not asleep costs no
-//! system call.
+//! no wake-up is lost, a send to a receiver that is not asleep costs no
+//! system call, and a burst of sends to a sleeping one costs one.
 //!
 //! # Peer death and descriptors
 //!
@@ -69,6 +72,7 @@ mod consumer;
 mod layout;
 mod producer;
 mod wait;
+mod writer;
 
 use super::Role;
 use crate::error::{Error, Result};
@@ -82,6 +86,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Mutex, TryLockError};
 #[cfg(feature = "bench-internals")]
 pub(crate) use wait::Spin;
+pub(crate) use writer::FrameWriter;
 
 /// One end of a shared-memory pipe.
 #[derive(Debug)]
@@ -220,14 +225,9 @@ impl End {
         [self.sock.as_fd(), self.region.fd().as_fd()]
     }
 
-    /// The capacity of each ring, in bytes.
-    pub(crate) fn capacity(&self) -> usize {
-        self.cap
-    }
-
     /// The bytes published and not yet read in the ring this end
     /// receives from (or, for a sending end, sends to), and its capacity.
-    #[cfg(feature = "bench-internals")]
+    #[cfg(any(test, feature = "bench-internals"))]
     pub(crate) fn backlog(&self) -> (u64, u64) {
         let ring = match (&self.rx, &self.tx) {
             (Some(c), _) => c.lock().unwrap_or_else(|e| e.into_inner()).ring,

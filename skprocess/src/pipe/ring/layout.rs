@@ -50,7 +50,7 @@ pub(crate) const MIN_CAPACITY: usize = 4096;
 pub(crate) const MAX_CAPACITY: usize = 1 << 30;
 
 /// One direction of the shared memory.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub(super) struct Ring<'a> {
     region: &'a Region,
     ctl: usize,

@@ -4,6 +4,7 @@
 use super::claim::{self, Side};
 use super::layout::{corrupt, Ring};
 use super::wait::{notify, peer_gone, wait_until, Spin};
+use super::writer::{FrameWriter, Stopped};
 use super::End;
 use crate::error::{Error, Result};
 use crate::proto::kind;
@@ -25,9 +26,9 @@ const CHECK_PEER_SENDS: u32 = 1024;
 #[derive(Debug)]
 pub(super) struct Producer {
     pub(super) ring: usize,
-    head: u64,
+    pub(super) head: u64,
     /// The consumer's position when last read.
-    tail: u64,
+    pub(super) tail: u64,
     /// A frame of this ring was cut short (its writer died, or a timed send
     /// gave up in the middle of it): the consumer must be told where before
     /// the next frame.
@@ -37,7 +38,9 @@ pub(super) struct Producer {
     pub(super) claimed: bool,
     /// Sends since the receiver was last checked for.
     sends: u32,
-    spin: Spin,
+    pub(super) spin: Spin,
+    /// Where a frame's small writes gather (see `writer`).
+    pub(super) stage: Vec<u8>,
 }
 
 impl Producer {
@@ -50,64 +53,113 @@ impl Producer {
             claimed: false,
             sends: 0,
             spin: Spin::default(),
+            stage: Vec::new(),
         }
     }
 }
 
 impl End {
-    /// Sends one frame. With a `deadline`, gives up (`Ok(false)`) when it
-    /// passes: the frame is then not delivered, neither whole nor in part.
+    /// Sends one frame of raw bytes (see [`send_with`](End::send_with)).
+    #[cfg(test)]
     pub(crate) fn send(
         &self,
         bytes: &[u8],
         fds: &[RawFd],
         deadline: Option<Instant>,
     ) -> Result<bool> {
+        let encode = |w: &mut FrameWriter<'_>| {
+            w.write(bytes);
+            Ok(fds.to_vec())
+        };
+        self.send_with(deadline, false, encode, |_| {})
+    }
+
+    /// Sends one frame whose payload `encode` writes (straight into the
+    /// ring, see `writer`), returning the descriptors that go with it;
+    /// `Ok(true)` once sent, after `sent(payload length)` (called while
+    /// this end's sending side is locked). With a `deadline`, gives up
+    /// (`Ok(false)`) when it passes: the frame is then not delivered,
+    /// neither whole nor in part. With `whole`, a frame longer than the
+    /// ring (which could never be sent without waiting) is an error.
+    pub(crate) fn send_with(
+        &self,
+        deadline: Option<Instant>,
+        whole: bool,
+        encode: impl FnOnce(&mut FrameWriter<'_>) -> Result<Vec<RawFd>>,
+        sent: impl FnOnce(usize),
+    ) -> Result<bool> {
         let p = self
             .tx
             .as_ref()
             .ok_or_else(|| Error::usage("this pipe end cannot send"))?;
         let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
-        let len = wire::frame_limits(bytes.len(), fds.len())?;
+        let p = &mut *p;
         let r = Ring::new(&self.region, self.cap, p.ring);
-        self.claim_writer(&mut p, r)?;
+        self.claim_writer(p, r)?;
         p.sends = p.sends.wrapping_add(1);
         if p.sends.is_multiple_of(CHECK_PEER_SENDS) && peer_gone(self.sock.as_fd())? {
             return Err(Error::Disconnected);
         }
-        if p.torn && !self.mark_cut(&mut p, r, deadline)? {
+        if p.torn && !self.mark_cut(p, r, deadline)? {
             return Ok(false);
         }
-        let frame = (wire::HEADER + bytes.len()) as u64;
-        // A timed send starts a frame only once it has room for all of it
-        // (or, for one longer than the ring, once the ring is empty), so
-        // that giving up rarely leaves anything behind.
-        if deadline.is_some()
-            && !self.wait_space(&mut p, r, frame.min(self.cap as u64), deadline)?
-        {
+        let mut w = FrameWriter::new(self, p, r, deadline, whole);
+        let encoded = encode(&mut w);
+        w.finish();
+        let gave_up = match w.stopped.take() {
+            Some(Stopped::Failed(e)) => return Err(e),
+            Some(Stopped::GaveUp) if !whole => return Ok(false),
+            Some(Stopped::GaveUp) => true,
+            None => false,
+        };
+        let fds = encoded?;
+        let payload = w.payload_len();
+        let len = wire::frame_limits(payload, fds.len())?;
+        let frame = (wire::HEADER + payload) as u64;
+        if whole && frame > self.cap as u64 {
+            return Err(Error::usage(format!(
+                "a message of {frame} bytes cannot go through this pipe's {} byte buffer \
+                 without waiting; send it with `send` or `send_timeout`",
+                self.cap
+            )));
+        }
+        if gave_up {
+            // A send that cannot wait found no room: nothing was written.
             return Ok(false);
         }
+        let ring_end = w.ring_end();
+        let mut spill = w.take_spill();
+        drop(w);
+        let start = p.head;
         if !fds.is_empty() {
             // Tagged with the frame's position, so descriptors of a frame
             // that was cut short are told apart and dropped.
-            let tag = p.head.to_le_bytes();
-            sys::sock::send(self.sock.as_fd(), &[IoSlice::new(&tag)], fds)
+            let tag = start.to_le_bytes();
+            sys::sock::send(self.sock.as_fd(), &[IoSlice::new(&tag)], &fds)
                 .map_err(wire::gone_or_io)?;
         }
         let mut header = [0u8; wire::HEADER];
         header[..4].copy_from_slice(&len.to_le_bytes());
         header[4] = kind::PIPE;
         header[5] = fds.len() as u8;
-        let end = p.head.wrapping_add(frame);
-        r.tx_frame_end().store(end, Ordering::Relaxed);
-        if self.write(&mut p, r, &[&header, bytes], deadline)? {
+        // The header's place is the frame's first bytes: in the ring, or
+        // (if the ring had no room for all of it) partly in the spill.
+        let in_ring = (ring_end.wrapping_sub(start) as usize).min(wire::HEADER);
+        r.put(start, &header[..in_ring]);
+        spill[..wire::HEADER - in_ring].copy_from_slice(&header[in_ring..]);
+        r.tx_frame_end()
+            .store(start.wrapping_add(frame), Ordering::Relaxed);
+        p.head = ring_end;
+        self.publish(p, r);
+        if spill.is_empty() || self.write(p, r, &[&spill], deadline)? {
+            sent(payload);
             return Ok(true);
         }
         // Gave up in the middle of a frame longer than the ring: cut it
         // short where it stands (now, or before the next frame if the
         // consumer has yet to reach an earlier cut).
         p.torn = true;
-        self.mark_cut(&mut p, r, Some(Instant::now()))?;
+        self.mark_cut(p, r, Some(Instant::now()))?;
         Ok(false)
     }
 
@@ -163,7 +215,7 @@ impl End {
     }
 
     /// The bytes the consumer has not read, checked against the capacity.
-    fn used(&self, head: u64, r: Ring<'_>) -> Result<u64> {
+    pub(super) fn used(&self, head: u64, r: Ring<'_>) -> Result<u64> {
         let used = head.wrapping_sub(r.tail().load(Ordering::Acquire));
         if used > self.cap as u64 {
             return Err(corrupt("the reader's position is out of range"));
@@ -173,7 +225,7 @@ impl End {
 
     /// Waits until `need` bytes are free (publishing what was written
     /// first); `Ok(false)` if `deadline` passes first.
-    fn wait_space(
+    pub(super) fn wait_space(
         &self,
         p: &mut Producer,
         r: Ring<'_>,

@@ -23,10 +23,23 @@ pub(super) fn peer_gone(sock: BorrowedFd<'_>) -> Result<bool> {
 ///
 /// Spinning pays when the peer runs on another processor and answers within
 /// microseconds (no system call, no wake-up latency); it costs when the peer
-/// is not running (it may even need this processor). So the budget doubles
-/// (up to [`SPIN_MAX`]) each time a spin sees the peer's answer, and halves
-/// each time it does not; at zero, one wait in [`PROBE_EVERY`] spins
-/// briefly to find out whether spinning pays again.
+/// is not running (it may even need this processor). So the budget learns
+/// from how recent waits went:
+///
+/// - a wait caught while spinning keeps the budget, raised to twice the
+///   wait if that is more;
+/// - a spin that missed halves the budget (to nothing below [`SPIN_MIN`]);
+///   a miss followed by an answer soon after the sleep began is counted as
+///   a strike: the peer may have needed this processor;
+/// - a wait that did not spin (a zero budget) and was answered within
+///   [`SPIN_MAX`] shows that spinning would have caught it (the peer was
+///   asleep, say, and answered once woken): the budget becomes twice its
+///   length, but only every `2^strikes` such waits, so that a peer that
+///   shares this processor is not spun against on every wait.
+///
+/// A wait that gives up at its deadline teaches nothing. A side whose peer
+/// is idle spins at most once per wait, never more than [`SPIN_MAX`], and
+/// soon not at all: it sleeps on the futex.
 ///
 /// It also rate-limits the check for a dead peer (a `poll` system call) that
 /// precedes each sleep: a busy ping-pong that sleeps every few microseconds
@@ -34,27 +47,37 @@ pub(super) fn peer_gone(sock: BorrowedFd<'_>) -> Result<bool> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Spin {
     budget_ns: u32,
-    waits: u32,
+    /// When the current wait started, once it has spun and is to sleep, and
+    /// whether it spun.
+    started: Option<(Instant, bool)>,
+    /// Misses in a row that looked like a peer sharing this processor.
+    strikes: u32,
+    /// Short waits without spinning since the budget was last raised.
+    short_waits: u32,
     peer_checked: Option<Instant>,
 }
 
-/// The largest spin budget.
-const SPIN_MAX: Duration = Duration::from_micros(20);
-/// The budget of a probe, and the smallest non-zero budget: longer than a
-/// futex wake-up takes, so that a probe sees a peer that was asleep answer
-/// (after which the peer, probing in turn, sees this side answer at once).
-const SPIN_PROBE: Duration = Duration::from_micros(10);
-/// At a zero budget, how often a wait probes.
-const PROBE_EVERY: u32 = 64;
+/// The largest spin budget, and the longest wait that teaches spinning.
+const SPIN_MAX: Duration = Duration::from_micros(50);
+/// The smallest non-zero budget: below it, the budget drops to nothing.
+const SPIN_MIN: Duration = Duration::from_micros(2);
+/// At most this many strikes count (a raise every 64 short waits).
+const MAX_STRIKES: u32 = 6;
 
 impl Default for Spin {
     fn default() -> Self {
         Spin {
-            budget_ns: SPIN_MAX.as_nanos() as u32,
-            waits: 0,
+            budget_ns: (SPIN_MAX.as_nanos() / 2) as u32,
+            started: None,
+            strikes: 0,
+            short_waits: 0,
             peer_checked: None,
         }
     }
+}
+
+fn ns(d: Duration) -> u32 {
+    d.as_nanos().min(u32::MAX as u128) as u32
 }
 
 impl Spin {
@@ -72,22 +95,24 @@ impl Spin {
     }
 
     /// Spins while `ready()` is false, within the budget and `deadline`;
-    /// `Ok(false)` if it still is.
+    /// `Ok(false)` if it still is. The caller then sleeps until `ready()`
+    /// and calls [`slept`](Spin::slept), or gives up at its deadline.
     pub(crate) fn wait(
         &mut self,
         ready: &mut dyn FnMut() -> Result<bool>,
         deadline: Option<Instant>,
     ) -> Result<bool> {
+        self.started = None;
         if ready()? {
             return Ok(true);
         }
-        self.waits = self.waits.wrapping_add(1);
-        let budget = match self.budget_ns {
-            0 if self.waits.is_multiple_of(PROBE_EVERY) => SPIN_PROBE,
-            0 => return Ok(false),
-            ns => Duration::from_nanos(ns as u64),
-        };
         let start = Instant::now();
+        let budget = Duration::from_nanos(self.budget_ns as u64);
+        if budget.is_zero() || deadline.is_some_and(|d| d <= start) {
+            self.started = Some((start, false));
+            return Ok(false);
+        }
+        self.started = Some((start, true));
         let end = match deadline {
             Some(d) => d.min(start + budget),
             None => start + budget,
@@ -96,29 +121,51 @@ impl Spin {
         loop {
             std::hint::spin_loop();
             if ready()? {
-                let grown = (budget * 2).clamp(SPIN_PROBE, SPIN_MAX);
-                self.budget_ns = grown.as_nanos() as u32;
+                let took = start.elapsed();
+                self.budget_ns = self.budget_ns.max(ns((took * 2).min(SPIN_MAX)));
+                self.strikes = 0;
+                self.started = None;
                 return Ok(true);
             }
             i = i.wrapping_add(1);
             if i.is_multiple_of(32) && Instant::now() >= end {
-                let halved = self.budget_ns / 2;
-                self.budget_ns = if halved < SPIN_PROBE.as_nanos() as u32 / 2 {
-                    0
-                } else {
-                    halved
-                };
                 return Ok(false);
+            }
+        }
+    }
+
+    /// After [`wait`](Spin::wait) returned `Ok(false)`: the caller slept
+    /// and the condition is now met; learns from how long the wait took.
+    pub(crate) fn slept(&mut self) {
+        let Some((start, spun)) = self.started.take() else {
+            return;
+        };
+        let took = start.elapsed();
+        if spun {
+            let half = self.budget_ns / 2;
+            self.budget_ns = if half < ns(SPIN_MIN) { 0 } else { half };
+            if took <= SPIN_MAX {
+                self.strikes = (self.strikes + 1).min(MAX_STRIKES);
+            }
+            self.short_waits = 0;
+        } else if took <= SPIN_MAX {
+            self.short_waits += 1;
+            if self.short_waits >= 1 << self.strikes {
+                self.short_waits = 0;
+                self.budget_ns = ns((took * 2).clamp(SPIN_MIN, SPIN_MAX));
             }
         }
     }
 }
 
-/// Waits until `ready()` or `deadline`: spins, then sleeps on `seq`,
-/// counted in `waiting` (a count, not a flag: an end may have more than one
-/// sleeper, such as a blocking receive and the watcher of its futures, see
-/// `pipe::watch`, and one waking must not hide the other). `Ok(false)` on timeout; `Err(Disconnected)` if the peer
-/// is gone and `ready()` is still false.
+/// Waits until `ready()` or `deadline`: spins, then sleeps on `seq` with
+/// the `waiting` flag raised. A waker clears the flag and wakes every
+/// sleeper on `seq` (an end may have more than one, such as a blocking
+/// receive and the watcher of its futures, see `pipe::watch`), so a burst
+/// of publications wakes a sleeper with one system call, not one each; a
+/// sleeper raises the flag again each time before it sleeps. `Ok(false)` on
+/// timeout; `Err(Disconnected)` if the peer is gone and `ready()` is still
+/// false.
 pub(super) fn wait_until(
     spin: &mut Spin,
     ready: &mut dyn FnMut() -> Result<bool>,
@@ -132,10 +179,11 @@ pub(super) fn wait_until(
     }
     loop {
         let s = seq.load(Ordering::SeqCst);
-        waiting.fetch_add(1, Ordering::SeqCst);
+        waiting.swap(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         let r = (|| {
             if ready()? {
+                spin.slept();
                 return Ok(Some(true));
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -157,7 +205,6 @@ pub(super) fn wait_until(
             futex::wait(seq, s, Some(slice)).map_err(Error::Io)?;
             Ok(None)
         })();
-        waiting.fetch_sub(1, Ordering::Relaxed);
         match r {
             Ok(Some(v)) => return Ok(v),
             Ok(None) => {}
@@ -166,11 +213,13 @@ pub(super) fn wait_until(
     }
 }
 
-/// Bumps `seq` and wakes its sleepers if `waiting` counts any. Call after
-/// publishing a position.
+/// Bumps `seq` and wakes its sleepers if the `waiting` flag is raised,
+/// lowering it. Call after publishing a position.
 pub(super) fn notify(seq: &AtomicU32, waiting: &AtomicU32) {
     fence(Ordering::SeqCst);
-    if waiting.load(Ordering::Relaxed) != 0 {
+    // The swap, an atomic write, only when there is a flag to lower: the
+    // flag's cache line stays shared while nobody sleeps.
+    if waiting.load(Ordering::Relaxed) != 0 && waiting.swap(0, Ordering::SeqCst) != 0 {
         interrupt(seq);
     }
 }
@@ -180,4 +229,49 @@ pub(super) fn notify(seq: &AtomicU32, waiting: &AtomicU32) {
 pub(super) fn interrupt(seq: &AtomicU32) {
     seq.fetch_add(1, Ordering::SeqCst);
     let _ = futex::wake(seq, u32::MAX);
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn a_side_whose_peer_never_answers_soon_stops_spinning() {
+        let mut spin = Spin::default();
+        let mut never = || Ok(false);
+        // Every spin misses and halves the budget, down to nothing.
+        for _ in 0..8 {
+            if spin.budget_ns == 0 {
+                break;
+            }
+            assert!(!spin.wait(&mut never, None).unwrap());
+            // The caller slept; the condition is now met.
+            spin.slept();
+        }
+        assert_eq!(spin.budget_ns, 0);
+        // With no budget, a wait goes to sleep at once.
+        assert!(!spin.wait(&mut never, None).unwrap());
+        assert_eq!(spin.started.map(|(_, spun)| spun), Some(false));
+    }
+
+    #[test]
+    fn a_wait_caught_while_spinning_keeps_the_budget() {
+        let mut spin = Spin::default();
+        let before = spin.budget_ns;
+        let mut n = 0;
+        let mut soon = || {
+            n += 1;
+            Ok(n > 3)
+        };
+        assert!(spin.wait(&mut soon, None).unwrap());
+        assert!(spin.budget_ns >= before);
+    }
+
+    #[test]
+    fn a_deadline_that_has_passed_does_not_spin() {
+        let mut spin = Spin::default();
+        let mut never = || Ok(false);
+        assert!(!spin.wait(&mut never, Some(Instant::now())).unwrap());
+        assert_eq!(spin.started.map(|(_, spun)| spun), Some(false));
+    }
 }
