@@ -786,3 +786,35 @@ fn pipes_leave_nothing_in_dev_shm() {
     p.send(&Msg::Quit).unwrap();
     wait(&mut h);
 }
+
+/// A value whose serialization sends on the pipe it is being sent through.
+struct SendsWhileEncoded<'a>(&'a Pipe);
+
+impl Serialize for SendsWhileEncoded<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.send(&1u8).map_err(serde::ser::Error::custom)?;
+        s.serialize_u8(2)
+    }
+}
+
+#[test]
+fn a_send_from_inside_the_encoding_of_a_send_on_the_same_end_is_an_error() {
+    for t in TRANSPORTS {
+        let (a, b) = pair(t).unwrap();
+        // The ring encodes under its sending side's lock: the inner send
+        // must fail, not wait for that lock for ever.
+        match a.send(&SendsWhileEncoded(&a)) {
+            Err(e) => assert!(e.to_string().contains("inside the encoding"), "{t:?}: {e}"),
+            // A socket end encodes before it locks anything: both go.
+            Ok(()) => {
+                assert!(matches!(t, Transport::Socket));
+                assert_eq!(recv::<u8>(&b), 1);
+                let e = b.recv_timeout::<u8>(LIMIT).unwrap_err();
+                assert!(e.to_string().contains("SendsWhileEncoded"), "{e}");
+            }
+        }
+        // The pipe stays usable, and nothing of the failed message came.
+        a.send(&3u8).unwrap();
+        assert_eq!(recv::<u8>(&b), 3);
+    }
+}

@@ -10,10 +10,33 @@ use crate::error::{Error, Result};
 use crate::proto::kind;
 use crate::sys;
 use crate::wire;
+use std::cell::Cell;
 use std::io::IoSlice;
 use std::os::fd::{AsFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
+
+thread_local! {
+    /// The sending side whose message this thread is encoding (its lock's
+    /// address), or 0.
+    static ENCODING: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks this thread as encoding for one sending side until dropped (also
+/// when the encoding panics).
+struct Encoding(usize);
+
+impl Encoding {
+    fn enter(id: usize) -> Encoding {
+        Encoding(ENCODING.with(|e| e.replace(id)))
+    }
+}
+
+impl Drop for Encoding {
+    fn drop(&mut self) {
+        ENCODING.with(|e| e.set(self.0));
+    }
+}
 
 /// Publish a long frame every this many bytes, so the consumer can start.
 pub(super) const PUBLISH_EVERY: usize = 128 << 10;
@@ -92,6 +115,15 @@ impl End {
             .tx
             .as_ref()
             .ok_or_else(|| Error::usage("this pipe end cannot send"))?;
+        // The message is encoded with the sending side locked: a
+        // `Serialize` that sends on this same end from this thread would
+        // wait for itself.
+        let id = std::ptr::from_ref(p) as usize;
+        if ENCODING.with(Cell::get) == id {
+            return Err(Error::usage(
+                "a message was sent on a pipe end from inside the encoding of another message                  on the same end; send it before or after",
+            ));
+        }
         let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
         let p = &mut *p;
         let r = Ring::new(&self.region, self.cap, p.ring);
@@ -104,7 +136,9 @@ impl End {
             return Ok(false);
         }
         let mut w = FrameWriter::new(self, p, r, deadline, whole);
+        let encoding = Encoding::enter(id);
         let encoded = encode(&mut w);
+        drop(encoding);
         w.finish();
         let gave_up = match w.stopped.take() {
             Some(Stopped::Failed(e)) => return Err(e),
