@@ -586,6 +586,52 @@ fn groups_names_and_reports() {
 }
 
 #[test]
+fn each_restart_comes_after_the_end_of_the_life_it_replaces() {
+    // A restart without backoff is decided and started on the thread that
+    // saw the child end: still Exited, Restarting, Started, in that order,
+    // and the replacement starts only once the child it replaces is reaped.
+    watchdog();
+    let done = Share::new(0u64).unwrap();
+    let sup = Supervisor::builder()
+        .intensity(100, Duration::from_secs(60))
+        .build();
+    let events = sup.events();
+    let crashy = Svc {
+        runs: Some(1),
+        fail: true,
+        ..Svc::forever(&done)
+    };
+    sup.add_with("r", crashy, quick()).unwrap();
+    let about_r = |e: &Event| e.name() == "r";
+    let mut pid = started(&events, "r");
+    for _ in 0..5 {
+        let ended = next_event(&events, about_r);
+        assert!(
+            matches!(ended, Event::Exited { error: Some(_), .. }),
+            "{ended:?}"
+        );
+        let restarting = next_event(&events, about_r);
+        assert!(
+            matches!(restarting, Event::Restarting { delay, .. } if delay.is_zero()),
+            "{restarting:?}"
+        );
+        let next = match next_event(&events, about_r) {
+            Event::Started { pid, .. } => pid,
+            other => panic!("expected the replacement's start, got {other:?}"),
+        };
+        assert_ne!(next, pid);
+        assert_eq!(
+            support::proc_state(pid),
+            None,
+            "process {pid} is not reaped when its replacement starts"
+        );
+        pid = next;
+    }
+    sup.stop_all().unwrap();
+    assert_gone_within(pid, support::DEADLINE);
+}
+
+#[test]
 fn backoff_delays_double_between_restarts() {
     watchdog();
     let done = Share::new(0u64).unwrap();

@@ -267,7 +267,7 @@ fn already_taken() -> Error {
 
 /// Starts collecting `run` with `collect` on a thread of its own.
 pub(crate) fn spawn<S, T>(
-    run: Run<S>,
+    mut run: Run<S>,
     collect: impl FnOnce(Run<S>) -> Result<T> + Send + 'static,
 ) -> Background<T>
 where

@@ -142,6 +142,8 @@ pub(crate) struct Run<S> {
     /// sender, so it never disconnects).
     stop_tx: Sender<Error>,
     stop_rx: Receiver<Error>,
+    /// A [`Stopper`] was made: a wait must watch `stop_rx` too.
+    stoppable: bool,
     /// Stopped: nothing more is answered.
     halted: bool,
     counts: Arc<Counts>,
@@ -189,6 +191,7 @@ impl<S: Source> Run<S> {
                 .and_then(|d| now.checked_add(d).map(|at| (d, at))),
             stop_tx,
             stop_rx,
+            stoppable: false,
             halted: false,
             counts: Arc::new(Counts {
                 total,
@@ -210,7 +213,8 @@ impl<S: Source> Run<S> {
     }
 
     /// What stops this run from another thread.
-    pub(crate) fn stopper(&self) -> Stopper {
+    pub(crate) fn stopper(&mut self) -> Stopper {
+        self.stoppable = true;
         Stopper {
             tx: self.stop_tx.clone(),
             call: self.job.name.clone(),
@@ -359,6 +363,15 @@ impl<S: Source> Run<S> {
             None if self.outstanding == 0 => {
                 self.progress.finish();
                 return Ok(None);
+            }
+            None if !self.stoppable && self.limit.is_none() && deadline.is_none() => {
+                // Only a reply can end this wait: a plain receive wakes
+                // up cheaper than a select, which takes the lock of every
+                // channel it watched again once woken, while the manager
+                // that woke it may still hold it.
+                let r = self.replies.recv().expect("the job keeps a sender");
+                self.received(&r);
+                r
             }
             None => {
                 let timer = |at: Option<Instant>| {

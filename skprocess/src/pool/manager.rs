@@ -586,6 +586,12 @@ impl Manager {
             self.label(flight_job(&flight));
         }
         let worker = self.worker.as_ref().expect("just started");
+        // Read before the frame goes: the worker may begin at once, and
+        // this thread lose its core to it for as long as a whole item, so
+        // a clock started after the send could see an item of a
+        // millisecond end microseconds later; the dispatcher would take
+        // the items for tiny ones and deal the rest out in big lumps.
+        let sent_at = Instant::now();
         let sent = match &flight {
             Flight::Items { job, units } => send_items(worker.writer(), job, units),
             Flight::Calls(c) => {
@@ -604,7 +610,7 @@ impl Manager {
         }
         self.flights.push_back(flight);
         if self.head.is_none() {
-            self.arm_head(Instant::now());
+            self.arm_head(sent_at);
         }
     }
 

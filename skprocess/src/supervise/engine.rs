@@ -1,11 +1,14 @@
 //! The supervisor's state and its thread.
 //!
 //! Each running child has a runner thread (`parent::lives`, as a handle
-//! has), which tells the supervisor thread when its start ended. The
-//! supervisor thread decides what restarts (policy, strategy, intensity),
-//! keeps the timers (a backoff ending, a grace running out), and starts
-//! children. The state is under one lock, held only briefly: starting a
-//! child (a spawn) happens outside it, so `status` never waits for one.
+//! has). When its start ends, that thread applies the policy (restart,
+//! strategy, intensity) and starts at once what is due without delay, so a
+//! restart without backoff costs no hand-off between threads. The
+//! supervisor thread keeps the timers (a backoff ending, a grace running
+//! out), starts what they make due, and takes the ends of starts that
+//! failed to spawn. The state is under one lock, held only briefly:
+//! starting a child (a spawn) happens outside it, so `status` never waits
+//! for one.
 
 use super::policy::{self, Backoff, Child, Restart, Strategy};
 use super::{Event, State, Status};
@@ -129,6 +132,7 @@ impl Sup {
 }
 
 enum Msg {
+    /// A start ended that could not be watched (its spawn failed).
     Ended {
         slot: usize,
         generation: u64,
@@ -301,19 +305,16 @@ impl Inner {
             let mut lives =
                 Lives::new(control.clone(), type_id, initial, config).log_name(log_name);
             let first = lives.start_first()?;
-            let wake = self.wake.clone();
+            let inner = Arc::downgrade(self);
             std::thread::Builder::new()
                 .name("skprocess-supervised".into())
                 .stack_size(256 * 1024)
                 .spawn(move || {
                     let control = lives.control().clone();
                     let result = lives.run(first).map(drop);
-                    let _ = wake.send(Msg::Ended {
-                        slot: i,
-                        generation,
-                        result,
-                        signalled: control.is_signalled(),
-                    });
+                    if let Some(inner) = inner.upgrade() {
+                        inner.on_end(i, generation, result, control.is_signalled());
+                    }
                 })
                 .map_err(Error::Spawn)
         });
@@ -351,6 +352,18 @@ impl Inner {
         }
         drop(sup);
         self.changed.notify_all();
+    }
+
+    /// A start has ended, as seen by the thread that ran it: the policy
+    /// decides there, and what that makes due at once (a restart without
+    /// backoff) starts from there too, without a hand-off to the
+    /// supervisor's thread, which is only woken to rearm its timers when
+    /// any are left (a backoff, a grace).
+    fn on_end(self: &Arc<Self>, i: usize, generation: u64, result: Result<()>, signalled: bool) {
+        self.ended(i, generation, result, signalled);
+        if self.tick().is_some() {
+            let _ = self.wake.send(Msg::Poke);
+        }
     }
 
     /// What happens when a start has ended.
@@ -665,7 +678,8 @@ fn give_up(sup: &mut Sup, name: &str, e: Error, now: Instant) {
     }
 }
 
-/// The supervisor thread: ends, timers, pokes.
+/// The supervisor thread: timers, pokes, and the ends of starts that
+/// failed to spawn.
 fn supervise(inner: &std::sync::Weak<Inner>, inbox: &Receiver<Msg>) {
     let mut next: Option<Instant> = None;
     loop {
