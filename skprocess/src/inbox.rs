@@ -304,30 +304,29 @@ impl Inbox {
         Some(f)
     }
 
-    /// Waits on `arrived` until `deadline`; `None` once it has passed.
+    /// Waits on `arrived` until `deadline`; `true` with the guard if the
+    /// deadline had already passed (nothing was waited for).
     fn wait_arrived<'a>(
         &self,
         mut s: MutexGuard<'a, State>,
         deadline: Option<Instant>,
-    ) -> Option<MutexGuard<'a, State>> {
+    ) -> (MutexGuard<'a, State>, bool) {
+        let left = match deadline.map(|d| d.saturating_duration_since(Instant::now())) {
+            Some(left) if left.is_zero() => return (s, true),
+            other => other,
+        };
         s.listening += 1;
-        let mut s = match deadline {
+        let mut s = match left {
             None => self.arrived.wait(s).unwrap_or_else(|p| p.into_inner()),
-            Some(d) => match d.checked_duration_since(Instant::now()) {
-                Some(left) if !left.is_zero() => {
-                    self.arrived
-                        .wait_timeout(s, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-                _ => {
-                    s.listening -= 1;
-                    return None;
-                }
-            },
+            Some(left) => {
+                self.arrived
+                    .wait_timeout(s, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
         };
         s.listening -= 1;
-        Some(s)
+        (s, false)
     }
 
     /// The next message, waiting until `deadline` (for ever if `None`):
@@ -349,15 +348,8 @@ impl Inbox {
             if s.closed {
                 break Err(Error::Disconnected);
             }
-            let Some(kick) = &self.kick else {
-                match self.wait_arrived(s, deadline) {
-                    Some(g) => s = g,
-                    None => return Ok(None),
-                }
-                continue;
-            };
-            match &s.slot {
-                Slot::Idle(..) if !s.recall => {
+            match (&self.kick, &s.slot) {
+                (Some(_), Slot::Idle(..)) if !s.recall => {
                     let Slot::Idle(mut reader) = std::mem::replace(&mut s.slot, Slot::Listener)
                     else {
                         unreachable!("matched above")
@@ -377,36 +369,27 @@ impl Inbox {
                     match turn {
                         Turn::Message(f) => break Ok(Some(f)),
                         Turn::Timeout => break Ok(None),
-                        Turn::Back => {}
+                        Turn::Back => continue,
                     }
                 }
                 // A look without waiting is no reason to interrupt it.
-                Slot::Background if deadline.is_some_and(|d| d <= Instant::now()) => {
-                    break Ok(None)
-                }
-                Slot::Background => {
-                    if !wants {
-                        s.wanting += 1;
-                        wants = true;
-                        kick.kick();
-                    }
-                    match self.wait_arrived(s, deadline) {
-                        Some(g) => s = g,
-                        None => {
-                            s = self.lock();
-                            break Ok(None);
-                        }
-                    }
-                }
-                // Another listener reads, or the background thread is to
-                // take it back: wait for what they queue.
-                _ => match self.wait_arrived(s, deadline) {
-                    Some(g) => s = g,
-                    None => {
-                        s = self.lock();
+                (Some(kick), Slot::Background) if !wants => {
+                    if deadline.is_some_and(|d| d <= Instant::now()) {
                         break Ok(None);
                     }
-                },
+                    s.wanting += 1;
+                    wants = true;
+                    kick.kick();
+                }
+                // No turns, another listener reads, the background thread
+                // is to take the reader back, or it was asked for: wait
+                // for what is queued, or for the reader.
+                _ => {}
+            }
+            let (g, passed) = self.wait_arrived(s, deadline);
+            s = g;
+            if passed {
+                break Ok(None);
             }
         };
         if wants {
