@@ -83,6 +83,32 @@ impl Process for PipeEcho {
     }
 }
 
+/// Echoes `u64`s on a pipe until `END`, polling with `try_recv` as the
+/// iceoryx2 echo polls: it spins while messages came within [`IOX_SPIN`],
+/// then naps between polls.
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1)]
+struct PipePollEcho {
+    pipe: Pipe,
+}
+
+impl Process for PipePollEcho {
+    fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        let mut last = Instant::now();
+        loop {
+            match self.pipe.try_recv::<u64>()? {
+                Some(END) => return Ok(()),
+                Some(x) => {
+                    self.pipe.send(&x)?;
+                    last = Instant::now();
+                }
+                None if last.elapsed() < IOX_SPIN => std::hint::spin_loop(),
+                None => std::thread::sleep(Duration::from_micros(100)),
+            }
+        }
+    }
+}
+
 /// Echoes `u64`s with `tell`/`listen` until `END`.
 #[derive(Process, Serialize, Deserialize)]
 #[process(runs = 1)]
@@ -468,6 +494,8 @@ impl Iox {
 struct Peers {
     pipe: Pipe,
     pipe_h: Handle<PipeEcho>,
+    poll_pipe: Pipe,
+    poll_pipe_h: Handle<PipePollEcho>,
     sock_pipe: Pipe,
     sock_pipe_h: Handle<PipeEcho>,
     tell_h: Handle<TellEcho>,
@@ -492,6 +520,8 @@ impl Peers {
     fn start() -> Peers {
         let (pipe, theirs) = Pipe::pair().expect("pipe");
         let pipe_h = PipeEcho { pipe: theirs }.start().expect("start");
+        let (poll_pipe, theirs) = Pipe::pair().expect("pipe");
+        let poll_pipe_h = PipePollEcho { pipe: theirs }.start().expect("start");
         let (sock_pipe, theirs) = socket_pipe_pair().expect("pipe");
         let sock_pipe_h = PipeEcho { pipe: theirs }.start().expect("start");
         let tell_h = TellEcho.start().expect("start");
@@ -511,6 +541,8 @@ impl Peers {
         Peers {
             pipe,
             pipe_h,
+            poll_pipe,
+            poll_pipe_h,
             sock_pipe,
             sock_pipe_h,
             tell_h,
@@ -530,6 +562,20 @@ impl Peers {
     fn pipe_rt(&self) {
         self.pipe.send(&7u64).unwrap();
         assert_eq!(self.pipe.recv::<u64>().unwrap(), 7);
+    }
+
+    /// A round trip whose both sides poll (`try_recv`), as iceoryx2's do.
+    fn poll_pipe_rt(&self) {
+        self.poll_pipe.send(&7u64).unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(x) = self.poll_pipe.try_recv::<u64>().unwrap() {
+                assert_eq!(x, 7);
+                return;
+            }
+            assert!(start.elapsed() < PEER_DEADLINE, "polling echo silent");
+            std::hint::spin_loop();
+        }
     }
 
     fn sock_pipe_rt(&self) {
@@ -570,6 +616,7 @@ impl Peers {
 
     fn stop(mut self) {
         self.pipe.send(&END).unwrap();
+        self.poll_pipe.send(&END).unwrap();
         self.sock_pipe.send(&END).unwrap();
         self.tell_h.tell(&END).unwrap();
         self.sock.write_all(&END.to_le_bytes()).unwrap();
@@ -578,6 +625,7 @@ impl Peers {
         self.ipc.0.send(END).unwrap();
         self.iox.pings.send_copy(END).unwrap();
         self.pipe_h.wait().unwrap();
+        self.poll_pipe_h.wait().unwrap();
         self.sock_pipe_h.wait().unwrap();
         self.tell_h.wait().unwrap();
         self.sock_h.wait().unwrap();
@@ -748,6 +796,9 @@ fn round_trips(c: &mut Criterion, p: &mut Peers) {
         .measurement_time(Duration::from_secs(3))
         .warm_up_time(Duration::from_secs(1));
     g.bench_function("Pipe (shared-memory ring)", |b| b.iter(|| p.pipe_rt()));
+    g.bench_function("Pipe, both sides polling (try_recv)", |b| {
+        b.iter(|| p.poll_pipe_rt())
+    });
     g.bench_function("Pipe over a socket pair", |b| b.iter(|| p.sock_pipe_rt()));
     g.bench_function("tell/listen", |b| b.iter(|| p.tell_rt()));
     g.bench_function("bare socketpair ping-pong", |b| b.iter(|| p.sock_rt()));
@@ -828,9 +879,10 @@ fn summary(p: &mut Peers, s: &mut Sinks) {
             &mut || median_per_call(n, k, || p.borrow().futex_spin_rt()),
             &mut || median_per_call(n, k, || p.borrow().ipc_rt()),
             &mut || median_per_call(n, k, || p.borrow().iox_rt()),
+            &mut || median_per_call(n, k, || p.borrow().poll_pipe_rt()),
         ],
     );
-    let [pipe, sock_pipe, tell, sock, futex, futex_spin, ipc, iox] = t[..] else {
+    let [pipe, sock_pipe, tell, sock, futex, futex_spin, ipc, iox, poll_pipe] = t[..] else {
         unreachable!()
     };
     report(
@@ -878,6 +930,12 @@ fn summary(p: &mut Peers, s: &mut Sinks) {
     report(
         "Pipe round trip, 8 B (target <= 1x)",
         pipe,
+        "iceoryx2 round trip, polling",
+        iox,
+    );
+    report(
+        "Pipe round trip, both polling (target <= 1x)",
+        poll_pipe,
         "iceoryx2 round trip, polling",
         iox,
     );

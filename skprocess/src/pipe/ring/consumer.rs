@@ -3,7 +3,7 @@
 
 use super::claim::{self, Side};
 use super::layout::{corrupt, Ring};
-use super::wait::{interrupt, notify, wait_until, Spin};
+use super::wait::{advance, interrupt, notify, wait_until, Spin};
 use super::End;
 use crate::error::{Error, Result};
 use crate::proto::kind;
@@ -42,6 +42,11 @@ pub(super) struct Consumer {
     tail: u64,
     /// The position last published to the producer.
     released: u64,
+    /// The producer's position and cut mark as last looked at: bytes up to
+    /// `head` are published, so they are read without looking again at the
+    /// producer's cache line, which it writes for every message.
+    head: u64,
+    cut: u64,
     pub(super) reading: Reading,
     /// The payload being received; reused from message to message.
     buf: Vec<u8>,
@@ -61,6 +66,8 @@ impl Consumer {
             ring,
             tail: 0,
             released: 0,
+            head: 0,
+            cut: 0,
             reading: Reading::Header,
             buf: Vec::new(),
             broken: None,
@@ -172,31 +179,47 @@ impl End {
         };
         c.tail = tail;
         c.released = tail;
+        c.head = tail;
+        c.cut = 0;
         c.cut_seen = r.cut_seen().load(Ordering::Acquire);
         c.buf.clear();
         c.claimed = true;
         Ok(())
     }
 
-    /// Bytes readable now.
-    fn available(&self, c: &Consumer, r: Ring<'_>) -> Result<usize> {
-        let avail = r.head().load(Ordering::Acquire).wrapping_sub(c.tail);
-        if avail > self.cap as u64 {
-            return Err(corrupt("the writer's position is out of range"));
-        }
-        Ok(avail as usize)
+    /// Bytes readable as of the last look at the producer's position.
+    fn known(c: &Consumer) -> usize {
+        c.head.wrapping_sub(c.tail) as usize
     }
 
-    /// Where a frame was cut short, if that is a mark this consumer has not
-    /// reached yet, at most `n` bytes from the read position. Call after
-    /// [`available`](End::available): the mark is set before the bytes
-    /// that follow it are published.
-    fn cut_within(&self, c: &Consumer, r: Ring<'_>, n: usize) -> Option<u64> {
-        let mark = r.cut().load(Ordering::Acquire);
-        if mark == 0 || mark == c.cut_seen {
+    /// Looks at the producer's position and cut mark again; the bytes
+    /// readable now.
+    fn look(&self, c: &mut Consumer, r: Ring<'_>) -> Result<usize> {
+        let (head, cut) = self.producer_state(c, r)?;
+        c.head = head;
+        c.cut = cut;
+        Ok(Self::known(c))
+    }
+
+    /// The producer's position, checked against the read position, and
+    /// then its cut mark: the mark is set before the bytes that follow it
+    /// are published, so it is read second.
+    fn producer_state(&self, c: &Consumer, r: Ring<'_>) -> Result<(u64, u64)> {
+        let head = r.head().load(Ordering::Acquire);
+        if head.wrapping_sub(c.tail) > self.cap as u64 {
+            return Err(corrupt("the writer's position is out of range"));
+        }
+        Ok((head, r.cut().load(Ordering::Acquire)))
+    }
+
+    /// Where a frame was cut short, if the mark `cut` (as stored) is one
+    /// this consumer has not reached yet, at most `n` bytes from the read
+    /// position.
+    fn cut_within(c: &Consumer, cut: u64, n: usize) -> Option<u64> {
+        if cut == 0 || cut == c.cut_seen {
             return None;
         }
-        let at = mark - 1;
+        let at = cut - 1;
         (at.wrapping_sub(c.tail) <= n as u64).then_some(at)
     }
 
@@ -224,8 +247,9 @@ impl End {
         let got = {
             let c = &*c;
             let mut ready = || {
-                let avail = self.available(c, r)?;
-                Ok(avail >= need || self.cut_within(c, r, avail).is_some())
+                let (head, cut) = self.producer_state(c, r)?;
+                let avail = head.wrapping_sub(c.tail) as usize;
+                Ok(avail >= need || Self::cut_within(c, cut, avail).is_some())
             };
             wait_until(
                 &mut spin,
@@ -237,6 +261,9 @@ impl End {
             )
         };
         c.spin = spin;
+        if got.is_ok() {
+            self.look(c, r)?;
+        }
         // A sender that ended for good in the middle of a message is gone
         // like any other: the cut message is never received, in part or
         // whole, and the receiver learns that its peer is gone.
@@ -248,8 +275,7 @@ impl End {
     fn release(&self, c: &mut Consumer, r: Ring<'_>) {
         if c.released != c.tail {
             c.released = c.tail;
-            r.tail().store(c.tail, Ordering::Release);
-            notify(r.space_seq(), r.producer_waiting());
+            advance(r.tail(), c.tail, r.space_seq(), r.producer_waiting());
         }
     }
 
@@ -263,14 +289,17 @@ impl End {
         loop {
             match c.reading {
                 Reading::Header => {
-                    let mut avail = self.available(c, r)?;
+                    let mut avail = Self::known(c);
                     if avail < wire::HEADER {
+                        avail = self.look(c, r)?;
+                    }
+                    if avail < wire::HEADER && Self::cut_within(c, c.cut, avail).is_none() {
                         if !self.wait_for(c, r, wire::HEADER, deadline)? {
                             return Ok(None);
                         }
-                        avail = self.available(c, r)?;
+                        avail = Self::known(c);
                     }
-                    if let Some(at) = self.cut_within(c, r, avail.min(wire::HEADER - 1)) {
+                    if let Some(at) = Self::cut_within(c, c.cut, avail.min(wire::HEADER - 1)) {
                         // A header cut short by a writer that died (or a
                         // cut at this frame boundary): read on from it.
                         c.tail = at;
@@ -309,9 +338,12 @@ impl End {
                     let mut since_release = 0usize;
                     let mut cut_short = false;
                     while c.tail != end {
-                        let avail = self.available(c, r)?;
+                        let mut avail = Self::known(c);
+                        if avail == 0 {
+                            avail = self.look(c, r)?;
+                        }
                         let mut n = avail.min(end.wrapping_sub(c.tail) as usize);
-                        if let Some(at) = self.cut_within(c, r, n) {
+                        if let Some(at) = Self::cut_within(c, c.cut, n) {
                             if at == c.tail {
                                 self.reach_cut(c, r);
                                 cut_short = true;

@@ -3,7 +3,7 @@
 
 use super::claim::{self, Side};
 use super::layout::{corrupt, Ring};
-use super::wait::{notify, peer_gone, wait_until, Spin};
+use super::wait::{advance, notify, peer_gone, wait_until, Spin};
 use super::writer::{FrameWriter, Stopped};
 use super::End;
 use crate::error::{Error, Result};
@@ -81,6 +81,16 @@ impl Producer {
     }
 }
 
+/// The header of a frame of the pipe: its payload's length and its number
+/// of descriptors.
+fn frame_header(len: u32, nfds: usize) -> [u8; wire::HEADER] {
+    let mut header = [0u8; wire::HEADER];
+    header[..4].copy_from_slice(&len.to_le_bytes());
+    header[4] = kind::PIPE;
+    header[5] = nfds as u8;
+    header
+}
+
 impl End {
     /// Sends one frame of raw bytes (see [`send_with`](End::send_with)).
     #[cfg(test)]
@@ -139,6 +149,16 @@ impl End {
         let encoding = Encoding::enter(id);
         let encoded = encode(&mut w);
         drop(encoding);
+        // A frame whose bytes are all staged still (a small one) gets its
+        // header there, and goes into the ring with one copy.
+        let header_staged = match &encoded {
+            Ok(fds) if w.stopped.is_none() && w.all_staged() => {
+                let len = wire::frame_limits(w.payload_len(), fds.len())?;
+                w.stage_header(frame_header(len, fds.len()));
+                true
+            }
+            _ => false,
+        };
         w.finish();
         let gave_up = match w.stopped.take() {
             Some(Stopped::Failed(e)) => return Err(e),
@@ -172,15 +192,15 @@ impl End {
             sys::sock::send(self.sock.as_fd(), &[IoSlice::new(&tag)], &fds)
                 .map_err(wire::gone_or_io)?;
         }
-        let mut header = [0u8; wire::HEADER];
-        header[..4].copy_from_slice(&len.to_le_bytes());
-        header[4] = kind::PIPE;
-        header[5] = fds.len() as u8;
-        // The header's place is the frame's first bytes: in the ring, or
-        // (if the ring had no room for all of it) partly in the spill.
-        let in_ring = (ring_end.wrapping_sub(start) as usize).min(wire::HEADER);
-        r.put(start, &header[..in_ring]);
-        spill[..wire::HEADER - in_ring].copy_from_slice(&header[in_ring..]);
+        if !header_staged {
+            // The header's place is the frame's first bytes: in the ring,
+            // or (if the ring had no room for all of it) partly in the
+            // spill.
+            let header = frame_header(len, fds.len());
+            let in_ring = (ring_end.wrapping_sub(start) as usize).min(wire::HEADER);
+            r.put(start, &header[..in_ring]);
+            spill[..wire::HEADER - in_ring].copy_from_slice(&header[in_ring..]);
+        }
         r.tx_frame_end()
             .store(start.wrapping_add(frame), Ordering::Relaxed);
         p.head = ring_end;
@@ -330,7 +350,6 @@ impl End {
     }
 
     fn publish(&self, p: &Producer, r: Ring<'_>) {
-        r.head().store(p.head, Ordering::Release);
-        notify(r.data_seq(), r.consumer_waiting());
+        advance(r.head(), p.head, r.data_seq(), r.consumer_waiting());
     }
 }

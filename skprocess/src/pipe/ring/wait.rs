@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::sys::{self, futex};
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Longest futex sleep between two checks for a dead peer.
@@ -220,6 +220,19 @@ pub(super) fn notify(seq: &AtomicU32, waiting: &AtomicU32) {
     // The swap, an atomic write, only when there is a flag to lower: the
     // flag's cache line stays shared while nobody sleeps.
     if waiting.load(Ordering::Relaxed) != 0 && waiting.swap(0, Ordering::SeqCst) != 0 {
+        interrupt(seq);
+    }
+}
+
+/// Stores `value` in the position `word` and wakes the other side if it
+/// sleeps, as [`notify`] does after a store. The store is a swap: a
+/// sequentially consistent read-modify-write, followed by a sequentially
+/// consistent read of the flag, orders the two as the fence does (the
+/// sleeper raises its flag, then fences, then reads the position), at the
+/// cost of one locked instruction instead of a store and a full fence.
+pub(super) fn advance(word: &AtomicU64, value: u64, seq: &AtomicU32, waiting: &AtomicU32) {
+    word.swap(value, Ordering::SeqCst);
+    if waiting.load(Ordering::SeqCst) != 0 && waiting.swap(0, Ordering::SeqCst) != 0 {
         interrupt(seq);
     }
 }

@@ -21,6 +21,8 @@ use std::time::Instant;
 
 /// Bytes gathered before they are copied into the ring.
 const STAGE: usize = 256;
+/// Writes of at most this many bytes are staged byte by byte.
+const SMALL: usize = 8;
 
 /// Where the bytes of the frame go now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +104,14 @@ impl<'a> FrameWriter<'a> {
 
     /// Appends `bytes` to the frame; `false` once the writer has stopped.
     pub(crate) fn write(&mut self, bytes: &[u8]) -> bool {
+        if bytes.len() <= SMALL && self.stage.len() + SMALL <= STAGE {
+            // Byte by byte: for the few bytes of a number or a length, a
+            // call to the general copy costs more than the copying.
+            for &b in bytes {
+                self.stage.push(b);
+            }
+            return true;
+        }
         if self.stage.len() + bytes.len() <= STAGE {
             self.stage.extend_from_slice(bytes);
             return true;
@@ -219,6 +229,18 @@ impl<'a> FrameWriter<'a> {
     fn stop(&mut self, why: Stopped) -> bool {
         self.stopped = Some(why);
         false
+    }
+
+    /// Whether no byte of the frame has left the stage yet.
+    pub(super) fn all_staged(&self) -> bool {
+        self.into == Into::Ring && self.pos == self.start
+    }
+
+    /// Fills in the header's place at the start of the stage (see
+    /// [`all_staged`](FrameWriter::all_staged)).
+    pub(super) fn stage_header(&mut self, header: [u8; wire::HEADER]) {
+        debug_assert!(self.all_staged());
+        self.stage[..wire::HEADER].copy_from_slice(&header);
     }
 
     /// Copies what is staged into the ring (see `stopped`).
