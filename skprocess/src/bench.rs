@@ -257,3 +257,9 @@ pub fn handle_fd<H: Serialize>(handle: &H) -> Result<OwnedFd> {
         .next()
         .ok_or_else(|| Error::usage("the value holds no descriptor"))
 }
+
+/// The signal a child gets when its parent ends (the kernel sends it as
+/// soon as the parent's spawning thread ends, before the rest of the
+/// parent is gone), so a test can deliver it while the parent is still
+/// there, as happens in the middle of the parent's death.
+pub const PARENT_DEATH_SIGNAL: i32 = crate::sys::proc::PARENT_DEATH_SIGNAL;

@@ -160,14 +160,15 @@ impl Link {
 
     /// Whether the parent is gone.
     pub(crate) fn is_parent_gone(&self) -> bool {
-        self.parent_gone.load(Ordering::Relaxed)
+        self.parent_gone.load(Ordering::SeqCst)
     }
 
     /// The parent is gone: stop, and end the process group if the stop has
     /// not ended the process after `stop_grace` plus a second. Blocks the
-    /// calling thread until then.
+    /// calling thread until then. The parent is marked gone before the
+    /// stop is asked for: whoever sees the stop sees the mark.
     pub(crate) fn parent_lost(&self) -> ! {
-        self.parent_gone.store(true, Ordering::Relaxed);
+        self.parent_gone.store(true, Ordering::SeqCst);
         self.request_stop();
         std::thread::sleep(self.stop_grace.saturating_add(PARENT_GONE_SLACK));
         end_group(Exit::Clean)

@@ -110,16 +110,23 @@ impl Process for Parent {
     }
 }
 
-fn orphan(stuck: bool) -> (Share<bool>, u32, u32) {
+/// Starts a `Parent`; its handle, the share its child's `onfinish` marks,
+/// and the pids of its child and of that child's subprocess.
+fn family(stuck: bool) -> (Handle<Parent>, Share<bool>, u32, u32) {
     watchdog();
     let finished = Share::new(false).unwrap();
-    let mut h = Parent {
+    let h = Parent {
         finished: finished.clone(),
         stuck,
     }
     .start()
     .unwrap();
     let (child, sub): (u32, u32) = h.listen(support::DEADLINE).unwrap().expect("pids");
+    (h, finished, child, sub)
+}
+
+fn orphan(stuck: bool) -> (Share<bool>, u32, u32) {
+    let (mut h, finished, child, sub) = family(stuck);
     // SIGKILL: the parent gets no chance to stop its child itself.
     h.kill().unwrap();
     assert!(finish(&mut h).err().unwrap().is_killed());
@@ -136,6 +143,30 @@ fn a_parents_death_is_a_graceful_stop_that_takes_subprocesses_along() {
     }
     assert_gone_within(child, support::DEADLINE);
     assert_gone_within(sub, support::DEADLINE);
+}
+
+/// The kernel sends the parent-death signal when the parent's spawning
+/// thread ends, while the rest of the parent is still there (a SIGKILL ends
+/// a process's threads one by one): the child may stop, run `onfinish` and
+/// write its result before `getppid` changes, to a parent that will never
+/// read it nor end the child's subprocesses. The signal alone must say
+/// that the parent is gone. Here the parent is frozen (it can neither read
+/// nor reap nor kill) and the signal comes while it is still the parent.
+#[test]
+fn the_parent_death_signal_before_the_parent_is_gone_takes_subprocesses_along() {
+    let (mut h, finished, child, sub) = family(false);
+    send_signal(h.pid(), Signal::STOP);
+    let death = Signal::from_named_raw(skprocess::__bench::PARENT_DEATH_SIGNAL).unwrap();
+    send_signal(child, death);
+    let until = Instant::now() + support::DEADLINE;
+    while !finished.get().unwrap() {
+        assert!(Instant::now() < until, "onfinish never ran");
+        std::thread::yield_now();
+    }
+    assert_gone_within(child, support::DEADLINE);
+    assert_gone_within(sub, support::DEADLINE);
+    h.kill().unwrap();
+    assert!(finish(&mut h).err().unwrap().is_killed());
 }
 
 #[test]

@@ -94,7 +94,9 @@ enum Role {
 /// `ppid`; never returns.
 fn start(pre_main: sys::boot::PreMain, fd: RawFd, ppid: u32) -> ! {
     // Die with the parent; then check it did not die before we asked.
-    if sys::proc::set_parent_death_signal(libc::SIGTERM).is_err() || sys::proc::getppid() != ppid {
+    if sys::proc::set_parent_death_signal(sys::proc::PARENT_DEATH_SIGNAL).is_err()
+        || sys::proc::getppid() != ppid
+    {
         sys::proc::exit_now(Exit::ParentGone.code());
     }
     sys::proc::ignore_sigpipe();

@@ -12,8 +12,8 @@
 //!   its own before it does anything else.
 //! - **Parent death.** The server is started from the spawner thread and
 //!   asks for SIGKILL when that thread ends; its forks inherit that parent
-//!   link, and each asks for SIGTERM as a re-executed child does. Killing
-//!   the server affects no child.
+//!   link, and each asks for the parent-death signal as a re-executed
+//!   child does. Killing the server affects no child.
 //! - **Environment and working directory as of the start.** Each request
 //!   carries a descriptor of the current directory (the child changes into
 //!   it: a directory renamed or replaced since is followed exactly as a

@@ -153,9 +153,17 @@ pub(crate) fn getppid() -> u32 {
     Pid::as_raw(rustix::process::getppid()) as u32
 }
 
+/// The signal a child asks for when its parent ends. The kernel sends it when the *thread* that
+/// spawned the child ends, which is before the rest of the parent is gone:
+/// `getppid` may still name the dying parent, so only a signal of its own
+/// tells the parent's end from a SIGTERM sent by someone. SIGSTKFLT is
+/// never raised by Linux itself (it names a coprocessor fault that does not
+/// exist) and has no conventional use.
+pub(crate) const PARENT_DEATH_SIGNAL: i32 = libc::SIGSTKFLT;
+
 /// Asks the kernel to send `sig` to this process when the thread that
-/// spawned it ends. A child asks for SIGTERM and turns it into a graceful
-/// stop, bounded in time; the fork server asks for SIGKILL.
+/// spawned it ends. A child asks for [`PARENT_DEATH_SIGNAL`] and turns it
+/// into a graceful stop, bounded in time; the fork server asks for SIGKILL.
 pub(crate) fn set_parent_death_signal(sig: i32) -> io::Result<()> {
     Ok(rustix::process::set_parent_process_death_signal(Some(
         to_signal(sig)?,
