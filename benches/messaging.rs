@@ -30,6 +30,8 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 const END: u64 = u64::MAX;
+/// Asks an echo which processor it runs on.
+const WHERE: u64 = u64::MAX - 2;
 const MIB: usize = 1 << 20;
 /// Messages per throughput sample.
 const BURST: usize = 16;
@@ -75,10 +77,11 @@ impl Process for PipeEcho {
     fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
         loop {
             let x: u64 = self.pipe.recv()?;
-            if x == END {
-                return Ok(());
+            match x {
+                END => return Ok(()),
+                WHERE => self.pipe.send(&(rustix::thread::sched_getcpu() as u64))?,
+                _ => self.pipe.send(&x)?,
             }
-            self.pipe.send(&x)?;
         }
     }
 }
@@ -578,6 +581,14 @@ impl Peers {
         }
     }
 
+    /// Whether this thread and the pipe's echo run on the same processor
+    /// now (right after a measurement of their round trip).
+    fn pipe_same_cpu(&self) -> bool {
+        self.pipe.send(&WHERE).unwrap();
+        let theirs: u64 = self.pipe.recv().unwrap();
+        theirs == rustix::thread::sched_getcpu() as u64
+    }
+
     fn sock_pipe_rt(&self) {
         self.sock_pipe.send(&7u64).unwrap();
         assert_eq!(self.sock_pipe.recv::<u64>().unwrap(), 7);
@@ -868,10 +879,17 @@ fn interleaved(rounds: usize, fs: &mut [&mut dyn FnMut() -> Duration]) -> Vec<Du
 fn summary(p: &mut Peers, s: &mut Sinks) {
     let p = std::cell::RefCell::new(p);
     let (n, k) = (30, 200);
+    // Where the blocking round trip ran, sample by sample: the scheduler
+    // may keep two processes that wake each other on one processor.
+    let mut placement = Vec::new();
     let t = interleaved(
         7,
         &mut [
-            &mut || median_per_call(n, k, || p.borrow().pipe_rt()),
+            &mut || {
+                let t = median_per_call(n, k, || p.borrow().pipe_rt());
+                placement.push((t, p.borrow().pipe_same_cpu()));
+                t
+            },
             &mut || median_per_call(n, k, || p.borrow().sock_pipe_rt()),
             &mut || median_per_call(n, k, || p.borrow().tell_rt()),
             &mut || median_per_call(n, k, || p.borrow_mut().sock_rt()),
@@ -932,6 +950,15 @@ fn summary(p: &mut Peers, s: &mut Sinks) {
         pipe,
         "iceoryx2 round trip, polling",
         iox,
+    );
+    placement.sort();
+    let shown: Vec<String> = placement
+        .iter()
+        .map(|(t, same)| format!("{t:.2?} {}", if *same { "one" } else { "two" }))
+        .collect();
+    println!(
+        "SUMMARY Pipe round trip samples, with the processors the two sides were on: {}",
+        shown.join(", ")
     );
     report(
         "Pipe round trip, both polling (target <= 1x)",
