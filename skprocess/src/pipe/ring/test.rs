@@ -458,3 +458,47 @@ fn a_try_send_larger_than_the_ring_is_an_error_even_when_full() {
     assert!(try_send(&[2; 10]).unwrap());
     assert_eq!(recv_raw(&rx, ms(10_000)).unwrap().unwrap(), vec![2; 10]);
 }
+
+#[test]
+fn a_receive_that_cannot_wait_raises_no_flag_for_the_sender() {
+    let (tx, rx) = one_way();
+    let r = Ring::new(&rx.region, rx.cap, 0);
+    // Polls that find nothing: none leaves the flag that would make the
+    // next send wake a sleeper that is not there.
+    for _ in 0..3 {
+        assert_eq!(recv_raw(&rx, Some(Instant::now())).unwrap(), None);
+        assert_eq!(r.consumer_waiting().load(Ordering::SeqCst), 0);
+    }
+    // A receive that does wait raises it while it sleeps, and the send
+    // that wakes it lowers it.
+    let sender = std::thread::spawn(move || {
+        let r = Ring::new(&tx.region, tx.cap, 0);
+        let until = Instant::now() + Duration::from_secs(60);
+        while r.consumer_waiting().load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < until, "the receiver never slept");
+            std::thread::yield_now();
+        }
+        tx.send(b"x", &[], None).unwrap();
+        assert_eq!(r.consumer_waiting().load(Ordering::SeqCst), 0);
+        tx
+    });
+    assert_eq!(recv_raw(&rx, ms(60_000)).unwrap().unwrap(), b"x");
+    drop(sender.join().unwrap());
+}
+
+#[test]
+fn a_peer_found_gone_stays_gone_for_every_later_receive() {
+    let (tx, rx) = one_way();
+    drop(tx);
+    assert!(matches!(
+        recv_raw(&rx, ms(60_000)),
+        Err(Error::Disconnected)
+    ));
+    // At once after, within the time in which the check is not repeated.
+    for _ in 0..3 {
+        assert!(matches!(
+            recv_raw(&rx, Some(Instant::now())),
+            Err(Error::Disconnected)
+        ));
+    }
+}

@@ -41,9 +41,10 @@ pub(super) fn peer_gone(sock: BorrowedFd<'_>) -> Result<bool> {
 /// is idle spins at most once per wait, never more than [`SPIN_MAX`], and
 /// soon not at all: it sleeps on the futex.
 ///
-/// It also rate-limits the check for a dead peer (a `poll` system call) that
-/// precedes each sleep: a busy ping-pong that sleeps every few microseconds
-/// checks at most once per [`CHECK_PEER_EVERY`].
+/// It also rate-limits the check for a dead peer (a `poll` system call) made
+/// before each sleep and before a wait gives up: a busy ping-pong that
+/// sleeps every few microseconds, or a loop of `try_recv`, checks at most
+/// once per [`CHECK_PEER_EVERY`]; a peer found gone is remembered.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Spin {
     budget_ns: u32,
@@ -55,12 +56,16 @@ pub(crate) struct Spin {
     /// Short waits without spinning since the budget was last raised.
     short_waits: u32,
     peer_checked: Option<Instant>,
+    /// The peer was found gone (for good: a hung-up socket stays so).
+    peer_gone: bool,
 }
 
 /// The largest spin budget, and the longest wait that teaches spinning.
 const SPIN_MAX: Duration = Duration::from_micros(50);
 /// The smallest non-zero budget: below it, the budget drops to nothing.
 const SPIN_MIN: Duration = Duration::from_micros(2);
+/// Spins between two looks at the clock.
+const ROUND: u32 = 32;
 /// At most this many strikes count (a raise every 64 short waits).
 const MAX_STRIKES: u32 = 6;
 
@@ -72,6 +77,7 @@ impl Default for Spin {
             strikes: 0,
             short_waits: 0,
             peer_checked: None,
+            peer_gone: false,
         }
     }
 }
@@ -81,17 +87,22 @@ fn ns(d: Duration) -> u32 {
 }
 
 impl Spin {
-    /// Whether it is time to check for a dead peer again (and, if so,
-    /// records that the check is made now).
-    pub(super) fn should_check_peer(&mut self) -> bool {
-        let now = Instant::now();
-        match self.peer_checked {
-            Some(t) if now.saturating_duration_since(t) < CHECK_PEER_EVERY => false,
-            _ => {
-                self.peer_checked = Some(now);
-                true
-            }
+    /// Whether the peer is gone: looked up at most once per
+    /// [`CHECK_PEER_EVERY`] (a `poll` system call), remembered once seen.
+    fn peer_gone(&mut self, sock: BorrowedFd<'_>) -> Result<bool> {
+        if self.peer_gone {
+            return Ok(true);
         }
+        let now = Instant::now();
+        if self
+            .peer_checked
+            .is_some_and(|t| now.saturating_duration_since(t) < CHECK_PEER_EVERY)
+        {
+            return Ok(false);
+        }
+        self.peer_checked = Some(now);
+        self.peer_gone = peer_gone(sock)?;
+        Ok(self.peer_gone)
     }
 
     /// Spins while `ready()` is false, within the budget and `deadline`;
@@ -106,30 +117,45 @@ impl Spin {
         if ready()? {
             return Ok(true);
         }
-        let start = Instant::now();
         let budget = Duration::from_nanos(self.budget_ns as u64);
-        if budget.is_zero() || deadline.is_some_and(|d| d <= start) {
-            self.started = Some((start, false));
-            return Ok(false);
+        if budget.is_zero() || deadline.is_some() {
+            let now = Instant::now();
+            if budget.is_zero() || deadline.is_some_and(|d| d <= now) {
+                self.started = Some((now, false));
+                return Ok(false);
+            }
         }
-        self.started = Some((start, true));
-        let end = match deadline {
-            Some(d) => d.min(start + budget),
-            None => start + budget,
-        };
+        // The clock is first read after a round of spins, so a wait caught
+        // at once (a peer on another processor, answering) costs no clock
+        // read: it took less than the round, which teaches the budget
+        // nothing. The budget counts from that first read.
+        let mut clock: Option<(Instant, Instant)> = None;
         let mut i = 0u32;
         loop {
             std::hint::spin_loop();
             if ready()? {
-                let took = start.elapsed();
-                self.budget_ns = self.budget_ns.max(ns((took * 2).min(SPIN_MAX)));
+                if let Some((start, _)) = clock {
+                    let took = start.elapsed();
+                    self.budget_ns = self.budget_ns.max(ns((took * 2).min(SPIN_MAX)));
+                }
                 self.strikes = 0;
                 self.started = None;
                 return Ok(true);
             }
             i = i.wrapping_add(1);
-            if i.is_multiple_of(32) && Instant::now() >= end {
-                return Ok(false);
+            if i.is_multiple_of(ROUND) {
+                let now = Instant::now();
+                match clock {
+                    None => {
+                        let end = now + budget;
+                        clock = Some((now, deadline.map_or(end, |d| d.min(end))));
+                    }
+                    Some((start, end)) if now >= end => {
+                        self.started = Some((start, true));
+                        return Ok(false);
+                    }
+                    Some(_) => {}
+                }
             }
         }
     }
@@ -179,18 +205,23 @@ pub(super) fn wait_until(
     }
     loop {
         let s = seq.load(Ordering::SeqCst);
-        waiting.swap(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let timed_out = left.is_some_and(|l| l.is_zero());
+        // A wait that will not sleep (a poll, or one at its deadline)
+        // raises no flag: the other side would make a system call to wake
+        // a sleeper that is not there.
+        if !timed_out {
+            waiting.swap(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+        }
         let r = (|| {
             if ready()? {
                 spin.slept();
                 return Ok(Some(true));
             }
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            // A dead peer is reported rather than a timeout, so check before
-            // giving up too.
-            let timed_out = left.is_some_and(|l| l.is_zero());
-            if (timed_out || spin.should_check_peer()) && peer_gone(sock)? {
+            // A dead peer is reported rather than a timeout, so check
+            // before giving up too (see `Spin::peer_gone`).
+            if spin.peer_gone(sock)? {
                 // Whatever the peer published before it went is readable.
                 return if ready()? {
                     Ok(Some(true))
