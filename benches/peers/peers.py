@@ -598,7 +598,7 @@ def bench_queue():
     child = mp.Process(target=_mp_queue_sink, args=(items, acks))
     child.start()
     mine, theirs = mp.Pipe()
-    pipe_child = mp.Process(target=_mp_pipe_sink, args=(theirs,))
+    pipe_child = mp.Process(target=_mp_item_sink, args=(theirs,))
     pipe_child.start()
 
     def queue_burst():
@@ -623,7 +623,7 @@ def bench_queue():
     report_rate("mp.Queue 1P/1C, small ints", q, "mp.Pipe, same items", p, "items/s")
 
 
-def _mp_pipe_sink(conn):
+def _mp_item_sink(conn):
     while True:
         for _ in range(QUEUE_BURST):
             if conn.recv() is None:
