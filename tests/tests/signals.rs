@@ -133,9 +133,9 @@ fn orphan(stuck: bool) -> (Share<bool>, u32, u32) {
     (finished, child, sub)
 }
 
-#[test]
-fn a_parents_death_is_a_graceful_stop_that_takes_subprocesses_along() {
-    let (finished, child, sub) = orphan(false);
+/// Waits (within the deadline) until `onfinish` of the orphaned child ran,
+/// then until the child and its subprocess are gone.
+fn stopped_gracefully_with_its_subprocess(finished: &Share<bool>, child: u32, sub: u32) {
     let until = Instant::now() + support::DEADLINE;
     while !finished.get().unwrap() {
         assert!(Instant::now() < until, "onfinish never ran");
@@ -143,6 +143,12 @@ fn a_parents_death_is_a_graceful_stop_that_takes_subprocesses_along() {
     }
     assert_gone_within(child, support::DEADLINE);
     assert_gone_within(sub, support::DEADLINE);
+}
+
+#[test]
+fn a_parents_death_is_a_graceful_stop_that_takes_subprocesses_along() {
+    let (finished, child, sub) = orphan(false);
+    stopped_gracefully_with_its_subprocess(&finished, child, sub);
 }
 
 /// The kernel sends the parent-death signal when the parent's spawning
@@ -158,13 +164,7 @@ fn the_parent_death_signal_before_the_parent_is_gone_takes_subprocesses_along() 
     send_signal(h.pid(), Signal::STOP);
     let death = Signal::from_named_raw(skprocess::__bench::PARENT_DEATH_SIGNAL).unwrap();
     send_signal(child, death);
-    let until = Instant::now() + support::DEADLINE;
-    while !finished.get().unwrap() {
-        assert!(Instant::now() < until, "onfinish never ran");
-        std::thread::yield_now();
-    }
-    assert_gone_within(child, support::DEADLINE);
-    assert_gone_within(sub, support::DEADLINE);
+    stopped_gracefully_with_its_subprocess(&finished, child, sub);
     h.kill().unwrap();
     assert!(finish(&mut h).err().unwrap().is_killed());
 }
