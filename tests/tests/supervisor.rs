@@ -60,6 +60,17 @@ fn quick() -> Child {
 }
 
 /// The next event about `name` that `keep` accepts, within the deadline.
+/// A supervisor with `strategy` whose intensity leaves room for every
+/// restart a test makes, and its events.
+fn roomy(strategy: Strategy) -> (Supervisor, Receiver<Event>) {
+    let sup = Supervisor::builder()
+        .strategy(strategy)
+        .intensity(100, Duration::from_secs(60))
+        .build();
+    let events = sup.events();
+    (sup, events)
+}
+
 fn next_event(events: &Receiver<Event>, keep: impl Fn(&Event) -> bool) -> Event {
     let end = Instant::now() + support::DEADLINE;
     loop {
@@ -96,10 +107,7 @@ fn exited(events: &Receiver<Event>, name: &str) -> Option<String> {
 fn a_permanent_child_restarts_after_a_failure_and_after_a_clean_end() {
     watchdog();
     let done = Share::new(0u64).unwrap();
-    let sup = Supervisor::builder()
-        .intensity(100, Duration::from_secs(60))
-        .build();
-    let events = sup.events();
+    let (sup, events) = roomy(Strategy::default());
     let svc = Svc {
         runs: Some(3),
         fail: true,
@@ -136,10 +144,7 @@ fn a_permanent_child_restarts_after_a_failure_and_after_a_clean_end() {
 fn a_transient_child_restarts_only_after_a_failure_and_a_temporary_one_never() {
     watchdog();
     let done = Share::new(0u64).unwrap();
-    let sup = Supervisor::builder()
-        .intensity(100, Duration::from_secs(60))
-        .build();
-    let events = sup.events();
+    let (sup, events) = roomy(Strategy::default());
     let ok = Svc {
         runs: Some(2),
         ..Svc::forever(&done)
@@ -200,11 +205,7 @@ fn strategy_restarts(strategy: Strategy, expect: [u32; 3]) {
     let done = Share::new(0u64).unwrap();
     let starts = Share::new(0u64).unwrap();
     let armed = Share::new(false).unwrap();
-    let sup = Supervisor::builder()
-        .strategy(strategy)
-        .intensity(100, Duration::from_secs(60))
-        .build();
-    let events = sup.events();
+    let (sup, events) = roomy(strategy);
     sup.add_with("first", Svc::forever(&done), quick()).unwrap();
     sup.add_with(
         "middle",
@@ -264,11 +265,7 @@ fn rest_for_one_restarts_the_failed_child_and_those_after_it() {
 fn one_for_all_restarts_a_sibling_that_is_still_starting() {
     watchdog();
     let armed = Share::new(true).unwrap();
-    let sup = Supervisor::builder()
-        .strategy(Strategy::OneForAll)
-        .intensity(100, Duration::from_secs(60))
-        .build();
-    let events = sup.events();
+    let (sup, events) = roomy(Strategy::OneForAll);
     // Member 0 fails at once, while member 1 is still starting: the
     // group's members start one after the other, and member 1's start
     // takes as long as its child needs to read its ballast.
@@ -592,10 +589,7 @@ fn each_restart_comes_after_the_end_of_the_life_it_replaces() {
     // and the replacement starts only once the child it replaces is reaped.
     watchdog();
     let done = Share::new(0u64).unwrap();
-    let sup = Supervisor::builder()
-        .intensity(100, Duration::from_secs(60))
-        .build();
-    let events = sup.events();
+    let (sup, events) = roomy(Strategy::default());
     let crashy = Svc {
         runs: Some(1),
         fail: true,
@@ -635,10 +629,7 @@ fn each_restart_comes_after_the_end_of_the_life_it_replaces() {
 fn backoff_delays_double_between_restarts() {
     watchdog();
     let done = Share::new(0u64).unwrap();
-    let sup = Supervisor::builder()
-        .intensity(100, Duration::from_secs(60))
-        .build();
-    let events = sup.events();
+    let (sup, events) = roomy(Strategy::default());
     let crashy = Svc {
         runs: Some(1),
         fail: true,
@@ -663,10 +654,7 @@ fn backoff_delays_double_between_restarts() {
 fn backoff_goes_back_to_its_first_delay_after_a_healthy_run() {
     watchdog();
     let done = Share::new(0u64).unwrap();
-    let sup = Supervisor::builder()
-        .intensity(100, Duration::from_secs(60))
-        .build();
-    let events = sup.events();
+    let (sup, events) = roomy(Strategy::default());
     let crashy = Svc {
         runs: Some(1),
         fail: true,
