@@ -25,7 +25,10 @@
 //! learnt from how long its recent waits took: a peer running on another
 //! processor answers within microseconds, at no system-call cost; when
 //! waits are long (the peer is idle, or not running, as on a loaded
-//! machine) the budget drops to nothing. Then it sleeps on a futex word: it
+//! machine) the budget drops to nothing. A producer that meets a full ring
+//! while its consumer is awake spins longer, whatever the budget: that
+//! consumer is working through a backlog and makes room as it copies (misses
+//! back off). Then a side sleeps on a futex word: it
 //! raises its `waiting` flag, re-checks, and sleeps on a sequence word that
 //! the other side bumps and wakes (lowering the flag) only when it sees the
 //! flag. A `SeqCst` fence on each side makes sure that either the sleeper

@@ -81,6 +81,12 @@ impl Producer {
     }
 }
 
+/// Whether the consumer is not asleep: facing a full ring, that is a reader
+/// with a backlog at work, whose room comes soon (see `Spin::busy_peer`).
+pub(super) fn consumer_awake(r: Ring<'_>) -> bool {
+    r.consumer_waiting().load(Ordering::Relaxed) == 0
+}
+
 /// The header of a frame of the pipe: its payload's length and its number
 /// of descriptors.
 fn frame_header(len: u32, nfds: usize) -> [u8; wire::HEADER] {
@@ -299,7 +305,7 @@ impl End {
         let head = p.head;
         let mut has_space = || Ok(cap - self.used(head, r)? >= need);
         let ok = wait_until(
-            &mut p.spin,
+            p.spin.busy_peer(consumer_awake(r)),
             &mut has_space,
             r.space_seq(),
             r.producer_waiting(),

@@ -37,9 +37,19 @@ pub(super) fn peer_gone(sock: BorrowedFd<'_>) -> Result<bool> {
 ///   length, but only every `2^strikes` such waits, so that a peer that
 ///   shares this processor is not spun against on every wait.
 ///
+/// A wait on a peer that has work queued and is awake (a producer facing a
+/// full ring whose consumer is not asleep, see [`busy_peer`](Spin::busy_peer))
+/// is different: the room comes as fast as the peer works through its
+/// backlog, and a sleep would cost the peer a system call to wake this side
+/// for every slice of room. Such a wait spins up to [`BUSY_SPIN`] whatever
+/// the budget, and teaches the budget of other waits nothing. Its misses
+/// back off: after `k` misses in a row, the next `2^k - 1` such waits (up
+/// to `2^MAX_STRIKES - 1`) go by the budget instead, so a peer that shares
+/// this processor, or has stopped reading, is rarely spun against.
+///
 /// A wait that gives up at its deadline teaches nothing. A side whose peer
-/// is idle spins at most once per wait, never more than [`SPIN_MAX`], and
-/// soon not at all: it sleeps on the futex.
+/// is idle spins at most once per wait, never more than [`SPIN_MAX`] (or
+/// [`BUSY_SPIN`]), and soon not at all: it sleeps on the futex.
 ///
 /// It also rate-limits the check for a dead peer (a `poll` system call) made
 /// before each sleep and before a wait gives up: a busy ping-pong that
@@ -49,8 +59,14 @@ pub(super) fn peer_gone(sock: BorrowedFd<'_>) -> Result<bool> {
 pub(crate) struct Spin {
     budget_ns: u32,
     /// When the current wait started, once it has spun and is to sleep, and
-    /// whether it spun.
-    started: Option<(Instant, bool)>,
+    /// how it spun.
+    started: Option<(Instant, Spun)>,
+    /// The next wait is on a busy peer (see [`busy_peer`](Spin::busy_peer)).
+    busy: bool,
+    /// Misses in a row of waits on a busy peer, and how many such waits
+    /// are still to go by the budget.
+    busy_misses: u32,
+    busy_skip: u32,
     /// Misses in a row that looked like a peer sharing this processor.
     strikes: u32,
     /// Short waits without spinning since the budget was last raised.
@@ -62,6 +78,11 @@ pub(crate) struct Spin {
 
 /// The largest spin budget, and the longest wait that teaches spinning.
 const SPIN_MAX: Duration = Duration::from_micros(50);
+/// How long a wait on a busy peer spins (see [`Spin::busy_peer`]): a reader
+/// with a backlog hands room back as it copies, and between two messages it
+/// decodes the one it read, which takes tens of microseconds for a
+/// mebibyte.
+const BUSY_SPIN: Duration = Duration::from_micros(200);
 /// The smallest non-zero budget: below it, the budget drops to nothing.
 const SPIN_MIN: Duration = Duration::from_micros(2);
 /// Spins between two looks at the clock.
@@ -69,11 +90,25 @@ const ROUND: u32 = 32;
 /// At most this many strikes count (a raise every 64 short waits).
 const MAX_STRIKES: u32 = 6;
 
+/// How a wait that is to sleep spun first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spun {
+    /// Not at all (no budget, or its deadline had passed).
+    No,
+    /// Within the learnt budget.
+    Learnt,
+    /// For [`BUSY_SPIN`], on a busy peer.
+    Busy,
+}
+
 impl Default for Spin {
     fn default() -> Self {
         Spin {
             budget_ns: (SPIN_MAX.as_nanos() / 2) as u32,
             started: None,
+            busy: false,
+            busy_misses: 0,
+            busy_skip: 0,
             strikes: 0,
             short_waits: 0,
             peer_checked: None,
@@ -105,6 +140,14 @@ impl Spin {
         Ok(self.peer_gone)
     }
 
+    /// Says whether the next wait is on a peer that has work queued and is
+    /// awake: it then spins for [`BUSY_SPIN`], unless recent such waits
+    /// missed.
+    pub(crate) fn busy_peer(&mut self, busy: bool) -> &mut Spin {
+        self.busy = busy;
+        self
+    }
+
     /// Spins while `ready()` is false, within the budget and `deadline`;
     /// `Ok(false)` if it still is. The caller then sleeps until `ready()`
     /// and calls [`slept`](Spin::slept), or gives up at its deadline.
@@ -114,14 +157,23 @@ impl Spin {
         deadline: Option<Instant>,
     ) -> Result<bool> {
         self.started = None;
+        let mut busy = std::mem::take(&mut self.busy);
+        if busy && self.busy_skip > 0 {
+            self.busy_skip -= 1;
+            busy = false;
+        }
         if ready()? {
             return Ok(true);
         }
-        let budget = Duration::from_nanos(self.budget_ns as u64);
+        let (budget, spun) = if busy {
+            (BUSY_SPIN, Spun::Busy)
+        } else {
+            (Duration::from_nanos(self.budget_ns as u64), Spun::Learnt)
+        };
         if budget.is_zero() || deadline.is_some() {
             let now = Instant::now();
             if budget.is_zero() || deadline.is_some_and(|d| d <= now) {
-                self.started = Some((now, false));
+                self.started = Some((now, Spun::No));
                 return Ok(false);
             }
         }
@@ -134,9 +186,13 @@ impl Spin {
         loop {
             std::hint::spin_loop();
             if ready()? {
-                if let Some((start, _)) = clock {
-                    let took = start.elapsed();
-                    self.budget_ns = self.budget_ns.max(ns((took * 2).min(SPIN_MAX)));
+                match (clock, busy) {
+                    (_, true) => self.busy_misses = 0,
+                    (Some((start, _)), false) => {
+                        let took = start.elapsed();
+                        self.budget_ns = self.budget_ns.max(ns((took * 2).min(SPIN_MAX)));
+                    }
+                    (None, false) => {}
                 }
                 self.strikes = 0;
                 self.started = None;
@@ -151,7 +207,11 @@ impl Spin {
                         clock = Some((now, deadline.map_or(end, |d| d.min(end))));
                     }
                     Some((start, end)) if now >= end => {
-                        self.started = Some((start, true));
+                        if busy {
+                            self.busy_misses = (self.busy_misses + 1).min(MAX_STRIKES);
+                            self.busy_skip = (1 << self.busy_misses) - 1;
+                        }
+                        self.started = Some((start, spun));
                         return Ok(false);
                     }
                     Some(_) => {}
@@ -167,7 +227,9 @@ impl Spin {
             return;
         };
         let took = start.elapsed();
-        if spun {
+        if spun == Spun::Busy {
+            // Its miss was counted when it happened (see `busy_skip`).
+        } else if spun == Spun::Learnt {
             let half = self.budget_ns / 2;
             self.budget_ns = if half < ns(SPIN_MIN) { 0 } else { half };
             if took <= SPIN_MAX {
@@ -295,7 +357,71 @@ mod test {
         assert_eq!(spin.budget_ns, 0);
         // With no budget, a wait goes to sleep at once.
         assert!(!spin.wait(&mut never, None).unwrap());
-        assert_eq!(spin.started.map(|(_, spun)| spun), Some(false));
+        assert_eq!(spin.started.map(|(_, spun)| spun), Some(Spun::No));
+    }
+
+    /// A spin with no budget left: every wait misses until it is nothing.
+    fn spent() -> Spin {
+        let mut spin = Spin::default();
+        let mut never = || Ok(false);
+        while spin.budget_ns != 0 {
+            assert!(!spin.wait(&mut never, None).unwrap());
+            spin.slept();
+        }
+        spin
+    }
+
+    /// A condition met at its `n`th look, before the spin's first look at
+    /// the clock: what it catches does not depend on how fast it runs.
+    fn at_look(n: u32) -> impl FnMut() -> Result<bool> {
+        assert!(n < ROUND);
+        let mut looks = 0;
+        move || {
+            looks += 1;
+            Ok(looks >= n)
+        }
+    }
+
+    #[test]
+    fn a_wait_on_a_busy_peer_spins_though_the_budget_is_spent() {
+        let mut spin = spent();
+        // An ordinary wait does not spin: one look, then it would sleep.
+        assert!(!spin.wait(&mut at_look(20), None).unwrap());
+        assert_eq!(spin.started.map(|(_, spun)| spun), Some(Spun::No));
+        // On a busy peer it spins, and catches the answer.
+        assert!(spin.busy_peer(true).wait(&mut at_look(20), None).unwrap());
+        // That taught the budget of ordinary waits nothing.
+        assert_eq!(spin.budget_ns, 0);
+        // The mark is for one wait only.
+        assert!(!spin.wait(&mut at_look(20), None).unwrap());
+    }
+
+    #[test]
+    fn waits_on_a_busy_peer_that_miss_back_off() {
+        let mut spin = spent();
+        let mut never = || Ok(false);
+        let mut busy_wait = |spin: &mut Spin| {
+            assert!(!spin.busy_peer(true).wait(&mut never, None).unwrap());
+            let spun = spin.started.map(|(_, spun)| spun);
+            spin.slept();
+            spun
+        };
+        // Miss, skip 1, miss, skip 3, miss, skip 7.
+        let mut seen = Vec::new();
+        for _ in 0..15 {
+            seen.push(busy_wait(&mut spin) == Some(Spun::Busy));
+        }
+        let busy: Vec<usize> = (0..15).filter(|&i| seen[i]).collect();
+        assert_eq!(busy, [0, 2, 6, 14]);
+        // A caught one ends the back-off.
+        while spin.busy_skip > 0 {
+            busy_wait(&mut spin);
+        }
+        assert!(spin.busy_peer(true).wait(&mut at_look(20), None).unwrap());
+        assert_eq!(busy_wait(&mut spin), Some(Spun::Busy));
+        // (A skipped wait goes by the budget: no spin, or a learnt one.)
+        assert_ne!(busy_wait(&mut spin), Some(Spun::Busy));
+        assert_eq!(busy_wait(&mut spin), Some(Spun::Busy));
     }
 
     #[test]
@@ -316,6 +442,6 @@ mod test {
         let mut spin = Spin::default();
         let mut never = || Ok(false);
         assert!(!spin.wait(&mut never, Some(Instant::now())).unwrap());
-        assert_eq!(spin.started.map(|(_, spun)| spun), Some(false));
+        assert_eq!(spin.started.map(|(_, spun)| spun), Some(Spun::No));
     }
 }

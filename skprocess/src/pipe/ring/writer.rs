@@ -13,7 +13,7 @@
 //! together.
 
 use super::layout::Ring;
-use super::producer::Producer;
+use super::producer::{consumer_awake, Producer};
 use super::End;
 use crate::error::Error;
 use crate::wire;
@@ -195,7 +195,12 @@ impl<'a> FrameWriter<'a> {
             // frame's start now, and the rest streams as it makes room.
             let (end, r, start) = (self.end, self.r, self.start);
             let mut has_room = || Ok(cap - end.used(start, r)? >= need);
-            match self.p.spin.wait(&mut has_room, None) {
+            match self
+                .p
+                .spin
+                .busy_peer(consumer_awake(r))
+                .wait(&mut has_room, None)
+            {
                 Ok(true) => {}
                 Ok(false) => {
                     self.into = Into::Spill;
