@@ -22,7 +22,7 @@
 
 use criterion::{Criterion, Throughput};
 use serde::{Deserialize, Serialize};
-use skprocess::__bench::{socket_pipe_pair, Fd, FutexPingPong};
+use skprocess::__bench::{socket_pipe_pair, Fd, FutexPingPong, ShmStream};
 use skprocess::prelude::*;
 use skprocess_benches::{median, median_per_call, report, report_rate};
 use std::io::{Read, Write};
@@ -186,6 +186,31 @@ impl Process for PipeSink {
                 }
             }
             self.pipe.send(&1u8)?;
+        }
+    }
+}
+
+/// Reads bursts of 1 MiB buffers from a bare shared-memory stream (each
+/// after its length, 0 to end), acknowledging each burst.
+#[derive(Process, Serialize, Deserialize)]
+#[process(runs = 1)]
+struct ShmSink {
+    stream: ShmStream,
+}
+
+impl Process for ShmSink {
+    fn run(&mut self, _ctx: &mut Ctx) -> HookResult {
+        let mut buf = Vec::new();
+        loop {
+            for _ in 0..BURST {
+                self.stream.read(&mut buf, 8);
+                let len = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+                if len == 0 {
+                    return Ok(());
+                }
+                self.stream.read(&mut buf, len as usize);
+            }
+            self.stream.ack();
         }
     }
 }
@@ -671,6 +696,9 @@ struct Sinks {
     count_pipe_h: Handle<PipeCount>,
     count_sock: UnixStream,
     count_sock_h: Handle<SocketCount>,
+    shm: ShmStream,
+    shm_h: Handle<ShmSink>,
+    shm_acks: u64,
     data: Bytes,
 }
 
@@ -704,6 +732,12 @@ impl Sinks {
         let count_pipe_h = PipeCount { pipe: theirs }.start().expect("start");
         let (count_sock, theirs) = socket_peer();
         let count_sock_h = SocketCount { sock: theirs }.start().expect("start");
+        let shm = ShmStream::new(MIB).expect("stream");
+        let shm_h = ShmSink {
+            stream: shm.try_clone().expect("stream"),
+        }
+        .start()
+        .expect("start");
         let data = Bytes((0..MIB).map(|i| i as u8).collect());
         Sinks {
             pipe,
@@ -720,6 +754,9 @@ impl Sinks {
             count_pipe_h,
             count_sock,
             count_sock_h,
+            shm,
+            shm_h,
+            shm_acks: 0,
             data,
         }
     }
@@ -729,6 +766,15 @@ impl Sinks {
             self.pipe.send(&self.data).unwrap();
         }
         assert_eq!(self.pipe.recv::<u8>().unwrap(), 1);
+    }
+
+    fn shm_burst(&mut self) {
+        for _ in 0..BURST {
+            self.shm.write(&(MIB as u64).to_le_bytes());
+            self.shm.write(&self.data.0);
+        }
+        self.shm_acks += 1;
+        self.shm.wait_acks(self.shm_acks);
     }
 
     fn vec_pipe_burst(&self) {
@@ -786,6 +832,8 @@ impl Sinks {
         self.vec_pipe.send(&Vec::<u8>::new()).unwrap();
         self.sock_pipe.send(&Bytes(Vec::new())).unwrap();
         self.sock.write_all(&0u64.to_le_bytes()).unwrap();
+        self.shm.write(&0u64.to_le_bytes());
+        self.shm_h.wait().unwrap();
         self.pipe_h.wait().unwrap();
         self.vec_pipe_h.wait().unwrap();
         self.sock_pipe_h.wait().unwrap();
@@ -836,6 +884,7 @@ fn throughput(c: &mut Criterion, s: &mut Sinks) {
         b.iter(|| s.sock_pipe_burst())
     });
     g.bench_function("bare socketpair", |b| b.iter(|| s.sock_burst()));
+    g.bench_function("bare shared-memory stream", |b| b.iter(|| s.shm_burst()));
     g.bench_function("ipc-channel bytes", |b| b.iter(|| s.ipc_burst()));
     g.finish();
     let mut g = c.benchmark_group("one-way rate, 8-byte messages");
@@ -1000,6 +1049,7 @@ fn summary_throughput(s: &mut Sinks) {
             &mut || median_per_call(5, 1, || s.borrow().sock_pipe_burst()),
             &mut || median_per_call(5, 1, || s.borrow_mut().sock_burst()),
             &mut || median_per_call(5, 1, || s.borrow().ipc_burst()),
+            &mut || median_per_call(5, 1, || s.borrow_mut().shm_burst()),
             &mut || {
                 median_per_call(5, 1, || {
                     (0..BURST).for_each(|_| memcpy_1mib(&src, &mut dst))
@@ -1008,7 +1058,7 @@ fn summary_throughput(s: &mut Sinks) {
         ],
     );
     let rate = |d: Duration| (BURST * MIB) as f64 / d.as_secs_f64();
-    let [pipe, vec_pipe, sock_pipe, sock, ipc, memcpy] = t[..] else {
+    let [pipe, vec_pipe, sock_pipe, sock, ipc, shm, memcpy] = t[..] else {
         unreachable!()
     };
     report_rate(
@@ -1021,6 +1071,20 @@ fn summary_throughput(s: &mut Sinks) {
     report_rate(
         "Pipe 1 MiB byte strings (aim 0.5x)",
         rate(pipe),
+        "memcpy of 1 MiB",
+        rate(memcpy),
+        "B/s",
+    );
+    report_rate(
+        "Pipe 1 MiB byte strings",
+        rate(pipe),
+        "bare shared-memory stream, 1 MiB",
+        rate(shm),
+        "B/s",
+    );
+    report_rate(
+        "bare shared-memory stream, 1 MiB",
+        rate(shm),
         "memcpy of 1 MiB",
         rate(memcpy),
         "B/s",

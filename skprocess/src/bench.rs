@@ -10,7 +10,7 @@ use crate::wire;
 use crate::{Pipe, PipeReceiver, PipeSender};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -184,6 +184,173 @@ impl<'de> Deserialize<'de> for FutexPingPong {
             region,
             spin: spin.then(Mutex::default),
         })
+    }
+}
+
+/// A bare byte stream over shared memory, one way: a ring the writer
+/// copies into and the reader copies out of, in slices of an eighth of the
+/// ring, each side spinning on the other's position. No framing, no
+/// encoding, no claims; a reader with nothing to read for a while sleeps on
+/// a futex, and the writer wakes it. The cost of moving bytes from one
+/// process to another on this machine: the ceiling of a `Pipe`'s
+/// throughput.
+#[derive(Debug)]
+pub struct ShmStream {
+    region: Region,
+    cap: usize,
+}
+
+/// Where the words of a [`ShmStream`] live, each on a cache line of its own.
+const S_HEAD: usize = 0;
+const S_TAIL: usize = 64;
+const S_ACKS: usize = 128;
+const S_SEQ: usize = 192;
+const S_WAITING: usize = 196;
+const S_DATA: usize = 256;
+/// How long an idle [`ShmStream`] reader spins before it sleeps.
+const S_SPIN: Duration = Duration::from_micros(200);
+
+impl ShmStream {
+    /// A stream through a ring of `cap` bytes (a power of two, at least
+    /// 4096).
+    ///
+    /// # Errors
+    ///
+    /// A bad capacity, or no shared memory.
+    pub fn new(cap: usize) -> Result<Self> {
+        if !cap.is_power_of_two() || cap < 4096 {
+            return Err(Error::usage(
+                "a stream's capacity is a power of two >= 4096",
+            ));
+        }
+        let region = Region::new(c"skprocess-bench", S_DATA + cap).map_err(Error::Io)?;
+        Ok(ShmStream { region, cap })
+    }
+
+    /// Another handle on the same stream (for the process at the other
+    /// end).
+    ///
+    /// # Errors
+    ///
+    /// If the descriptor cannot be duplicated or mapped.
+    pub fn try_clone(&self) -> Result<Self> {
+        let fd = self.region.fd().try_clone().map_err(Error::Io)?;
+        let region = Region::from_fd(fd).map_err(Error::Io)?;
+        Ok(ShmStream {
+            region,
+            cap: self.cap,
+        })
+    }
+
+    fn head(&self) -> &AtomicU64 {
+        self.region.u64_at(S_HEAD)
+    }
+
+    fn tail(&self) -> &AtomicU64 {
+        self.region.u64_at(S_TAIL)
+    }
+
+    /// Copies `data` into the stream, waiting (spinning) for room.
+    pub fn write(&self, mut data: &[u8]) {
+        let slice = self.cap / 8;
+        let mut head = self.head().load(Ordering::Relaxed);
+        while !data.is_empty() {
+            let free = loop {
+                let used = head.wrapping_sub(self.tail().load(Ordering::Acquire)) as usize;
+                if used < self.cap {
+                    break self.cap - used;
+                }
+                std::hint::spin_loop();
+            };
+            let at = (head as usize) & (self.cap - 1);
+            let n = free.min(data.len()).min(slice).min(self.cap - at);
+            self.region.copy_in(S_DATA + at, &data[..n]);
+            head = head.wrapping_add(n as u64);
+            data = &data[n..];
+            self.head().store(head, Ordering::SeqCst);
+            let waiting = self.region.u32_at(S_WAITING);
+            if waiting.load(Ordering::SeqCst) != 0 && waiting.swap(0, Ordering::SeqCst) != 0 {
+                let seq = self.region.u32_at(S_SEQ);
+                seq.fetch_add(1, Ordering::SeqCst);
+                let _ = futex::wake(seq, 1);
+            }
+        }
+    }
+
+    /// Copies the next `len` bytes of the stream into `out` (cleared
+    /// first), waiting for them.
+    pub fn read(&self, out: &mut Vec<u8>, len: usize) {
+        out.clear();
+        let slice = self.cap / 8;
+        let mut tail = self.tail().load(Ordering::Relaxed);
+        while out.len() < len {
+            let avail = self.wait_data(tail);
+            let at = (tail as usize) & (self.cap - 1);
+            let n = avail.min(len - out.len()).min(slice).min(self.cap - at);
+            self.region.append_to(S_DATA + at, n, out);
+            tail = tail.wrapping_add(n as u64);
+            self.tail().store(tail, Ordering::Release);
+        }
+    }
+
+    /// Waits until bytes past `tail` are published: spins, then sleeps.
+    fn wait_data(&self, tail: u64) -> usize {
+        let avail = || self.head().load(Ordering::Acquire).wrapping_sub(tail) as usize;
+        let start = std::time::Instant::now();
+        let mut i = 0u32;
+        loop {
+            if avail() > 0 {
+                return avail();
+            }
+            std::hint::spin_loop();
+            i = i.wrapping_add(1);
+            if i.is_multiple_of(64) && start.elapsed() >= S_SPIN {
+                break;
+            }
+        }
+        let (seq, waiting) = (self.region.u32_at(S_SEQ), self.region.u32_at(S_WAITING));
+        loop {
+            let s = seq.load(Ordering::SeqCst);
+            waiting.store(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if avail() > 0 {
+                return avail();
+            }
+            let _ = futex::wait(seq, s, Some(Duration::from_millis(100)));
+        }
+    }
+
+    /// Counts one acknowledgement (the reader, after a burst).
+    pub fn ack(&self) {
+        self.region.u64_at(S_ACKS).fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Spins until `n` acknowledgements were counted in all (the writer).
+    pub fn wait_acks(&self, n: u64) {
+        while self.region.u64_at(S_ACKS).load(Ordering::Acquire) < n {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+impl Serialize for ShmStream {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        wire::push_fd(self.region.fd().as_fd(), "ShmStream")
+            .map_err(serde::ser::Error::custom)?
+            .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ShmStream {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let i = u32::deserialize(d)?;
+        let fd = wire::take_fd(i).map_err(serde::de::Error::custom)?;
+        let region = Region::from_fd(fd).map_err(serde::de::Error::custom)?;
+        let cap = region.len().saturating_sub(S_DATA);
+        if !cap.is_power_of_two() || cap < 4096 {
+            return Err(serde::de::Error::custom("not a stream's shared memory"));
+        }
+        Ok(ShmStream { region, cap })
     }
 }
 
