@@ -59,7 +59,6 @@ fn quick() -> Child {
     Child::new().backoff(Backoff::none())
 }
 
-/// The next event about `name` that `keep` accepts, within the deadline.
 /// A supervisor with `strategy` whose intensity leaves room for every
 /// restart a test makes, and its events.
 fn roomy(strategy: Strategy) -> (Supervisor, Receiver<Event>) {
@@ -71,6 +70,7 @@ fn roomy(strategy: Strategy) -> (Supervisor, Receiver<Event>) {
     (sup, events)
 }
 
+/// The next event about `name` that `keep` accepts, within the deadline.
 fn next_event(events: &Receiver<Event>, keep: impl Fn(&Event) -> bool) -> Event {
     let end = Instant::now() + support::DEADLINE;
     loop {

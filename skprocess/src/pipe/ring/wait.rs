@@ -235,21 +235,25 @@ impl Spin {
             return;
         };
         let took = start.elapsed();
-        if spun == Spun::Busy {
+        match spun {
             // Its miss was counted when it happened (see `busy_skip`).
-        } else if spun == Spun::Learnt {
-            let half = self.budget_ns / 2;
-            self.budget_ns = if half < ns(SPIN_MIN) { 0 } else { half };
-            if took <= SPIN_MAX {
-                self.strikes = (self.strikes + 1).min(MAX_STRIKES);
-            }
-            self.short_waits = 0;
-        } else if took <= SPIN_MAX {
-            self.short_waits += 1;
-            if self.short_waits >= 1 << self.strikes {
+            Spun::Busy => {}
+            Spun::Learnt => {
+                let half = self.budget_ns / 2;
+                self.budget_ns = if half < ns(SPIN_MIN) { 0 } else { half };
+                if took <= SPIN_MAX {
+                    self.strikes = (self.strikes + 1).min(MAX_STRIKES);
+                }
                 self.short_waits = 0;
-                self.budget_ns = ns((took * 2).clamp(SPIN_MIN, SPIN_MAX));
             }
+            Spun::No if took <= SPIN_MAX => {
+                self.short_waits += 1;
+                if self.short_waits >= 1 << self.strikes {
+                    self.short_waits = 0;
+                    self.budget_ns = ns((took * 2).clamp(SPIN_MIN, SPIN_MAX));
+                }
+            }
+            Spun::No => {}
         }
     }
 }
